@@ -1,0 +1,250 @@
+//! The in-memory credential cache: every user, usable key and plan, loaded from
+//! the database into an immutable snapshot that the request path reads without
+//! a query. It is rebuilt after every change made through the API, and when the
+//! change counter (bumped by triggers, so also by the CLI or any other process)
+//! moves — polled every second.
+
+use crate::db::{self, api_keys::KeyRow, plans::Plan, users::UserRow, DbResult, Pool};
+use crate::glob::Patterns;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "user" => Some(Role::User),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct UserEntry {
+    pub id: i64,
+    pub username: String,
+    pub email: Option<String>,
+    pub role: Role,
+    pub plan: String,
+    pub disabled: bool,
+    pub token_version: i64,
+}
+
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub id: i64,
+    pub user_id: i64,
+    pub name: String,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    pub allowed_models: Option<Patterns>,
+    pub monthly_token_limit: Option<i64>,
+    /// Unix seconds of the last use seen in memory, and of the last one written.
+    pub last_used: AtomicI64,
+    pub last_flushed: AtomicI64,
+}
+
+impl KeyEntry {
+    /// Notes a use; a plain atomic store, written to the database in batches.
+    pub fn touch(&self, now: i64) {
+        if self.last_used.load(Ordering::Relaxed) < now {
+            self.last_used.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct PlanEntry {
+    pub plan: Plan,
+    pub allowed: Patterns,
+}
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub counter: i64,
+    pub users: HashMap<i64, Arc<UserEntry>>,
+    pub keys: HashMap<[u8; 32], Arc<KeyEntry>>,
+    pub plans: HashMap<String, Arc<PlanEntry>>,
+}
+
+impl Snapshot {
+    pub fn key_by_id(&self, id: i64) -> Option<&Arc<KeyEntry>> {
+        self.keys.values().find(|k| k.id == id)
+    }
+}
+
+pub struct CredentialCache {
+    pool: Pool,
+    snap: RwLock<Arc<Snapshot>>,
+    /// Serialises reloads so an older snapshot never replaces a newer one.
+    reloading: Mutex<()>,
+}
+
+fn user_entry(u: UserRow) -> UserEntry {
+    UserEntry {
+        id: u.id,
+        username: u.username,
+        email: u.email,
+        role: Role::parse(&u.role).unwrap_or(Role::User),
+        plan: u.plan,
+        disabled: u.disabled,
+        token_version: u.token_version,
+    }
+}
+
+fn key_entry(k: KeyRow, old: Option<&KeyEntry>) -> Option<([u8; 32], KeyEntry)> {
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(&k.key_hash, &mut hash).ok()?;
+    let stored_use = k.last_used_at.as_deref().and_then(db::parse_ts).map(|t| t.timestamp()).unwrap_or(0);
+    let (used, flushed) = match old {
+        Some(o) => (
+            o.last_used.load(Ordering::Relaxed).max(stored_use),
+            o.last_flushed.load(Ordering::Relaxed).max(stored_use),
+        ),
+        None => (stored_use, stored_use),
+    };
+    Some((
+        hash,
+        KeyEntry {
+            id: k.id,
+            user_id: k.user_id,
+            name: k.name,
+            expires_at: k.expires_at.as_deref().and_then(db::parse_ts).map(|t| t.timestamp()),
+            allowed_models: k.allowed_models.as_deref().map(Patterns::lenient),
+            monthly_token_limit: k.monthly_token_limit,
+            last_used: AtomicI64::new(used),
+            last_flushed: AtomicI64::new(flushed),
+        },
+    ))
+}
+
+impl CredentialCache {
+    pub fn load(pool: Pool) -> DbResult<Self> {
+        let cache = CredentialCache { pool, snap: RwLock::new(Arc::new(Snapshot::default())), reloading: Mutex::new(()) };
+        cache.reload_blocking()?;
+        Ok(cache)
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snap.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Rebuilds the snapshot from the database (blocking).
+    pub fn reload_blocking(&self) -> DbResult<()> {
+        let _guard = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.snapshot();
+        let old_keys: HashMap<i64, &Arc<KeyEntry>> = old.keys.values().map(|k| (k.id, k)).collect();
+        let mut conn = self.pool.get()?;
+        let tx = conn.transaction()?;
+        let counter = db::settings::change_counter(&tx)?;
+        let users = db::users::list_all(&tx)?;
+        let keys = db::api_keys::list_usable(&tx)?;
+        let plans = db::plans::list(&tx)?;
+        tx.commit()?;
+        let snap = Snapshot {
+            counter,
+            users: users.into_iter().map(|u| (u.id, Arc::new(user_entry(u)))).collect(),
+            keys: keys
+                .into_iter()
+                .filter_map(|k| {
+                    let old = old_keys.get(&k.id).map(|a| a.as_ref());
+                    key_entry(k, old)
+                })
+                .map(|(h, k)| (h, Arc::new(k)))
+                .collect(),
+            plans: plans
+                .into_iter()
+                .map(|p| {
+                    let allowed = Patterns::lenient(&p.allowed_models);
+                    (p.name.clone(), Arc::new(PlanEntry { plan: p, allowed }))
+                })
+                .collect(),
+        };
+        *self.snap.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
+        Ok(())
+    }
+
+    /// Rebuilds the snapshot now; called after every change made through the API,
+    /// so the change is in force before the answer leaves.
+    pub async fn reload(self: &Arc<Self>) -> DbResult<()> {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.reload_blocking()).await {
+            Ok(r) => r,
+            Err(e) => Err(db::DbError::Task(e.to_string())),
+        }
+    }
+
+    /// Reloads when another process changed users, keys or plans.
+    pub async fn reload_if_changed(self: &Arc<Self>) -> DbResult<bool> {
+        let pool = self.pool.clone();
+        let counter = db::run(&pool, |c| db::settings::change_counter(c)).await?;
+        if counter != self.snapshot().counter {
+            self.reload().await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Polls the change counter every second until the process ends.
+    pub async fn poll_changes(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.reload_if_changed().await {
+                Ok(true) => tracing::debug!("credential cache reloaded after an outside change"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot check the database for changes"),
+            }
+        }
+    }
+
+    /// Writes last-use times gathered in memory (every few seconds and at shutdown).
+    pub async fn flush_last_used(self: &Arc<Self>) -> DbResult<usize> {
+        let snap = self.snapshot();
+        let mut batch = Vec::new();
+        for k in snap.keys.values() {
+            let used = k.last_used.load(Ordering::Relaxed);
+            if used > k.last_flushed.load(Ordering::Relaxed) {
+                if let Some(t) = chrono::DateTime::from_timestamp(used, 0) {
+                    batch.push((k.id, db::ts(t), k.clone(), used));
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<(i64, String)> = batch.iter().map(|(id, t, _, _)| (*id, t.clone())).collect();
+        let n = rows.len();
+        db::run(&self.pool, move |c| db::api_keys::record_last_used(c, &rows)).await?;
+        for (_, _, k, used) in batch {
+            k.last_flushed.fetch_max(used, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+
+    pub async fn flush_last_used_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.flush_last_used().await {
+                tracing::warn!(error = %e, "cannot record key last-use times");
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Authentication on the request path. `require_auth` (a middleware on every
+//! non-public route) resolves `X-API-Key`, `Authorization: Bearer sk_live_…` or
+//! `Authorization: Bearer <JWT>` against the in-memory cache and stores the
+//! [`Principal`]; handlers take [`CurrentUser`] or [`AdminUser`].
+
+use super::cache::{KeyEntry, PlanEntry, Role, UserEntry};
+use super::api_key;
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+/// Who is calling, and with which key (none for a JWT).
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: Arc<UserEntry>,
+    pub key: Option<Arc<KeyEntry>>,
+    pub plan: Option<Arc<PlanEntry>>,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.user.role == Role::Admin
+    }
+}
+
+fn credential(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v);
+        let token = token.trim();
+        if !token.is_empty() {
+            return Some(token);
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// Resolves the request's credential to a principal.
+pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let token = credential(headers).ok_or_else(ApiError::missing_credential)?;
+    let snap = state.creds.snapshot();
+    let now = state.clock.now().timestamp();
+    let (user, key) = if api_key::looks_like_key(token) {
+        let key = snap
+            .keys
+            .get(&api_key::hash(token))
+            .ok_or_else(|| ApiError::invalid_api_key("Incorrect API key provided, or the key was revoked."))?;
+        if key.expires_at.is_some_and(|e| e <= now) {
+            return Err(ApiError::invalid_api_key("This API key has expired; create a new one."));
+        }
+        let user = snap
+            .users
+            .get(&key.user_id)
+            .ok_or_else(|| ApiError::invalid_api_key("Incorrect API key provided."))?;
+        (user.clone(), Some(key.clone()))
+    } else {
+        let (uid, ver) = state
+            .jwt
+            .verify(token, now)
+            .ok_or_else(|| ApiError::invalid_api_key("Invalid or expired access token; sign in again."))?;
+        let user = snap
+            .users
+            .get(&uid)
+            .ok_or_else(|| ApiError::invalid_api_key("Invalid access token; sign in again."))?;
+        if user.disabled {
+            return Err(ApiError::forbidden_code("account_disabled", "This account is disabled; ask an administrator."));
+        }
+        if user.token_version != ver {
+            return Err(ApiError::invalid_api_key("This access token is no longer valid; sign in again."));
+        }
+        (user.clone(), None)
+    };
+    if user.disabled {
+        return Err(ApiError::forbidden_code("account_disabled", "This account is disabled; ask an administrator."));
+    }
+    if let Some(k) = &key {
+        k.touch(now);
+    }
+    let plan = snap.plans.get(&user.plan).cloned();
+    Ok(Principal { user, key, plan })
+}
+
+/// Middleware for every route that needs a credential (deny by default).
+pub async fn require_auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    match authenticate(&state, req.headers()) {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The authenticated caller.
+pub struct CurrentUser(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(CurrentUser)
+            .ok_or_else(ApiError::missing_credential)
+    }
+}
+
+/// The authenticated caller, who must be an admin (403 otherwise).
+pub struct AdminUser(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, Self::Rejection> {
+        let CurrentUser(p) = CurrentUser::from_request_parts(parts, s).await?;
+        if !p.is_admin() {
+            return Err(ApiError::forbidden("This route is for administrators only."));
+        }
+        Ok(AdminUser(p))
+    }
+}

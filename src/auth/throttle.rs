@@ -1,0 +1,106 @@
+//! Failed-login throttling (SPEC §4): more than 10 failures for one username
+//! from one address, or more than 50 from one address, within 15 minutes are
+//! answered 429 until the window passes — a correct password included.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const WINDOW: Duration = Duration::from_secs(15 * 60);
+pub const PER_USER_AND_ADDRESS: usize = 10;
+pub const PER_ADDRESS: usize = 50;
+
+#[derive(Default)]
+pub struct LoginThrottle {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    by_user: HashMap<(String, IpAddr), VecDeque<Instant>>,
+    by_addr: HashMap<IpAddr, VecDeque<Instant>>,
+}
+
+fn prune(q: &mut VecDeque<Instant>, now: Instant) {
+    while q.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
+        q.pop_front();
+    }
+}
+
+/// Seconds until the oldest failure leaves the window.
+fn wait(q: &VecDeque<Instant>, now: Instant) -> u64 {
+    q.front()
+        .map(|t| (WINDOW.saturating_sub(now.duration_since(*t))).as_secs().max(1))
+        .unwrap_or(1)
+}
+
+impl LoginThrottle {
+    /// `Err(seconds to wait)` when this login attempt must be refused unseen.
+    pub fn check(&self, username: &str, addr: IpAddr, now: Instant) -> Result<(), u64> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let user_key = (username.to_lowercase(), addr);
+        if let Some(q) = st.by_user.get_mut(&user_key) {
+            prune(q, now);
+            if q.len() >= PER_USER_AND_ADDRESS {
+                return Err(wait(q, now));
+            }
+        }
+        if let Some(q) = st.by_addr.get_mut(&addr) {
+            prune(q, now);
+            if q.len() >= PER_ADDRESS {
+                return Err(wait(q, now));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn record_failure(&self, username: &str, addr: IpAddr, now: Instant) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.by_user.entry((username.to_lowercase(), addr)).or_default().push_back(now);
+        st.by_addr.entry(addr).or_default().push_back(now);
+        // Keep memory bounded: forget entries whose window has passed.
+        if st.by_user.len() > 10_000 {
+            st.by_user.retain(|_, q| {
+                prune(q, now);
+                !q.is_empty()
+            });
+            st.by_addr.retain(|_, q| {
+                prune(q, now);
+                !q.is_empty()
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eleventh_attempt_is_refused_until_the_window_passes() {
+        let t = LoginThrottle::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let now = Instant::now();
+        for _ in 0..10 {
+            assert!(t.check("admin", a, now).is_ok());
+            t.record_failure("admin", a, now);
+        }
+        let wait = t.check("Admin", a, now).unwrap_err();
+        assert!(wait > 800 && wait <= 900);
+        assert!(t.check("admin", b, now).is_ok(), "another address is not locked out");
+        assert!(t.check("admin", a, now + WINDOW).is_ok());
+    }
+
+    #[test]
+    fn fifty_failures_from_one_address() {
+        let t = LoginThrottle::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let now = Instant::now();
+        for i in 0..50 {
+            t.record_failure(&format!("user{i}"), a, now);
+        }
+        assert!(t.check("someone-else", a, now).is_err());
+    }
+}

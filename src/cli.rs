@@ -1,0 +1,140 @@
+//! The command line: `serve` and the admin commands, all against the same
+//! database. `--config` and `--db` are accepted before or after the words.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Self-hosted LLM gateway and API marketplace in one binary",
+    long_about = "tollgate routes OpenAI-style requests to OpenRouter, Glama, Requesty, AIML API or any \
+OpenAI-compatible server, meters tokens against each user's plan and serves a web page for keys, usage \
+and administration.\n\nStart it with `tollgate serve`; the admin commands work on the same database.",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Configuration file (default: ./config.toml when it exists)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// SQLite database file (overrides [database] path and TOLLGATE_DB)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway: the API, the web page and the admin routes
+    Serve {
+        /// Address to listen on (overrides [server] listen and TOLLGATE_LISTEN)
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Manage users
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage API keys
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Show plans
+    #[command(subcommand)]
+    Plan(PlanCmd),
+    /// Apply pending database migrations and exit
+    Migrate,
+    /// Validate the configuration and print it with secrets masked
+    CheckConfig,
+    /// Show each provider, whether it is active and why
+    Providers {
+        /// Also call each active provider's model list
+        #[arg(long)]
+        probe: bool,
+    },
+    /// Show which provider and upstream model a model name goes to
+    Route {
+        /// A model name as a client sends it, e.g. aiml/gpt-4
+        model: String,
+    },
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct PasswordSource {
+    /// The password (visible in shell history; prefer --password-stdin)
+    #[arg(long, value_name = "P")]
+    pub password: Option<String>,
+    /// Read the password from the first line of standard input
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Create a user
+    Add {
+        /// Username
+        name: String,
+        #[command(flatten)]
+        password: PasswordSource,
+        /// Make the user an administrator
+        #[arg(long)]
+        admin: bool,
+        /// Plan name (default: the default plan, normally "free")
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// List users
+    List,
+    /// Move a user to another plan
+    SetPlan {
+        /// Username
+        name: String,
+        /// Plan name
+        plan: String,
+    },
+    /// Set a new password (signs the user out everywhere)
+    ResetPassword {
+        /// Username
+        name: String,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Create an API key for a user and print it (the only time it is shown)
+    Create {
+        /// Owner's username
+        #[arg(long)]
+        user: String,
+        /// A name to recognise the key by
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List a user's keys (without secrets)
+    List {
+        /// Owner's username
+        #[arg(long)]
+        user: String,
+    },
+    /// Revoke a key by id; it stops working within seconds in a running server
+    Revoke {
+        /// Key id (see `tollgate key list`)
+        id: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PlanCmd {
+    /// List plans
+    List,
+}

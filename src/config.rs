@@ -1,0 +1,537 @@
+//! Configuration: the keys of SPEC §2, layered defaults < `config.toml` < `.env`
+//! < environment < command-line flags, validated before anything starts.
+//!
+//! Secrets are [`Secret`], whose `Debug` and `Serialize` print `***`, so a log
+//! line or `tollgate check-config` cannot leak them.
+
+use serde::{Deserialize, Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A string that never prints itself.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "***" })
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub routing: RoutingConfig,
+    pub metering: MeteringConfig,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub plans: Vec<PlanConfig>,
+    pub oauth: BTreeMap<String, OAuthConfig>,
+    pub pricing: BTreeMap<String, PricingConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub public_url: String,
+    pub max_body_bytes: usize,
+    pub cors_allowed_origins: Vec<String>,
+    pub oauth_redirect_allowlist: Vec<String>,
+    pub trusted_proxies: Vec<String>,
+    pub metrics: MetricsAccess,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8000".into(),
+            public_url: "http://localhost:8000".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            cors_allowed_origins: vec![],
+            oauth_redirect_allowlist: vec![],
+            trusted_proxies: vec![],
+            metrics: MetricsAccess::Admin,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    Admin,
+    Public,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub path: PathBuf,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { path: PathBuf::from("tollgate.db") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub jwt_secret: Secret,
+    pub access_token_ttl_secs: u64,
+    pub allow_registration: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { jwt_secret: Secret::default(), access_token_ttl_secs: 3600, allow_registration: false }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub default_provider: String,
+    pub retries: u32,
+    pub fallbacks: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig { default_provider: "openrouter".into(), retries: 1, fallbacks: BTreeMap::new() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeteringConfig {
+    pub default_max_tokens: u64,
+    pub min_completion_tokens: u64,
+    pub on_disconnect: OnDisconnect,
+    pub usage_retention_days: u64,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        MeteringConfig {
+            default_max_tokens: 4096,
+            min_completion_tokens: 16,
+            on_disconnect: OnDisconnect::Cancel,
+            usage_retention_days: 90,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDisconnect {
+    Cancel,
+    Drain,
+}
+
+/// A `[providers.NAME]` section. Every field is optional: for the built-ins
+/// what is left out keeps its default (see `upstream::providers`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// Display name (defaults to the built-in's or the section name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    pub api_key: Secret,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models_ttl_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap_field: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    pub name: String,
+    pub monthly_tokens: i64,
+    #[serde(default = "default_rpm")]
+    pub requests_per_minute: i64,
+    #[serde(default)]
+    pub price_usd_month: f64,
+    #[serde(default = "all_models")]
+    pub allowed_models: Vec<String>,
+}
+
+fn default_rpm() -> i64 {
+    60
+}
+
+fn all_models() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// The plans created on first start when the config lists none (SPEC §2).
+pub fn default_plans() -> Vec<PlanConfig> {
+    [("free", 10_000), ("pro", 100_000), ("enterprise", 1_000_000)]
+        .into_iter()
+        .map(|(name, tokens)| PlanConfig {
+            name: name.into(),
+            monthly_tokens: tokens,
+            requests_per_minute: 60,
+            price_usd_month: 0.0,
+            allowed_models: all_models(),
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub auth_url: String,
+    pub token_url: String,
+    pub userinfo_url: String,
+    pub scopes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject_field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username_field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_field: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingConfig {
+    /// USD per million prompt tokens.
+    pub prompt: f64,
+    /// USD per million completion tokens.
+    pub completion: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+}
+
+/// The built-in providers: name, display name, default base URL.
+pub const BUILTIN_PROVIDERS: &[(&str, &str, &str)] = &[
+    ("openrouter", "OpenRouter", "https://openrouter.ai/api/v1"),
+    ("glama", "Glama", "https://glama.ai/api/gateway/openai/v1"),
+    ("requesty", "Requesty", "https://router.requesty.ai/v1"),
+    ("aiml", "AIML API", "https://api.aimlapi.com/v1"),
+];
+
+/// A configuration problem: which file, which key, what was expected.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error{}: key `{key}`: {message}", file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(file: Option<&Path>, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { file: file.map(Path::to_path_buf), key: key.into(), message: message.into() }
+    }
+}
+
+/// What the command line may override.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub db: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the layered configuration: defaults < file < `.env` < environment < flags.
+    pub fn load(ov: &Overrides) -> Result<Config, ConfigError> {
+        // `.env` never overrides a variable the environment already has, which is
+        // exactly ".env < environment".
+        let _ = dotenvy::dotenv();
+        let path = match &ov.config {
+            Some(p) => Some(p.clone()),
+            None => Some(PathBuf::from("config.toml")).filter(|p| p.exists()),
+        };
+        let mut cfg = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::new(Some(p), "(file)", format!("cannot read the file: {e}")))?;
+                Config::parse(&text, Some(p))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+        if let Some(l) = &ov.listen {
+            cfg.server.listen = l.clone();
+        }
+        if let Some(d) = &ov.db {
+            cfg.database.path = d.clone();
+        }
+        cfg.validate(path.as_deref())?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; an error names the key and what was expected.
+    pub fn parse(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_string();
+            let at = inner
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            let key = if key == "." || key.is_empty() { "(top level)".to_string() } else { key };
+            ConfigError::new(file, key, format!("{msg}{at}"))
+        })
+    }
+
+    /// Applies environment variables (SPEC §1) through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = get("TOLLGATE_LISTEN") {
+            self.server.listen = v;
+        }
+        if let Some(v) = get("TOLLGATE_DB") {
+            self.database.path = PathBuf::from(v);
+        }
+        if let Some(v) = get("TOLLGATE_JWT_SECRET") {
+            self.auth.jwt_secret = Secret::new(v);
+        }
+        let mut names: Vec<String> = BUILTIN_PROVIDERS.iter().map(|(n, _, _)| n.to_string()).collect();
+        names.extend(self.providers.keys().cloned());
+        for name in names {
+            let var = format!("{}_API_KEY", name.to_uppercase().replace('-', "_"));
+            if let Some(key) = get(&var) {
+                self.providers.entry(name).or_default().api_key = Secret::new(key);
+            }
+        }
+        if let Some(id) = get("AIML_CLIENT_ID") {
+            self.oauth.entry("aiml".into()).or_default().client_id = id;
+        }
+        if let Some(secret) = get("AIML_CLIENT_SECRET") {
+            self.oauth.entry("aiml".into()).or_default().client_secret = Secret::new(secret);
+        }
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self, file: Option<&Path>) -> Result<(), ConfigError> {
+        let err = |k: &str, m: String| Err(ConfigError::new(file, k, m));
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return err(
+                "server.listen",
+                format!("expected an address and port such as \"127.0.0.1:8000\", got {:?}", self.server.listen),
+            );
+        }
+        if !self.server.public_url.starts_with("http://") && !self.server.public_url.starts_with("https://") {
+            return err("server.public_url", format!("expected an http(s) URL, got {:?}", self.server.public_url));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return err("server.max_body_bytes", "expected at least 1024".into());
+        }
+        for (i, p) in self.server.cors_allowed_origins.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(p) {
+                return err(&format!("server.cors_allowed_origins[{i}]"), format!("not a glob pattern: {e}"));
+            }
+        }
+        for (i, p) in self.server.trusted_proxies.iter().enumerate() {
+            if p.parse::<std::net::IpAddr>().is_err() {
+                return err(&format!("server.trusted_proxies[{i}]"), format!("expected an IP address, got {p:?}"));
+            }
+        }
+        if self.database.path.as_os_str().is_empty() {
+            return err("database.path", "expected a file path".into());
+        }
+        if self.auth.access_token_ttl_secs == 0 {
+            return err("auth.access_token_ttl_secs", "expected a number of seconds above 0".into());
+        }
+        let known = |n: &str| BUILTIN_PROVIDERS.iter().any(|(b, _, _)| *b == n) || self.providers.contains_key(n);
+        if !known(&self.routing.default_provider) {
+            return err(
+                "routing.default_provider",
+                format!("names no provider: {:?} is neither built in nor a [providers.*] section", self.routing.default_provider),
+            );
+        }
+        for (name, p) in &self.providers {
+            if name.is_empty() || name.contains('/') {
+                return err(&format!("providers.{name}"), "a provider name must be non-empty and contain no '/'".into());
+            }
+            let builtin = BUILTIN_PROVIDERS.iter().any(|(b, _, _)| b == name);
+            match &p.base_url {
+                Some(u) if !u.starts_with("http://") && !u.starts_with("https://") => {
+                    return err(&format!("providers.{name}.base_url"), format!("expected an http(s) URL, got {u:?}"));
+                }
+                None if !builtin => {
+                    return err(
+                        &format!("providers.{name}.base_url"),
+                        "a custom provider needs a base_url such as \"http://127.0.0.1:11434/v1\"".into(),
+                    );
+                }
+                _ => {}
+            }
+            if p.timeout_secs == Some(0) {
+                return err(&format!("providers.{name}.timeout_secs"), "expected a number of seconds above 0".into());
+            }
+            if let Some(f) = &p.cap_field {
+                if f != "max_tokens" && f != "max_completion_tokens" {
+                    return err(
+                        &format!("providers.{name}.cap_field"),
+                        format!("expected \"max_tokens\" or \"max_completion_tokens\", got {f:?}"),
+                    );
+                }
+            }
+        }
+        for (model, alts) in &self.routing.fallbacks {
+            if alts.is_empty() {
+                return err(&format!("routing.fallbacks.{model}"), "expected a non-empty list of model names".into());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, plan) in self.plans.iter().enumerate() {
+            if plan.name.trim().is_empty() {
+                return err(&format!("plans[{i}].name"), "expected a non-empty name".into());
+            }
+            if !seen.insert(plan.name.as_str()) {
+                return err(&format!("plans[{i}].name"), format!("plan {:?} is listed twice", plan.name));
+            }
+            if plan.monthly_tokens < 0 {
+                return err(&format!("plans[{i}].monthly_tokens"), "expected a number of tokens ≥ 0".into());
+            }
+            if plan.requests_per_minute < 1 {
+                return err(&format!("plans[{i}].requests_per_minute"), "expected at least 1".into());
+            }
+            for (j, g) in plan.allowed_models.iter().enumerate() {
+                if let Err(e) = globset::Glob::new(g) {
+                    return err(&format!("plans[{i}].allowed_models[{j}]"), format!("not a glob pattern: {e}"));
+                }
+            }
+        }
+        for (name, o) in &self.oauth {
+            let enabled = !o.client_id.is_empty() && !o.client_secret.is_empty();
+            let preset = name == "github" || name == "google";
+            if enabled && !preset {
+                for (k, v) in [("auth_url", &o.auth_url), ("token_url", &o.token_url), ("userinfo_url", &o.userinfo_url)] {
+                    if !v.starts_with("http://") && !v.starts_with("https://") {
+                        return err(
+                            &format!("oauth.{name}.{k}"),
+                            format!("expected an http(s) URL (the provider's {k}); got {v:?}"),
+                        );
+                    }
+                }
+            }
+        }
+        for (model, p) in &self.pricing {
+            if p.prompt < 0.0 || p.completion < 0.0 {
+                return err(&format!("pricing.{model}"), "prices must be ≥ 0 (USD per million tokens)".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        // validate() guarantees this parses.
+        self.server.listen.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8000)))
+    }
+
+    /// The effective configuration as TOML, secrets masked (`check-config`).
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+    }
+
+    /// The plans to create on first start.
+    pub fn initial_plans(&self) -> Vec<PlanConfig> {
+        if self.plans.is_empty() {
+            default_plans()
+        } else {
+            self.plans.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_validates() {
+        let text = include_str!("../config.toml.example");
+        let cfg = Config::parse(text, None).expect("config.toml.example parses");
+        cfg.validate(None).expect("config.toml.example validates");
+        let d = Config::default();
+        assert_eq!(cfg.server.listen, d.server.listen);
+        assert_eq!(cfg.server.max_body_bytes, d.server.max_body_bytes);
+        assert_eq!(cfg.metering.default_max_tokens, d.metering.default_max_tokens);
+        assert_eq!(cfg.auth.access_token_ttl_secs, d.auth.access_token_ttl_secs);
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = Config::parse("[server]\nmax_body_bytes = \"big\"\n", Some(Path::new("c.toml"))).unwrap_err();
+        assert_eq!(e.key, "server.max_body_bytes");
+        assert!(e.to_string().contains("c.toml"), "{e}");
+        let e = Config::parse("[server]\nlisten_on = 1\n", None).unwrap_err();
+        assert!(e.to_string().contains("listen_on"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = Config::default();
+        c.server.listen = "nowhere".into();
+        assert_eq!(c.validate(None).unwrap_err().key, "server.listen");
+        let mut c = Config::default();
+        c.routing.default_provider = "nope".into();
+        assert_eq!(c.validate(None).unwrap_err().key, "routing.default_provider");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut c = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\n[providers.local]\nbase_url = \"http://127.0.0.1:2/v1\"\n", None).unwrap();
+        c.apply_env(|k| match k {
+            "TOLLGATE_LISTEN" => Some("127.0.0.1:9".into()),
+            "OPENROUTER_API_KEY" => Some("sk-or-x".into()),
+            "LOCAL_API_KEY" => Some("k".into()),
+            _ => None,
+        });
+        assert_eq!(c.server.listen, "127.0.0.1:9");
+        assert_eq!(c.providers["openrouter"].api_key.expose(), "sk-or-x");
+        assert_eq!(c.providers["local"].api_key.expose(), "k");
+        let printed = c.to_masked_toml();
+        assert!(!printed.contains("sk-or-x"), "{printed}");
+        assert!(format!("{c:?}").find("sk-or-x").is_none());
+    }
+}

@@ -1,0 +1,133 @@
+//! API keys: stored as a SHA-256 hash with a display prefix; the key itself never.
+
+use super::{json_list, parse_json_list, DbResult};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+#[derive(Debug, Clone)]
+pub struct KeyRow {
+    pub id: i64,
+    pub user_id: i64,
+    pub name: String,
+    pub description: Option<String>,
+    pub key_hash: String,
+    pub prefix: String,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+    pub allowed_models: Option<Vec<String>>,
+    pub monthly_token_limit: Option<i64>,
+}
+
+pub struct NewKey<'a> {
+    pub user_id: i64,
+    pub name: &'a str,
+    pub description: Option<&'a str>,
+    pub key_hash: &'a str,
+    pub prefix: &'a str,
+    pub expires_at: Option<&'a str>,
+    pub allowed_models: Option<&'a [String]>,
+    pub monthly_token_limit: Option<i64>,
+}
+
+const COLUMNS: &str = "id, user_id, name, description, key_hash, prefix, created_at, last_used_at, expires_at, \
+                       revoked, allowed_models, monthly_token_limit";
+
+fn from_row(r: &Row) -> rusqlite::Result<KeyRow> {
+    Ok(KeyRow {
+        id: r.get(0)?,
+        user_id: r.get(1)?,
+        name: r.get(2)?,
+        description: r.get(3)?,
+        key_hash: r.get(4)?,
+        prefix: r.get(5)?,
+        created_at: r.get(6)?,
+        last_used_at: r.get(7)?,
+        expires_at: r.get(8)?,
+        revoked: r.get(9)?,
+        allowed_models: r.get::<_, Option<String>>(10)?.map(|s| parse_json_list(&s)),
+        monthly_token_limit: r.get(11)?,
+    })
+}
+
+pub fn insert(conn: &Connection, k: &NewKey, now: &str) -> DbResult<KeyRow> {
+    conn.execute(
+        "INSERT INTO api_keys (user_id, name, description, key_hash, prefix, created_at, expires_at,
+                               allowed_models, monthly_token_limit)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            k.user_id,
+            k.name,
+            k.description,
+            k.key_hash,
+            k.prefix,
+            now,
+            k.expires_at,
+            k.allowed_models.map(json_list),
+            k.monthly_token_limit
+        ],
+    )?;
+    let id = conn.last_insert_rowid();
+    find_by_id(conn, id)?.ok_or_else(|| super::DbError::Task("inserted key vanished".into()))
+}
+
+pub fn find_by_id(conn: &Connection, id: i64) -> DbResult<Option<KeyRow>> {
+    Ok(conn
+        .query_row(&format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1"), [id], from_row)
+        .optional()?)
+}
+
+pub fn list_for_user(conn: &Connection, user_id: i64) -> DbResult<Vec<KeyRow>> {
+    let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM api_keys WHERE user_id = ?1 ORDER BY id"))?;
+    let rows = st.query_map([user_id], from_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+pub fn list_all(conn: &Connection) -> DbResult<Vec<KeyRow>> {
+    let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM api_keys ORDER BY id"))?;
+    let rows = st.query_map([], from_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Keys that can still authenticate (not revoked); expiry is checked per request.
+pub fn list_usable(conn: &Connection) -> DbResult<Vec<KeyRow>> {
+    let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM api_keys WHERE revoked = 0"))?;
+    let rows = st.query_map([], from_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Writes every editable field of `k` back.
+pub fn update(conn: &Connection, k: &KeyRow) -> DbResult<bool> {
+    Ok(conn.execute(
+        "UPDATE api_keys SET name = ?2, description = ?3, expires_at = ?4, allowed_models = ?5,
+                             monthly_token_limit = ?6
+         WHERE id = ?1",
+        params![
+            k.id,
+            k.name,
+            k.description,
+            k.expires_at,
+            k.allowed_models.as_deref().map(json_list),
+            k.monthly_token_limit
+        ],
+    )? > 0)
+}
+
+pub fn revoke(conn: &Connection, id: i64) -> DbResult<bool> {
+    Ok(conn.execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", [id])? > 0)
+}
+
+/// Records last-use times gathered in memory, in one transaction.
+pub fn record_last_used(conn: &mut Connection, uses: &[(i64, String)]) -> DbResult<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut st = tx.prepare(
+            "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+        )?;
+        for (id, at) in uses {
+            st.execute(params![id, at])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! The database: one SQLite file through an r2d2 pool (WAL, busy timeout,
+//! foreign keys on), schema from refinery migrations embedded in the binary.
+//!
+//! All SQL of the project lives under this module, behind functions named for
+//! what they do, so another backend can be added without touching handlers.
+
+pub mod api_keys;
+pub mod plans;
+pub mod settings;
+pub mod users;
+
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::Connection;
+use std::path::Path;
+use std::time::Duration;
+
+pub type Pool = r2d2::Pool<SqliteConnectionManager>;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("connection pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error("migration: {0}")]
+    Migration(String),
+    /// A uniqueness or reference rule refused the write; the text is for the client.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+pub type DbResult<T> = Result<T, DbError>;
+
+/// Maps a constraint violation to [`DbError::Conflict`] with `what` as the message.
+pub fn on_constraint(e: rusqlite::Error, what: &str) -> DbError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        if f.code == rusqlite::ErrorCode::ConstraintViolation {
+            return DbError::Conflict(what.to_owned());
+        }
+    }
+    DbError::Sqlite(e)
+}
+
+fn init_connection(c: &mut Connection) -> rusqlite::Result<()> {
+    c.busy_timeout(Duration::from_secs(10))?;
+    c.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA foreign_keys = ON;",
+    )
+}
+
+/// Opens (creating if needed) the database file and its pool.
+pub fn open(path: &Path) -> DbResult<Pool> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| DbError::Task(format!("cannot create the directory {}: {e}", dir.display())))?;
+    }
+    let manager = SqliteConnectionManager::file(path).with_init(init_connection);
+    let pool = r2d2::Pool::builder()
+        .max_size(8)
+        .connection_timeout(Duration::from_secs(30))
+        .build(manager)?;
+    Ok(pool)
+}
+
+/// Runs the embedded migrations that have not run yet; returns how many ran.
+pub fn migrate(pool: &Pool) -> DbResult<usize> {
+    let mut conn = pool.get()?;
+    let report = embedded::migrations::runner()
+        .run(&mut *conn)
+        .map_err(|e| DbError::Migration(e.to_string()))?;
+    Ok(report.applied_migrations().len())
+}
+
+/// Runs blocking database work on the blocking pool, re-raising its panics.
+pub async fn run<T, F>(pool: &Pool, f: F) -> DbResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> DbResult<T> + Send + 'static,
+{
+    let pool = pool.clone();
+    match tokio::task::spawn_blocking(move || {
+        let mut conn = pool.get()?;
+        f(&mut conn)
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(DbError::Task(e.to_string())),
+    }
+}
+
+/// The current RFC 3339 UTC timestamp at second precision, as stored.
+pub fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Parses a stored timestamp.
+pub fn parse_ts(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// Encodes a list of glob patterns for a JSON text column.
+pub fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+/// Decodes a JSON text column holding a list of strings.
+pub fn parse_json_list(s: &str) -> Vec<String> {
+    serde_json::from_str(s).unwrap_or_default()
+}

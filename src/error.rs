@@ -1,0 +1,264 @@
+//! `ApiError`: the one error type of the HTTP surface. Every error any route
+//! returns — ours or the framework's rejections — leaves as OpenAI's error body
+//! `{"error":{"message","type","code","param"}}` (SPEC §3).
+//!
+//! What the client sees (`message`) and what is logged (`detail`) are separate
+//! strings; neither may carry a secret.
+
+use axum::extract::rejection::{
+    BytesRejection, FormRejection, JsonRejection, PathRejection, QueryRejection,
+};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error answer in OpenAI's shape, with the extra headers some carry.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub code: Option<String>,
+    pub message: String,
+    pub param: Option<String>,
+    /// Seconds for `Retry-After`.
+    pub retry_after: Option<u64>,
+    /// Value of `x-should-retry`, when the gateway wants to steer SDK retries.
+    pub should_retry: Option<bool>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, code: Option<&str>, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            code: code.map(str::to_owned),
+            message: message.into(),
+            param: None,
+            retry_after: None,
+            should_retry: None,
+        }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn with_should_retry(mut self, retry: bool) -> Self {
+        self.should_retry = Some(retry);
+        self
+    }
+
+    /// 400: malformed input; `param` names the field when there is one.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", None, message)
+    }
+
+    pub fn invalid_field(param: &str, message: impl Into<String>) -> Self {
+        Self::bad_request(message).with_param(param)
+    }
+
+    /// 401 in OpenAI's own shape: no, unknown, revoked or expired credential.
+    pub fn invalid_api_key(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key"), message)
+    }
+
+    pub fn missing_credential() -> Self {
+        Self::invalid_api_key(
+            "No credential given. Send an API key as 'Authorization: Bearer sk_live_…' or 'X-API-Key', \
+             or a token from POST /auth/login as 'Authorization: Bearer <token>'.",
+        )
+    }
+
+    pub fn invalid_credentials() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            Some("invalid_credentials"),
+            "Wrong username or password.",
+        )
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", None, message)
+    }
+
+    pub fn forbidden_code(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", Some(code), message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("not_found"), message)
+    }
+
+    pub fn model_not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("model_not_found"), message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "invalid_request_error", Some("conflict"), message)
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            Some("request_too_large"),
+            format!("The request body is larger than the server's limit of {limit} bytes ([server] max_body_bytes)."),
+        )
+    }
+
+    pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some("rate_limit_exceeded"), message)
+            .with_retry_after(retry_after_secs.max(1))
+    }
+
+    pub fn insufficient_quota(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", Some("insufficient_quota"), message)
+            .with_should_retry(false)
+    }
+
+    pub fn upstream(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "api_error", Some("upstream_error"), message)
+    }
+
+    pub fn upstream_auth(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "api_error", Some("upstream_auth_error"), message)
+    }
+
+    pub fn provider_unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", Some("provider_unavailable"), message)
+    }
+
+    pub fn upstream_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "api_error", Some("upstream_timeout"), message)
+    }
+
+    /// 500 with a generic message; the detail goes to the log only.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            Some("internal_error"),
+            "Internal server error; the server log has the details.",
+        )
+    }
+
+    /// The JSON body, as sent (also used for SSE error events).
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "code": self.code,
+            "param": self.param,
+        }})
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        let headers = resp.headers_mut();
+        if let Some(secs) = self.retry_after {
+            headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(retry) = self.should_retry {
+            headers.insert(
+                HeaderName::from_static("x-should-retry"),
+                HeaderValue::from_static(if retry { "true" } else { "false" }),
+            );
+        }
+        resp
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        match e {
+            crate::db::DbError::Conflict(what) => ApiError::conflict(what),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+fn body_rejection(status: StatusCode, text: String, limit_hint: bool) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE || limit_hint {
+        let mut e = ApiError::too_large(0);
+        e.message = "The request body is larger than the server's limit ([server] max_body_bytes).".into();
+        return e;
+    }
+    ApiError::bad_request(text)
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match &r {
+            JsonRejection::JsonDataError(e) => {
+                // serde_path_to_error gives "field: message"; name the field in `param`.
+                let text = e.body_text();
+                let detail = text.trim_start_matches("Failed to deserialize the JSON body into the target type: ");
+                let param = detail.split_once(':').map(|(p, _)| p.trim().to_owned());
+                let mut err = ApiError::bad_request(format!("Invalid request body: {detail}"));
+                if let Some(p) = param.filter(|p| !p.contains(' ') && !p.is_empty()) {
+                    err.param = Some(p);
+                } else if let Some(field) = detail.split("missing field `").nth(1).and_then(|s| s.split('`').next()) {
+                    err.param = Some(field.to_owned());
+                }
+                err
+            }
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::bad_request(format!("The body is not valid JSON: {}", e.body_text()))
+            }
+            JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                Some("unsupported_media_type"),
+                "Send the body as JSON with 'Content-Type: application/json'.",
+            ),
+            JsonRejection::BytesRejection(b) => body_rejection(b.status(), b.body_text(), false),
+            other => body_rejection(other.status(), other.body_text(), false),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        body_rejection(r.status(), r.body_text(), false)
+    }
+}
+
+impl From<FormRejection> for ApiError {
+    fn from(r: FormRejection) -> Self {
+        let status = r.status();
+        body_rejection(status, format!("Invalid form body: {}", r.body_text()), false)
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad_request(format!("Invalid query string: {}", r.body_text()))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        // A path segment that cannot name anything (e.g. /api/keys/abc) is an unknown id.
+        ApiError::not_found(format!("Not found: {}", r.body_text()))
+    }
+}

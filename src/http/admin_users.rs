@@ -1,0 +1,153 @@
+//! `/admin/users`: search, create, change plan/role/disabled/email/password,
+//! delete. Disabling stops the user's keys and tokens at once. An admin cannot
+//! disable, demote or delete their own account (so one always remains).
+
+use super::extract::{double_option, AppJson, AppPath, AppQuery};
+use super::views::{AdminUserView, DataList};
+use crate::auth::AdminUser;
+use crate::db::{self, users};
+use crate::error::{ApiError, ApiResult};
+use crate::service::accounts;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+pub struct SearchQuery {
+    q: Option<String>,
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    _: AdminUser,
+    AppQuery(q): AppQuery<SearchQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let rows = db::run(&st.pool, move |c| users::search(c, q.q.as_deref().filter(|s| !s.is_empty()))).await?;
+    Ok(Json(DataList { data: rows.iter().map(AdminUserView::from).collect() }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    username: String,
+    password: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    plan: Option<String>,
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    _: AdminUser,
+    AppJson(b): AppJson<CreateUser>,
+) -> ApiResult<impl IntoResponse> {
+    accounts::validate_username(&b.username)?;
+    let pw = b.password.clone();
+    let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&pw)).await.map_err(ApiError::internal)??;
+    let now = db::ts(st.clock.now());
+    let user = db::run(&st.pool, move |c| {
+        Ok(accounts::create_user(
+            c,
+            &accounts::NewAccount {
+                username: &b.username,
+                password_hash: Some(&hash),
+                email: b.email.as_deref(),
+                role: b.role.as_deref().unwrap_or("user"),
+                plan: b.plan.as_deref(),
+            },
+            &now,
+        ))
+    })
+    .await??;
+    st.creds.reload().await?;
+    Ok((StatusCode::CREATED, Json(AdminUserView::from(&user))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    #[serde(default)]
+    plan: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    disabled: Option<bool>,
+    #[serde(default, deserialize_with = "double_option")]
+    email: Option<Option<String>>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+pub async fn update(
+    State(st): State<AppState>,
+    AdminUser(me): AdminUser,
+    AppPath(id): AppPath<i64>,
+    AppJson(b): AppJson<UpdateUser>,
+) -> ApiResult<impl IntoResponse> {
+    if id == me.user.id {
+        if b.disabled == Some(true) {
+            return Err(ApiError::invalid_field("disabled", "You cannot disable your own account."));
+        }
+        if b.role.as_deref().is_some_and(|r| r != "admin") {
+            return Err(ApiError::invalid_field("role", "You cannot remove your own admin role."));
+        }
+    }
+    if let Some(r) = &b.role {
+        accounts::validate_role(r)?;
+    }
+    let hash = match b.password.clone() {
+        Some(pw) => Some(tokio::task::spawn_blocking(move || accounts::hash_password(&pw)).await.map_err(ApiError::internal)??),
+        None => None,
+    };
+    let user = db::run(&st.pool, move |c| {
+        let tx = c.transaction()?;
+        if users::find_by_id(&tx, id)?.is_none() {
+            return Ok(Err(ApiError::not_found(format!("There is no user with id {id}."))));
+        }
+        if let Some(plan) = &b.plan {
+            if let Err(e) = accounts::require_plan(&tx, plan) {
+                return Ok(Err(e));
+            }
+            users::set_plan(&tx, id, plan)?;
+        }
+        if let Some(role) = &b.role {
+            users::set_role(&tx, id, role)?;
+        }
+        if let Some(email) = &b.email {
+            users::set_email(&tx, id, email.as_deref())?;
+        }
+        if let Some(hash) = &hash {
+            users::set_password(&tx, id, hash)?;
+        }
+        if let Some(d) = b.disabled {
+            users::set_disabled(&tx, id, d)?;
+        }
+        let user = users::find_by_id(&tx, id)?;
+        tx.commit()?;
+        Ok(user.ok_or_else(|| ApiError::not_found(format!("There is no user with id {id}."))))
+    })
+    .await??;
+    st.creds.reload().await?;
+    Ok(Json(AdminUserView::from(&user)))
+}
+
+pub async fn delete(
+    State(st): State<AppState>,
+    AdminUser(me): AdminUser,
+    AppPath(id): AppPath<i64>,
+) -> ApiResult<impl IntoResponse> {
+    if id == me.user.id {
+        return Err(ApiError::bad_request("You cannot delete your own account."));
+    }
+    if !db::run(&st.pool, move |c| users::delete(c, id)).await? {
+        return Err(ApiError::not_found(format!("There is no user with id {id}.")));
+    }
+    st.creds.reload().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,140 @@
+//! `/api/keys`: a user's own API keys — create (the secret shown once), list,
+//! edit, revoke. Another user's key id answers 404.
+
+use super::extract::{double_option, AppJson, AppPath};
+use super::views::{CreatedKeyView, DataList, KeyView};
+use crate::auth::CurrentUser;
+use crate::db::{self, api_keys};
+use crate::error::{ApiError, ApiResult};
+use crate::service::accounts::{self, KeySpec};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    allowed_models: Option<Vec<String>>,
+    #[serde(default)]
+    monthly_token_limit: Option<i64>,
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    CurrentUser(p): CurrentUser,
+    AppJson(b): AppJson<CreateKey>,
+) -> ApiResult<impl IntoResponse> {
+    let now = db::ts(st.clock.now());
+    let uid = p.user.id;
+    let spec = KeySpec {
+        name: b.name,
+        description: b.description,
+        expires_at: b.expires_at,
+        allowed_models: b.allowed_models,
+        monthly_token_limit: b.monthly_token_limit,
+    };
+    let (row, secret) = db::run(&st.pool, move |c| Ok(accounts::create_key(c, uid, &spec, &now))).await??;
+    st.creds.reload().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKeyView {
+            id: row.id,
+            name: row.name,
+            description: row.description,
+            api_key: secret,
+            prefix: row.prefix,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            allowed_models: row.allowed_models,
+            monthly_token_limit: row.monthly_token_limit,
+        }),
+    ))
+}
+
+pub async fn list(State(st): State<AppState>, CurrentUser(p): CurrentUser) -> ApiResult<impl IntoResponse> {
+    let uid = p.user.id;
+    let rows = db::run(&st.pool, move |c| api_keys::list_for_user(c, uid)).await?;
+    let snap = st.creds.snapshot();
+    Ok(Json(DataList { data: rows.iter().map(|k| KeyView::new(k, &snap, false)).collect() }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    expires_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    allowed_models: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "double_option")]
+    monthly_token_limit: Option<Option<i64>>,
+}
+
+/// The caller's key `id`, or 404 (also for another user's key).
+async fn own_key(st: &AppState, user_id: i64, id: i64) -> ApiResult<api_keys::KeyRow> {
+    db::run(&st.pool, move |c| api_keys::find_by_id(c, id))
+        .await?
+        .filter(|k| k.user_id == user_id)
+        .ok_or_else(|| ApiError::not_found(format!("You have no API key with id {id}.")))
+}
+
+pub async fn update(
+    State(st): State<AppState>,
+    CurrentUser(p): CurrentUser,
+    AppPath(id): AppPath<i64>,
+    AppJson(b): AppJson<UpdateKey>,
+) -> ApiResult<impl IntoResponse> {
+    let mut k = own_key(&st, p.user.id, id).await?;
+    if let Some(n) = b.name {
+        k.name = n.trim().to_owned();
+    }
+    if let Some(d) = b.description {
+        k.description = d;
+    }
+    if let Some(e) = b.expires_at {
+        k.expires_at = e;
+    }
+    if let Some(a) = b.allowed_models {
+        k.allowed_models = a;
+    }
+    if let Some(l) = b.monthly_token_limit {
+        k.monthly_token_limit = l;
+    }
+    k.expires_at = accounts::validate_key_fields(
+        &k.name,
+        k.expires_at.as_deref(),
+        k.allowed_models.as_deref(),
+        k.monthly_token_limit,
+    )?;
+    let row = db::run(&st.pool, move |c| {
+        api_keys::update(c, &k)?;
+        api_keys::find_by_id(c, k.id)
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("You have no API key with id {id}.")))?;
+    st.creds.reload().await?;
+    Ok(Json(KeyView::new(&row, &st.creds.snapshot(), false)))
+}
+
+pub async fn revoke(
+    State(st): State<AppState>,
+    CurrentUser(p): CurrentUser,
+    AppPath(id): AppPath<i64>,
+) -> ApiResult<impl IntoResponse> {
+    own_key(&st, p.user.id, id).await?;
+    db::run(&st.pool, move |c| api_keys::revoke(c, id)).await?;
+    st.creds.reload().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

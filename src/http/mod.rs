@@ -1,0 +1,126 @@
+//! The HTTP surface: one route table, the middleware stack (request id and
+//! logging, CORS, body limit, authentication) and the 404/405 fallbacks.
+
+pub mod admin_keys;
+pub mod admin_plans;
+pub mod admin_users;
+pub mod auth;
+pub mod extract;
+pub mod keys;
+pub mod views;
+pub mod web;
+
+use crate::auth::extract::require_auth;
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use std::time::Instant;
+
+/// The request id of this request (also sent back as `x-request-id`).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+pub fn new_request_id() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    let mut s = String::with_capacity(24);
+    s.push_str("req_");
+    Alphanumeric.append_string(&mut rand::thread_rng(), &mut s, 20);
+    s
+}
+
+/// Builds the whole router for `state`.
+pub fn router(state: AppState) -> Router {
+    let public = Router::new()
+        .route("/health", get(health))
+        .route("/auth/register", post(auth::register))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/providers", get(auth::providers))
+        .merge(web::router());
+
+    let protected = Router::new()
+        .route("/auth/me", get(auth::me))
+        .route("/auth/password", post(auth::change_password))
+        .route("/api/keys", get(keys::list).post(keys::create))
+        .route("/api/keys/{id}", delete(keys::revoke).patch(keys::update))
+        .route("/admin/users", get(admin_users::list).post(admin_users::create))
+        .route("/admin/users/{id}", delete(admin_users::delete).patch(admin_users::update))
+        .route("/admin/plans", get(admin_plans::list).post(admin_plans::create))
+        .route("/admin/plans/{name}", delete(admin_plans::delete).patch(admin_plans::update))
+        .route("/admin/keys", get(admin_keys::list))
+        .route("/admin/keys/{id}", delete(admin_keys::revoke))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+
+    let mut app = Router::new()
+        .merge(public)
+        .merge(protected)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes));
+    if let Some(cors) = cors_layer(&state) {
+        app = app.layer(cors);
+    }
+    app.layer(middleware::from_fn(request_id_and_log)).with_state(state)
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn not_found(State(_): State<AppState>) -> ApiError {
+    ApiError::not_found("Unknown path. The API lives under /llm, /v1, /auth, /api, /subscriptions and /admin.")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        Some("method_not_allowed"),
+        "This path does not accept that method.",
+    )
+}
+
+/// Gives every request an id (`x-request-id` on the answer) and logs it, path
+/// only: query strings can carry OAuth codes and never reach the log.
+async fn request_id_and_log(mut req: Request, next: Next) -> Response {
+    let id = new_request_id();
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    let status = resp.status();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    if status.is_server_error() {
+        tracing::warn!(request_id = %id, %method, %path, status = status.as_u16(), ms, "request failed");
+    } else {
+        tracing::debug!(request_id = %id, %method, %path, status = status.as_u16(), ms, "request");
+    }
+    resp
+}
+
+fn cors_layer(state: &AppState) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+    let origins = &state.config.server.cors_allowed_origins;
+    if origins.is_empty() {
+        return None;
+    }
+    let patterns = crate::glob::Patterns::lenient(origins);
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+                origin.to_str().map(|o| patterns.matches(o)).unwrap_or(false)
+            }))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
+            .allow_headers(AllowHeaders::mirror_request())
+            .expose_headers([axum::http::HeaderName::from_static("x-request-id")])
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
+}

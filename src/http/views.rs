@@ -1,0 +1,113 @@
+//! The JSON shapes of users, keys and plans as the API shows them (SPEC §4, §7).
+
+use crate::auth::cache::Snapshot;
+use crate::db::{self, api_keys::KeyRow, plans::Plan, users::UserRow};
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+
+/// A user as `/auth/me` and `/auth/register` show it.
+#[derive(Serialize)]
+pub struct UserView {
+    pub id: i64,
+    pub username: String,
+    pub email: Option<String>,
+    pub role: String,
+    pub plan: String,
+}
+
+impl From<&UserRow> for UserView {
+    fn from(u: &UserRow) -> Self {
+        UserView { id: u.id, username: u.username.clone(), email: u.email.clone(), role: u.role.clone(), plan: u.plan.clone() }
+    }
+}
+
+/// A user as the admin routes show it.
+#[derive(Serialize)]
+pub struct AdminUserView {
+    pub id: i64,
+    pub username: String,
+    pub email: Option<String>,
+    pub role: String,
+    pub plan: String,
+    pub disabled: bool,
+    pub created_at: String,
+}
+
+impl From<&UserRow> for AdminUserView {
+    fn from(u: &UserRow) -> Self {
+        AdminUserView {
+            id: u.id,
+            username: u.username.clone(),
+            email: u.email.clone(),
+            role: u.role.clone(),
+            plan: u.plan.clone(),
+            disabled: u.disabled,
+            created_at: u.created_at.clone(),
+        }
+    }
+}
+
+/// A key without its secret.
+#[derive(Serialize)]
+pub struct KeyView {
+    pub id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<i64>,
+    pub name: String,
+    pub description: Option<String>,
+    pub prefix: String,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+    pub allowed_models: Option<Vec<String>>,
+    pub monthly_token_limit: Option<i64>,
+}
+
+impl KeyView {
+    /// The key as stored, with a last use seen in memory but not yet written.
+    pub fn new(k: &KeyRow, snap: &Snapshot, with_user: bool) -> Self {
+        let mut last_used_at = k.last_used_at.clone();
+        if let Some(live) = snap.key_by_id(k.id) {
+            let t = live.last_used.load(Ordering::Relaxed);
+            let stored = last_used_at.as_deref().and_then(db::parse_ts).map(|t| t.timestamp()).unwrap_or(0);
+            if t > stored {
+                last_used_at = chrono::DateTime::from_timestamp(t, 0).map(db::ts);
+            }
+        }
+        KeyView {
+            id: k.id,
+            user_id: with_user.then_some(k.user_id),
+            name: k.name.clone(),
+            description: k.description.clone(),
+            prefix: k.prefix.clone(),
+            created_at: k.created_at.clone(),
+            last_used_at,
+            expires_at: k.expires_at.clone(),
+            revoked: k.revoked,
+            allowed_models: k.allowed_models.clone(),
+            monthly_token_limit: k.monthly_token_limit,
+        }
+    }
+}
+
+/// The answer to `POST /api/keys`: the only time the secret is shown.
+#[derive(Serialize)]
+pub struct CreatedKeyView {
+    pub id: i64,
+    pub name: String,
+    pub description: Option<String>,
+    pub api_key: String,
+    pub prefix: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub allowed_models: Option<Vec<String>>,
+    pub monthly_token_limit: Option<i64>,
+}
+
+pub type PlanView = Plan;
+
+#[derive(Serialize)]
+pub struct DataList<T: Serialize> {
+    pub data: Vec<T>,
+}

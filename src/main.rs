@@ -1,0 +1,261 @@
+//! The `tollgate` binary: CLI dispatch and startup.
+
+#![forbid(unsafe_code)]
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use std::io::BufRead;
+use tollgate::cli::{Cli, Command, KeyCmd, PasswordSource, PlanCmd, UserCmd};
+use tollgate::config::{Config, Overrides};
+use tollgate::db::{self, api_keys, plans, users};
+use tollgate::service::accounts;
+use tollgate::upstream::providers::Providers;
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}
+
+fn load_config(cli: &Cli, listen: Option<String>) -> Result<Config> {
+    let ov = Overrides { config: cli.global.config.clone(), listen, db: cli.global.db.clone() };
+    Ok(Config::load(&ov)?)
+}
+
+fn admin_password_env() -> Option<String> {
+    std::env::var("TOLLGATE_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty())
+}
+
+fn print_bootstrap(b: &accounts::Bootstrap) {
+    if let Some(pw) = &b.generated_admin_password {
+        // The one time tollgate prints a password (SPEC §1).
+        eprintln!("\n  First start: created the administrator 'admin' with the password\n\n      {pw}\n\n  It is not shown again; change it after signing in (POST /auth/password).\n");
+    } else if b.created_admin {
+        eprintln!("First start: created the administrator 'admin' with the password from TOLLGATE_ADMIN_PASSWORD.");
+    }
+}
+
+fn read_password(src: &PasswordSource) -> Result<String> {
+    if let Some(p) = &src.password {
+        return Ok(p.clone());
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_owned();
+    if pw.is_empty() {
+        bail!("no password on standard input");
+    }
+    Ok(pw)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Serve { listen } => serve(load_config(&cli, listen.clone())?),
+        Command::CheckConfig => {
+            let cfg = load_config(&cli, None)?;
+            print!("{}", cfg.to_masked_toml());
+            eprintln!("configuration OK");
+            Ok(())
+        }
+        Command::Migrate => {
+            let cfg = load_config(&cli, None)?;
+            let pool = db::open(&cfg.database.path)?;
+            let n = db::migrate(&pool)?;
+            println!("{n} migration(s) applied to {}", cfg.database.path.display());
+            Ok(())
+        }
+        Command::Providers { probe } => providers(&load_config(&cli, None)?, *probe),
+        Command::Route { model } => {
+            let cfg = load_config(&cli, None)?;
+            let p = Providers::from_config(&cfg);
+            let r = p.route(model);
+            println!("{model} -> provider {} ({}), upstream model {}", r.provider.id, r.provider.base_url, r.upstream_model);
+            if let Some(reason) = r.provider.inactive_reason() {
+                println!("note: {} is inactive: {reason}", r.provider.id);
+            }
+            Ok(())
+        }
+        Command::User(cmd) => user_cmd(&load_config(&cli, None)?, cmd),
+        Command::Key(cmd) => key_cmd(&load_config(&cli, None)?, cmd),
+        Command::Plan(PlanCmd::List) => {
+            let pool = open_db(&load_config(&cli, None)?)?;
+            let conn = pool.get()?;
+            println!("{:<16} {:>14} {:>8} {:>10}  allowed models", "name", "monthly_tokens", "rpm", "usd/month");
+            for p in plans::list(&conn)? {
+                println!(
+                    "{:<16} {:>14} {:>8} {:>10.2}  {}",
+                    p.name,
+                    p.monthly_tokens,
+                    p.requests_per_minute,
+                    p.price_usd_month,
+                    p.allowed_models.join(", ")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn open_db(cfg: &Config) -> Result<db::Pool> {
+    let (pool, report) = tollgate::open_database(cfg, admin_password_env())?;
+    print_bootstrap(&report);
+    Ok(pool)
+}
+
+fn api<T>(r: Result<T, tollgate::error::ApiError>) -> Result<T> {
+    r.map_err(|e| anyhow!(e.message))
+}
+
+fn user_cmd(cfg: &Config, cmd: &UserCmd) -> Result<()> {
+    let pool = open_db(cfg)?;
+    let conn = pool.get()?;
+    let now = db::ts(chrono::Utc::now());
+    match cmd {
+        UserCmd::Add { name, password, admin, plan } => {
+            let hash = api(accounts::hash_password(&read_password(password)?))?;
+            let u = api(accounts::create_user(
+                &conn,
+                &accounts::NewAccount {
+                    username: name,
+                    password_hash: Some(&hash),
+                    email: None,
+                    role: if *admin { "admin" } else { "user" },
+                    plan: plan.as_deref(),
+                },
+                &now,
+            ))?;
+            println!("created user {} (id {}, role {}, plan {})", u.username, u.id, u.role, u.plan);
+        }
+        UserCmd::List => {
+            println!("{:>5}  {:<24} {:<6} {:<12} {:<8} created", "id", "username", "role", "plan", "status");
+            for u in users::list_all(&conn)? {
+                let status = if u.disabled { "disabled" } else { "active" };
+                println!("{:>5}  {:<24} {:<6} {:<12} {:<8} {}", u.id, u.username, u.role, u.plan, status, u.created_at);
+            }
+        }
+        UserCmd::SetPlan { name, plan } => {
+            let u = users::find_by_username(&conn, name)?.ok_or_else(|| anyhow!("no user named {name:?}"))?;
+            api(accounts::require_plan(&conn, plan))?;
+            users::set_plan(&conn, u.id, plan)?;
+            println!("{name} is now on plan {plan}");
+        }
+        UserCmd::ResetPassword { name, password } => {
+            let u = users::find_by_username(&conn, name)?.ok_or_else(|| anyhow!("no user named {name:?}"))?;
+            let hash = api(accounts::hash_password(&read_password(password)?))?;
+            users::set_password(&conn, u.id, &hash)?;
+            println!("password of {name} changed; their earlier sign-ins no longer work");
+        }
+    }
+    Ok(())
+}
+
+fn key_cmd(cfg: &Config, cmd: &KeyCmd) -> Result<()> {
+    let pool = open_db(cfg)?;
+    let conn = pool.get()?;
+    match cmd {
+        KeyCmd::Create { user, name } => {
+            let u = users::find_by_username(&conn, user)?.ok_or_else(|| anyhow!("no user named {user:?}"))?;
+            let spec = accounts::KeySpec { name: name.clone(), ..Default::default() };
+            let (row, secret) = api(accounts::create_key(&conn, u.id, &spec, &db::ts(chrono::Utc::now())))?;
+            eprintln!("created key {} ({}) for {user}; it is shown only this once:", row.id, row.name);
+            println!("{secret}");
+        }
+        KeyCmd::List { user } => {
+            let u = users::find_by_username(&conn, user)?.ok_or_else(|| anyhow!("no user named {user:?}"))?;
+            println!("{:>5}  {:<14} {:<20} {:<8} {:<21} last used", "id", "prefix", "name", "status", "expires");
+            for k in api_keys::list_for_user(&conn, u.id)? {
+                let status = if k.revoked { "revoked" } else { "active" };
+                println!(
+                    "{:>5}  {:<14} {:<20} {:<8} {:<21} {}",
+                    k.id,
+                    k.prefix,
+                    k.name,
+                    status,
+                    k.expires_at.as_deref().unwrap_or("never"),
+                    k.last_used_at.as_deref().unwrap_or("never")
+                );
+            }
+        }
+        KeyCmd::Revoke { id } => {
+            if !api_keys::revoke(&conn, *id)? {
+                bail!("there is no key with id {id}");
+            }
+            println!("key {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+fn providers(cfg: &Config, probe: bool) -> Result<()> {
+    let p = Providers::from_config(cfg);
+    for prov in &p.list {
+        let status = if prov.active() { "active" } else { "inactive" };
+        let default = if prov.is_default { " (default)" } else { "" };
+        println!("{:<12} {:<9} {}{}", prov.id, status, prov.base_url, default);
+        if let Some(reason) = prov.inactive_reason() {
+            println!("             {reason}");
+        }
+    }
+    if probe {
+        eprintln!("--probe: model-list probing arrives with the proxy");
+    }
+    Ok(())
+}
+
+fn serve(cfg: Config) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let addr = cfg.listen_addr();
+        let (state, report) = tollgate::build_state(cfg, admin_password_env())?;
+        print_bootstrap(&report);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (is another server running there? use --listen)"))?;
+        let local = listener.local_addr()?;
+        let providers = Providers::from_config(&state.config);
+        let active: Vec<&str> = providers.list.iter().filter(|p| p.active()).map(|p| p.id.as_str()).collect();
+        tracing::info!("tollgate listening on http://{local}");
+        tracing::info!("web page: http://{local}/ui/");
+        tracing::info!(
+            "providers active: {} (default: {})",
+            if active.is_empty() { "none — set OPENROUTER_API_KEY or another <NAME>_API_KEY".to_string() } else { active.join(", ") },
+            providers.default_id
+        );
+        tracing::info!("database: {}", state.config.database.path.display());
+        tollgate::serve(listener, state, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,3 @@
+//! Logic shared by the HTTP handlers and the CLI; it calls `db` and never `http`.
+
+pub mod accounts;

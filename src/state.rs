@@ -1,0 +1,49 @@
+//! `AppState`: what every handler shares — configuration, the database pool,
+//! the in-memory caches and the clock.
+
+use crate::auth::cache::CredentialCache;
+use crate::auth::jwt::JwtKeys;
+use crate::auth::throttle::LoginThrottle;
+use crate::config::Config;
+use crate::db::Pool;
+use std::net::IpAddr;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub config: Arc<Config>,
+    pub pool: Pool,
+    pub creds: Arc<CredentialCache>,
+    pub jwt: JwtKeys,
+    pub throttle: LoginThrottle,
+    pub clock: Clock,
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Wall-clock time with an offset that tests can move (month rollover, expiry).
+#[derive(Default)]
+pub struct Clock {
+    offset_secs: AtomicI64,
+}
+
+impl Clock {
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + chrono::Duration::seconds(self.offset_secs.load(Ordering::Relaxed))
+    }
+
+    /// Moves the clock by `secs` (tests only need this; harmless otherwise).
+    pub fn advance(&self, secs: i64) {
+        self.offset_secs.fetch_add(secs, Ordering::Relaxed);
+    }
+}

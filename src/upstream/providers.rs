@@ -1,0 +1,132 @@
+//! The configured providers: the four built-ins with their defaults, every field
+//! overridable in `[providers.NAME]`, plus any custom OpenAI-compatible server.
+
+use crate::config::{Config, Secret, BUILTIN_PROVIDERS};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    OpenRouter,
+    Glama,
+    Requesty,
+    Aiml,
+    Custom,
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub id: String,
+    pub name: String,
+    pub kind: Kind,
+    /// Without a trailing `/`.
+    pub base_url: String,
+    pub api_key: Secret,
+    pub timeout: Duration,
+    pub headers: Vec<(String, String)>,
+    pub models_url: String,
+    pub models_ttl: Duration,
+    pub cap_field: String,
+    pub is_default: bool,
+}
+
+impl Provider {
+    pub fn builtin(&self) -> bool {
+        self.kind != Kind::Custom
+    }
+
+    /// Active: a built-in needs a key; a custom provider needs none.
+    pub fn active(&self) -> bool {
+        !self.builtin() || !self.api_key.is_empty()
+    }
+
+    /// Why the provider is inactive, in words that say what to do.
+    pub fn inactive_reason(&self) -> Option<String> {
+        (!self.active()).then(|| {
+            format!(
+                "no API key: set {} or api_key in [providers.{}]",
+                key_env_var(&self.id),
+                self.id
+            )
+        })
+    }
+}
+
+pub fn key_env_var(id: &str) -> String {
+    format!("{}_API_KEY", id.to_uppercase().replace('-', "_"))
+}
+
+fn kind_of(id: &str) -> Kind {
+    match id {
+        "openrouter" => Kind::OpenRouter,
+        "glama" => Kind::Glama,
+        "requesty" => Kind::Requesty,
+        "aiml" => Kind::Aiml,
+        _ => Kind::Custom,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Providers {
+    pub list: Vec<Arc<Provider>>,
+    by_id: HashMap<String, Arc<Provider>>,
+    pub default_id: String,
+}
+
+impl Providers {
+    pub fn from_config(cfg: &Config) -> Providers {
+        let mut ids: Vec<String> = BUILTIN_PROVIDERS.iter().map(|(id, _, _)| id.to_string()).collect();
+        ids.extend(cfg.providers.keys().filter(|k| !ids.contains(k)).cloned().collect::<Vec<_>>());
+        let mut list = Vec::new();
+        for id in ids {
+            let builtin = BUILTIN_PROVIDERS.iter().find(|(b, _, _)| *b == id);
+            let section = cfg.providers.get(&id).cloned().unwrap_or_default();
+            let kind = kind_of(&id);
+            let default_base = builtin.map(|(_, _, url)| url.to_string()).unwrap_or_default();
+            let base_url = section.base_url.clone().unwrap_or(default_base.clone()).trim_end_matches('/').to_owned();
+            let models_url = match section.models_url.as_deref().filter(|s| !s.is_empty()) {
+                Some(u) => u.to_owned(),
+                // Glama's catalogue lives outside its OpenAI path (PROVIDERS.md).
+                None if kind == Kind::Glama && base_url == default_base.trim_end_matches('/') => {
+                    "https://glama.ai/api/gateway/v1/models".to_owned()
+                }
+                // AIML gives prices only when asked for them (PROVIDERS.md).
+                None if kind == Kind::Aiml => format!("{base_url}/models?include=capabilities,pricing"),
+                None => format!("{base_url}/models"),
+            };
+            let headers = match section.headers {
+                Some(h) => h.into_iter().collect(),
+                None if kind == Kind::OpenRouter => vec![
+                    ("HTTP-Referer".to_owned(), cfg.server.public_url.clone()),
+                    ("X-Title".to_owned(), "tollgate".to_owned()),
+                ],
+                None => vec![],
+            };
+            list.push(Arc::new(Provider {
+                name: section.name.clone().unwrap_or_else(|| builtin.map(|b| b.1.to_string()).unwrap_or(id.clone())),
+                kind,
+                base_url,
+                api_key: section.api_key.clone(),
+                timeout: Duration::from_secs(section.timeout_secs.unwrap_or(600)),
+                headers,
+                models_url,
+                models_ttl: Duration::from_secs(section.models_ttl_secs.unwrap_or(600)),
+                cap_field: section.cap_field.clone().unwrap_or_else(|| "max_tokens".into()),
+                is_default: id == cfg.routing.default_provider,
+                id,
+            }));
+        }
+        let by_id = list.iter().map(|p| (p.id.clone(), p.clone())).collect();
+        Providers { list, by_id, default_id: cfg.routing.default_provider.clone() }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Provider>> {
+        self.by_id.get(id)
+    }
+
+    pub fn default_provider(&self) -> &Arc<Provider> {
+        // validate() guarantees the default names a provider.
+        self.by_id.get(&self.default_id).unwrap_or(&self.list[0])
+    }
+}
