@@ -96,7 +96,9 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { path: PathBuf::from("tollgate.db") }
+        DatabaseConfig {
+            path: PathBuf::from("tollgate.db"),
+        }
     }
 }
 
@@ -110,7 +112,11 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { jwt_secret: Secret::default(), access_token_ttl_secs: 3600, allow_registration: false }
+        AuthConfig {
+            jwt_secret: Secret::default(),
+            access_token_ttl_secs: 3600,
+            allow_registration: false,
+        }
     }
 }
 
@@ -124,7 +130,11 @@ pub struct RoutingConfig {
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        RoutingConfig { default_provider: "openrouter".into(), retries: 1, fallbacks: BTreeMap::new() }
+        RoutingConfig {
+            default_provider: "openrouter".into(),
+            retries: 1,
+            fallbacks: BTreeMap::new(),
+        }
     }
 }
 
@@ -201,16 +211,20 @@ fn all_models() -> Vec<String> {
 
 /// The plans created on first start when the config lists none (SPEC §2).
 pub fn default_plans() -> Vec<PlanConfig> {
-    [("free", 10_000), ("pro", 100_000), ("enterprise", 1_000_000)]
-        .into_iter()
-        .map(|(name, tokens)| PlanConfig {
-            name: name.into(),
-            monthly_tokens: tokens,
-            requests_per_minute: 60,
-            price_usd_month: 0.0,
-            allowed_models: all_models(),
-        })
-        .collect()
+    [
+        ("free", 10_000),
+        ("pro", 100_000),
+        ("enterprise", 1_000_000),
+    ]
+    .into_iter()
+    .map(|(name, tokens)| PlanConfig {
+        name: name.into(),
+        monthly_tokens: tokens,
+        requests_per_minute: 60,
+        price_usd_month: 0.0,
+        allowed_models: all_models(),
+    })
+    .collect()
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -262,7 +276,11 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(file: Option<&Path>, key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { file: file.map(Path::to_path_buf), key: key.into(), message: message.into() }
+        ConfigError {
+            file: file.map(Path::to_path_buf),
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -286,8 +304,9 @@ impl Config {
         };
         let mut cfg = match &path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| ConfigError::new(Some(p), "(file)", format!("cannot read the file: {e}")))?;
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigError::new(Some(p), "(file)", format!("cannot read the file: {e}"))
+                })?;
                 Config::parse(&text, Some(p))?
             }
             None => Config::default(),
@@ -317,7 +336,11 @@ impl Config {
                     format!(" (line {line})")
                 })
                 .unwrap_or_default();
-            let key = if key == "." || key.is_empty() { "(top level)".to_string() } else { key };
+            let key = if key == "." || key.is_empty() {
+                "(top level)".to_string()
+            } else {
+                key
+            };
             ConfigError::new(file, key, format!("{msg}{at}"))
         })
     }
@@ -333,7 +356,10 @@ impl Config {
         if let Some(v) = get("TOLLGATE_JWT_SECRET") {
             self.auth.jwt_secret = Secret::new(v);
         }
-        let mut names: Vec<String> = BUILTIN_PROVIDERS.iter().map(|(n, _, _)| n.to_string()).collect();
+        let mut names: Vec<String> = BUILTIN_PROVIDERS
+            .iter()
+            .map(|(n, _, _)| n.to_string())
+            .collect();
         names.extend(self.providers.keys().cloned());
         for name in names {
             let var = format!("{}_API_KEY", name.to_uppercase().replace('-', "_"));
@@ -355,57 +381,89 @@ impl Config {
         if self.server.listen.parse::<SocketAddr>().is_err() {
             return err(
                 "server.listen",
-                format!("expected an address and port such as \"127.0.0.1:8000\", got {:?}", self.server.listen),
+                format!(
+                    "expected an address and port such as \"127.0.0.1:8000\", got {:?}",
+                    self.server.listen
+                ),
             );
         }
-        if !self.server.public_url.starts_with("http://") && !self.server.public_url.starts_with("https://") {
-            return err("server.public_url", format!("expected an http(s) URL, got {:?}", self.server.public_url));
+        if !self.server.public_url.starts_with("http://")
+            && !self.server.public_url.starts_with("https://")
+        {
+            return err(
+                "server.public_url",
+                format!("expected an http(s) URL, got {:?}", self.server.public_url),
+            );
         }
         if self.server.max_body_bytes < 1024 {
             return err("server.max_body_bytes", "expected at least 1024".into());
         }
         for (i, p) in self.server.cors_allowed_origins.iter().enumerate() {
             if let Err(e) = globset::Glob::new(p) {
-                return err(&format!("server.cors_allowed_origins[{i}]"), format!("not a glob pattern: {e}"));
+                return err(
+                    &format!("server.cors_allowed_origins[{i}]"),
+                    format!("not a glob pattern: {e}"),
+                );
             }
         }
         for (i, p) in self.server.trusted_proxies.iter().enumerate() {
             if p.parse::<std::net::IpAddr>().is_err() {
-                return err(&format!("server.trusted_proxies[{i}]"), format!("expected an IP address, got {p:?}"));
+                return err(
+                    &format!("server.trusted_proxies[{i}]"),
+                    format!("expected an IP address, got {p:?}"),
+                );
             }
         }
         if self.database.path.as_os_str().is_empty() {
             return err("database.path", "expected a file path".into());
         }
         if self.auth.access_token_ttl_secs == 0 {
-            return err("auth.access_token_ttl_secs", "expected a number of seconds above 0".into());
+            return err(
+                "auth.access_token_ttl_secs",
+                "expected a number of seconds above 0".into(),
+            );
         }
-        let known = |n: &str| BUILTIN_PROVIDERS.iter().any(|(b, _, _)| *b == n) || self.providers.contains_key(n);
+        let known = |n: &str| {
+            BUILTIN_PROVIDERS.iter().any(|(b, _, _)| *b == n) || self.providers.contains_key(n)
+        };
         if !known(&self.routing.default_provider) {
             return err(
                 "routing.default_provider",
-                format!("names no provider: {:?} is neither built in nor a [providers.*] section", self.routing.default_provider),
+                format!(
+                    "names no provider: {:?} is neither built in nor a [providers.*] section",
+                    self.routing.default_provider
+                ),
             );
         }
         for (name, p) in &self.providers {
             if name.is_empty() || name.contains('/') {
-                return err(&format!("providers.{name}"), "a provider name must be non-empty and contain no '/'".into());
+                return err(
+                    &format!("providers.{name}"),
+                    "a provider name must be non-empty and contain no '/'".into(),
+                );
             }
             let builtin = BUILTIN_PROVIDERS.iter().any(|(b, _, _)| b == name);
             match &p.base_url {
                 Some(u) if !u.starts_with("http://") && !u.starts_with("https://") => {
-                    return err(&format!("providers.{name}.base_url"), format!("expected an http(s) URL, got {u:?}"));
+                    return err(
+                        &format!("providers.{name}.base_url"),
+                        format!("expected an http(s) URL, got {u:?}"),
+                    );
                 }
                 None if !builtin => {
                     return err(
                         &format!("providers.{name}.base_url"),
-                        "a custom provider needs a base_url such as \"http://127.0.0.1:11434/v1\"".into(),
+                        "a custom provider needs a base_url such as \"http://127.0.0.1:11434/v1\""
+                            .into(),
                     );
                 }
                 _ => {}
             }
             if p.timeout_secs == Some(0) {
-                return err(&format!("providers.{name}.timeout_secs"), "expected a number of seconds above 0".into());
+                return err(
+                    &format!("providers.{name}.timeout_secs"),
+                    "expected a number of seconds above 0".into(),
+                );
             }
             if let Some(f) = &p.cap_field {
                 if f != "max_tokens" && f != "max_completion_tokens" {
@@ -418,26 +476,44 @@ impl Config {
         }
         for (model, alts) in &self.routing.fallbacks {
             if alts.is_empty() {
-                return err(&format!("routing.fallbacks.{model}"), "expected a non-empty list of model names".into());
+                return err(
+                    &format!("routing.fallbacks.{model}"),
+                    "expected a non-empty list of model names".into(),
+                );
             }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, plan) in self.plans.iter().enumerate() {
             if plan.name.trim().is_empty() {
-                return err(&format!("plans[{i}].name"), "expected a non-empty name".into());
+                return err(
+                    &format!("plans[{i}].name"),
+                    "expected a non-empty name".into(),
+                );
             }
             if !seen.insert(plan.name.as_str()) {
-                return err(&format!("plans[{i}].name"), format!("plan {:?} is listed twice", plan.name));
+                return err(
+                    &format!("plans[{i}].name"),
+                    format!("plan {:?} is listed twice", plan.name),
+                );
             }
             if plan.monthly_tokens < 0 {
-                return err(&format!("plans[{i}].monthly_tokens"), "expected a number of tokens ≥ 0".into());
+                return err(
+                    &format!("plans[{i}].monthly_tokens"),
+                    "expected a number of tokens ≥ 0".into(),
+                );
             }
             if plan.requests_per_minute < 1 {
-                return err(&format!("plans[{i}].requests_per_minute"), "expected at least 1".into());
+                return err(
+                    &format!("plans[{i}].requests_per_minute"),
+                    "expected at least 1".into(),
+                );
             }
             for (j, g) in plan.allowed_models.iter().enumerate() {
                 if let Err(e) = globset::Glob::new(g) {
-                    return err(&format!("plans[{i}].allowed_models[{j}]"), format!("not a glob pattern: {e}"));
+                    return err(
+                        &format!("plans[{i}].allowed_models[{j}]"),
+                        format!("not a glob pattern: {e}"),
+                    );
                 }
             }
         }
@@ -445,7 +521,11 @@ impl Config {
             let enabled = !o.client_id.is_empty() && !o.client_secret.is_empty();
             let preset = name == "github" || name == "google";
             if enabled && !preset {
-                for (k, v) in [("auth_url", &o.auth_url), ("token_url", &o.token_url), ("userinfo_url", &o.userinfo_url)] {
+                for (k, v) in [
+                    ("auth_url", &o.auth_url),
+                    ("token_url", &o.token_url),
+                    ("userinfo_url", &o.userinfo_url),
+                ] {
                     if !v.starts_with("http://") && !v.starts_with("https://") {
                         return err(
                             &format!("oauth.{name}.{k}"),
@@ -457,7 +537,10 @@ impl Config {
         }
         for (model, p) in &self.pricing {
             if p.prompt < 0.0 || p.completion < 0.0 {
-                return err(&format!("pricing.{model}"), "prices must be ≥ 0 (USD per million tokens)".into());
+                return err(
+                    &format!("pricing.{model}"),
+                    "prices must be ≥ 0 (USD per million tokens)".into(),
+                );
             }
         }
         Ok(())
@@ -465,12 +548,16 @@ impl Config {
 
     pub fn listen_addr(&self) -> SocketAddr {
         // validate() guarantees this parses.
-        self.server.listen.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8000)))
+        self.server
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8000)))
     }
 
     /// The effective configuration as TOML, secrets masked (`check-config`).
     pub fn to_masked_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
     }
 
     /// The plans to create on first start.
@@ -495,13 +582,20 @@ mod tests {
         let d = Config::default();
         assert_eq!(cfg.server.listen, d.server.listen);
         assert_eq!(cfg.server.max_body_bytes, d.server.max_body_bytes);
-        assert_eq!(cfg.metering.default_max_tokens, d.metering.default_max_tokens);
+        assert_eq!(
+            cfg.metering.default_max_tokens,
+            d.metering.default_max_tokens
+        );
         assert_eq!(cfg.auth.access_token_ttl_secs, d.auth.access_token_ttl_secs);
     }
 
     #[test]
     fn wrong_type_names_the_key() {
-        let e = Config::parse("[server]\nmax_body_bytes = \"big\"\n", Some(Path::new("c.toml"))).unwrap_err();
+        let e = Config::parse(
+            "[server]\nmax_body_bytes = \"big\"\n",
+            Some(Path::new("c.toml")),
+        )
+        .unwrap_err();
         assert_eq!(e.key, "server.max_body_bytes");
         assert!(e.to_string().contains("c.toml"), "{e}");
         let e = Config::parse("[server]\nlisten_on = 1\n", None).unwrap_err();
@@ -515,7 +609,10 @@ mod tests {
         assert_eq!(c.validate(None).unwrap_err().key, "server.listen");
         let mut c = Config::default();
         c.routing.default_provider = "nope".into();
-        assert_eq!(c.validate(None).unwrap_err().key, "routing.default_provider");
+        assert_eq!(
+            c.validate(None).unwrap_err().key,
+            "routing.default_provider"
+        );
     }
 
     #[test]

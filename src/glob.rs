@@ -55,7 +55,9 @@ mod tests {
         assert!(p.matches("aiml/openai/gpt-4"));
         assert!(p.matches("vscode-webview://abc123"));
         assert!(!p.matches("openrouter/gpt-4"));
-        assert!(Patterns::new(&["*".into()]).unwrap().matches("anything/at/all"));
+        assert!(Patterns::new(&["*".into()])
+            .unwrap()
+            .matches("anything/at/all"));
         assert!(!Patterns::new(&[]).unwrap().matches("x"));
         assert!(Patterns::new(&["a[".into()]).is_err());
     }

@@ -13,16 +13,18 @@ pub mod db;
 pub mod error;
 pub mod glob;
 pub mod http;
+pub mod metering;
 pub mod service;
 pub mod state;
+pub mod telemetry;
 pub mod upstream;
 
 use auth::cache::CredentialCache;
 use auth::jwt::JwtKeys;
 use config::{Config, ConfigError};
 use service::accounts::{self, Bootstrap};
-use state::{AppState, Clock, Inner};
-use std::future::Future;
+use state::{AppState, Clock, Inner, Metering};
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -41,7 +43,10 @@ pub enum StartError {
 /// Opens the database, runs pending migrations and seeds an empty one.
 /// `admin_password` is `TOLLGATE_ADMIN_PASSWORD`; without it a password is
 /// generated and returned in the [`Bootstrap`] to be printed once.
-pub fn open_database(cfg: &Config, admin_password: Option<String>) -> Result<(db::Pool, Bootstrap), StartError> {
+pub fn open_database(
+    cfg: &Config,
+    admin_password: Option<String>,
+) -> Result<(db::Pool, Bootstrap), StartError> {
     let pool = db::open(&cfg.database.path)?;
     let ran = db::migrate(&pool)?;
     if ran > 0 {
@@ -68,14 +73,33 @@ pub fn open_database(cfg: &Config, admin_password: Option<String>) -> Result<(db
 }
 
 /// Builds the shared state: database, credential cache, JWT keys.
-pub fn build_state(cfg: Config, admin_password: Option<String>) -> Result<(AppState, Bootstrap), StartError> {
+pub fn build_state(
+    cfg: Config,
+    admin_password: Option<String>,
+) -> Result<(AppState, Bootstrap), StartError> {
     let (pool, report) = open_database(&cfg, admin_password)?;
     let secret = {
         let conn = pool.get().map_err(db::DbError::from)?;
         accounts::jwt_secret(&conn, &cfg)?
     };
     let creds = Arc::new(CredentialCache::load(pool.clone())?);
-    let trusted_proxies = cfg.server.trusted_proxies.iter().filter_map(|p| p.parse().ok()).collect();
+    let trusted_proxies = cfg
+        .server
+        .trusted_proxies
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    // The ledger starts from what the database says was charged this period:
+    // nothing is reserved after a restart.
+    let period = metering::period_of(chrono::Utc::now());
+    let totals = {
+        let conn = pool.get().map_err(db::DbError::from)?;
+        db::usage::period_totals(&conn, &period)?
+    };
+    telemetry::init();
+    let cfg_ref = cfg.clone();
+    let pool_for_writer = pool.clone();
+    let retention_days = cfg.metering.usage_retention_days;
     let state = AppState(Arc::new(Inner {
         jwt: JwtKeys::new(secret.as_bytes(), cfg.auth.access_token_ttl_secs),
         config: Arc::new(cfg),
@@ -84,6 +108,15 @@ pub fn build_state(cfg: Config, admin_password: Option<String>) -> Result<(AppSt
         throttle: Default::default(),
         clock: Clock::default(),
         trusted_proxies,
+        http: upstream::client::build_client(),
+        providers: Arc::new(upstream::providers::Providers::from_config(&cfg_ref)),
+        catalog: Default::default(),
+        health: Default::default(),
+        metering: Metering {
+            ledger: metering::ledger::Ledger::new(&period, &totals),
+            writer: metering::writer::UsageWriter::spawn(pool_for_writer, retention_days),
+            limits: Default::default(),
+        },
     }));
     Ok((state, report))
 }
@@ -97,12 +130,46 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let poller = tokio::spawn(state.creds.clone().poll_changes());
     let flusher = tokio::spawn(state.creds.clone().flush_last_used_loop());
+    let refresher = tokio::spawn(
+        state
+            .catalog
+            .clone()
+            .refresh_loop(state.http.clone(), state.providers.clone()),
+    );
     let app = http::router(state.clone());
-    let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    // Stop accepting on the signal, then give calls in flight (streams
+    // included) up to the grace period to finish.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signalled = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(signalled)
+    .into_future();
+    tokio::pin!(server);
+    let grace = std::time::Duration::from_secs(state.config.server.shutdown_grace_secs);
+    let mut stop_rx2 = stop_rx.clone();
+    let result = tokio::select! {
+        r = &mut server => r,
+        _ = async {
+            let _ = stop_rx2.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("grace period over: ending the calls still in flight");
+            Ok(())
+        }
+    };
+    drop(stop_rx);
     poller.abort();
     flusher.abort();
+    refresher.abort();
+    // Streams still running settle as they are dropped; then everything queued is written.
+    tokio::task::yield_now().await;
+    state.metering.writer.flush().await;
     if let Err(e) = state.creds.flush_last_used().await {
         tracing::warn!(error = %e, "cannot record key last-use times at shutdown");
     }

@@ -24,16 +24,26 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn load_config(cli: &Cli, listen: Option<String>) -> Result<Config> {
-    let ov = Overrides { config: cli.global.config.clone(), listen, db: cli.global.db.clone() };
+    let ov = Overrides {
+        config: cli.global.config.clone(),
+        listen,
+        db: cli.global.db.clone(),
+    };
     Ok(Config::load(&ov)?)
 }
 
 fn admin_password_env() -> Option<String> {
-    std::env::var("TOLLGATE_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty())
+    std::env::var("TOLLGATE_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
 }
 
 fn print_bootstrap(b: &accounts::Bootstrap) {
@@ -50,7 +60,10 @@ fn read_password(src: &PasswordSource) -> Result<String> {
         return Ok(p.clone());
     }
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
     let pw = line.trim_end_matches(['\r', '\n']).to_owned();
     if pw.is_empty() {
         bail!("no password on standard input");
@@ -71,7 +84,10 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = load_config(&cli, None)?;
             let pool = db::open(&cfg.database.path)?;
             let n = db::migrate(&pool)?;
-            println!("{n} migration(s) applied to {}", cfg.database.path.display());
+            println!(
+                "{n} migration(s) applied to {}",
+                cfg.database.path.display()
+            );
             Ok(())
         }
         Command::Providers { probe } => providers(&load_config(&cli, None)?, *probe),
@@ -79,7 +95,10 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = load_config(&cli, None)?;
             let p = Providers::from_config(&cfg);
             let r = p.route(model);
-            println!("{model} -> provider {} ({}), upstream model {}", r.provider.id, r.provider.base_url, r.upstream_model);
+            println!(
+                "{model} -> provider {} ({}), upstream model {}",
+                r.provider.id, r.provider.base_url, r.upstream_model
+            );
             if let Some(reason) = r.provider.inactive_reason() {
                 println!("note: {} is inactive: {reason}", r.provider.id);
             }
@@ -90,7 +109,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Plan(PlanCmd::List) => {
             let pool = open_db(&load_config(&cli, None)?)?;
             let conn = pool.get()?;
-            println!("{:<16} {:>14} {:>8} {:>10}  allowed models", "name", "monthly_tokens", "rpm", "usd/month");
+            println!(
+                "{:<16} {:>14} {:>8} {:>10}  allowed models",
+                "name", "monthly_tokens", "rpm", "usd/month"
+            );
             for p in plans::list(&conn)? {
                 println!(
                     "{:<16} {:>14} {:>8} {:>10.2}  {}",
@@ -121,7 +143,12 @@ fn user_cmd(cfg: &Config, cmd: &UserCmd) -> Result<()> {
     let conn = pool.get()?;
     let now = db::ts(chrono::Utc::now());
     match cmd {
-        UserCmd::Add { name, password, admin, plan } => {
+        UserCmd::Add {
+            name,
+            password,
+            admin,
+            plan,
+        } => {
             let hash = api(accounts::hash_password(&read_password(password)?))?;
             let u = api(accounts::create_user(
                 &conn,
@@ -134,23 +161,34 @@ fn user_cmd(cfg: &Config, cmd: &UserCmd) -> Result<()> {
                 },
                 &now,
             ))?;
-            println!("created user {} (id {}, role {}, plan {})", u.username, u.id, u.role, u.plan);
+            println!(
+                "created user {} (id {}, role {}, plan {})",
+                u.username, u.id, u.role, u.plan
+            );
         }
         UserCmd::List => {
-            println!("{:>5}  {:<24} {:<6} {:<12} {:<8} created", "id", "username", "role", "plan", "status");
+            println!(
+                "{:>5}  {:<24} {:<6} {:<12} {:<8} created",
+                "id", "username", "role", "plan", "status"
+            );
             for u in users::list_all(&conn)? {
                 let status = if u.disabled { "disabled" } else { "active" };
-                println!("{:>5}  {:<24} {:<6} {:<12} {:<8} {}", u.id, u.username, u.role, u.plan, status, u.created_at);
+                println!(
+                    "{:>5}  {:<24} {:<6} {:<12} {:<8} {}",
+                    u.id, u.username, u.role, u.plan, status, u.created_at
+                );
             }
         }
         UserCmd::SetPlan { name, plan } => {
-            let u = users::find_by_username(&conn, name)?.ok_or_else(|| anyhow!("no user named {name:?}"))?;
+            let u = users::find_by_username(&conn, name)?
+                .ok_or_else(|| anyhow!("no user named {name:?}"))?;
             api(accounts::require_plan(&conn, plan))?;
             users::set_plan(&conn, u.id, plan)?;
             println!("{name} is now on plan {plan}");
         }
         UserCmd::ResetPassword { name, password } => {
-            let u = users::find_by_username(&conn, name)?.ok_or_else(|| anyhow!("no user named {name:?}"))?;
+            let u = users::find_by_username(&conn, name)?
+                .ok_or_else(|| anyhow!("no user named {name:?}"))?;
             let hash = api(accounts::hash_password(&read_password(password)?))?;
             users::set_password(&conn, u.id, &hash)?;
             println!("password of {name} changed; their earlier sign-ins no longer work");
@@ -164,15 +202,31 @@ fn key_cmd(cfg: &Config, cmd: &KeyCmd) -> Result<()> {
     let conn = pool.get()?;
     match cmd {
         KeyCmd::Create { user, name } => {
-            let u = users::find_by_username(&conn, user)?.ok_or_else(|| anyhow!("no user named {user:?}"))?;
-            let spec = accounts::KeySpec { name: name.clone(), ..Default::default() };
-            let (row, secret) = api(accounts::create_key(&conn, u.id, &spec, &db::ts(chrono::Utc::now())))?;
-            eprintln!("created key {} ({}) for {user}; it is shown only this once:", row.id, row.name);
+            let u = users::find_by_username(&conn, user)?
+                .ok_or_else(|| anyhow!("no user named {user:?}"))?;
+            let spec = accounts::KeySpec {
+                name: name.clone(),
+                ..Default::default()
+            };
+            let (row, secret) = api(accounts::create_key(
+                &conn,
+                u.id,
+                &spec,
+                &db::ts(chrono::Utc::now()),
+            ))?;
+            eprintln!(
+                "created key {} ({}) for {user}; it is shown only this once:",
+                row.id, row.name
+            );
             println!("{secret}");
         }
         KeyCmd::List { user } => {
-            let u = users::find_by_username(&conn, user)?.ok_or_else(|| anyhow!("no user named {user:?}"))?;
-            println!("{:>5}  {:<14} {:<20} {:<8} {:<21} last used", "id", "prefix", "name", "status", "expires");
+            let u = users::find_by_username(&conn, user)?
+                .ok_or_else(|| anyhow!("no user named {user:?}"))?;
+            println!(
+                "{:>5}  {:<14} {:<20} {:<8} {:<21} last used",
+                "id", "prefix", "name", "status", "expires"
+            );
             for k in api_keys::list_for_user(&conn, u.id)? {
                 let status = if k.revoked { "revoked" } else { "active" };
                 println!(
@@ -213,22 +267,33 @@ fn providers(cfg: &Config, probe: bool) -> Result<()> {
 }
 
 fn serve(cfg: Config) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let addr = cfg.listen_addr();
         let (state, report) = tollgate::build_state(cfg, admin_password_env())?;
         print_bootstrap(&report);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (is another server running there? use --listen)"))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (is another server running there? use --listen)")
+        })?;
         let local = listener.local_addr()?;
         let providers = Providers::from_config(&state.config);
-        let active: Vec<&str> = providers.list.iter().filter(|p| p.active()).map(|p| p.id.as_str()).collect();
+        let active: Vec<&str> = providers
+            .list
+            .iter()
+            .filter(|p| p.active())
+            .map(|p| p.id.as_str())
+            .collect();
         tracing::info!("tollgate listening on http://{local}");
         tracing::info!("web page: http://{local}/ui/");
         tracing::info!(
             "providers active: {} (default: {})",
-            if active.is_empty() { "none — set OPENROUTER_API_KEY or another <NAME>_API_KEY".to_string() } else { active.join(", ") },
+            if active.is_empty() {
+                "none — set OPENROUTER_API_KEY or another <NAME>_API_KEY".to_string()
+            } else {
+                active.join(", ")
+            },
             providers.default_id
         );
         tracing::info!("database: {}", state.config.database.path.display());

@@ -6,6 +6,8 @@ use crate::auth::jwt::JwtKeys;
 use crate::auth::throttle::LoginThrottle;
 use crate::config::Config;
 use crate::db::Pool;
+use crate::metering::{ledger::Ledger, limits::RateLimits, writer::UsageWriter};
+use crate::upstream::{catalog::Catalog, health::Health, providers::Providers};
 use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -22,6 +24,19 @@ pub struct Inner {
     pub throttle: LoginThrottle,
     pub clock: Clock,
     pub trusted_proxies: Vec<IpAddr>,
+    /// The one pooled HTTP client for every upstream.
+    pub http: reqwest::Client,
+    pub providers: Arc<Providers>,
+    pub catalog: Arc<Catalog>,
+    pub health: Health,
+    pub metering: Metering,
+}
+
+/// The metering parts of the state.
+pub struct Metering {
+    pub ledger: Ledger,
+    pub writer: UsageWriter,
+    pub limits: RateLimits,
 }
 
 impl Deref for AppState {

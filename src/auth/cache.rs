@@ -109,7 +109,12 @@ fn user_entry(u: UserRow) -> UserEntry {
 fn key_entry(k: KeyRow, old: Option<&KeyEntry>) -> Option<([u8; 32], KeyEntry)> {
     let mut hash = [0u8; 32];
     hex::decode_to_slice(&k.key_hash, &mut hash).ok()?;
-    let stored_use = k.last_used_at.as_deref().and_then(db::parse_ts).map(|t| t.timestamp()).unwrap_or(0);
+    let stored_use = k
+        .last_used_at
+        .as_deref()
+        .and_then(db::parse_ts)
+        .map(|t| t.timestamp())
+        .unwrap_or(0);
     let (used, flushed) = match old {
         Some(o) => (
             o.last_used.load(Ordering::Relaxed).max(stored_use),
@@ -123,7 +128,11 @@ fn key_entry(k: KeyRow, old: Option<&KeyEntry>) -> Option<([u8; 32], KeyEntry)> 
             id: k.id,
             user_id: k.user_id,
             name: k.name,
-            expires_at: k.expires_at.as_deref().and_then(db::parse_ts).map(|t| t.timestamp()),
+            expires_at: k
+                .expires_at
+                .as_deref()
+                .and_then(db::parse_ts)
+                .map(|t| t.timestamp()),
             allowed_models: k.allowed_models.as_deref().map(Patterns::lenient),
             monthly_token_limit: k.monthly_token_limit,
             last_used: AtomicI64::new(used),
@@ -134,7 +143,11 @@ fn key_entry(k: KeyRow, old: Option<&KeyEntry>) -> Option<([u8; 32], KeyEntry)> 
 
 impl CredentialCache {
     pub fn load(pool: Pool) -> DbResult<Self> {
-        let cache = CredentialCache { pool, snap: RwLock::new(Arc::new(Snapshot::default())), reloading: Mutex::new(()) };
+        let cache = CredentialCache {
+            pool,
+            snap: RwLock::new(Arc::new(Snapshot::default())),
+            reloading: Mutex::new(()),
+        };
         cache.reload_blocking()?;
         Ok(cache)
     }
@@ -157,7 +170,10 @@ impl CredentialCache {
         tx.commit()?;
         let snap = Snapshot {
             counter,
-            users: users.into_iter().map(|u| (u.id, Arc::new(user_entry(u)))).collect(),
+            users: users
+                .into_iter()
+                .map(|u| (u.id, Arc::new(user_entry(u))))
+                .collect(),
             keys: keys
                 .into_iter()
                 .filter_map(|k| {
@@ -230,7 +246,10 @@ impl CredentialCache {
         }
         let rows: Vec<(i64, String)> = batch.iter().map(|(id, t, _, _)| (*id, t.clone())).collect();
         let n = rows.len();
-        db::run(&self.pool, move |c| db::api_keys::record_last_used(c, &rows)).await?;
+        db::run(&self.pool, move |c| {
+            db::api_keys::record_last_used(c, &rows)
+        })
+        .await?;
         for (_, _, k, used) in batch {
             k.last_flushed.fetch_max(used, Ordering::Relaxed);
         }

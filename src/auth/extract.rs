@@ -3,8 +3,8 @@
 //! `Authorization: Bearer <JWT>` against the in-memory cache and stores the
 //! [`Principal`]; handlers take [`CurrentUser`] or [`AdminUser`].
 
-use super::cache::{KeyEntry, PlanEntry, Role, UserEntry};
 use super::api_key;
+use super::cache::{KeyEntry, PlanEntry, Role, UserEntry};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::{FromRequestParts, Request, State};
@@ -29,9 +29,15 @@ impl Principal {
 }
 
 fn credential(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let v = v.trim();
-        let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v);
+        let token = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .unwrap_or(v);
         let token = token.trim();
         if !token.is_empty() {
             return Some(token);
@@ -50,12 +56,13 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, 
     let snap = state.creds.snapshot();
     let now = state.clock.now().timestamp();
     let (user, key) = if api_key::looks_like_key(token) {
-        let key = snap
-            .keys
-            .get(&api_key::hash(token))
-            .ok_or_else(|| ApiError::invalid_api_key("Incorrect API key provided, or the key was revoked."))?;
+        let key = snap.keys.get(&api_key::hash(token)).ok_or_else(|| {
+            ApiError::invalid_api_key("Incorrect API key provided, or the key was revoked.")
+        })?;
         if key.expires_at.is_some_and(|e| e <= now) {
-            return Err(ApiError::invalid_api_key("This API key has expired; create a new one."));
+            return Err(ApiError::invalid_api_key(
+                "This API key has expired; create a new one.",
+            ));
         }
         let user = snap
             .users
@@ -63,24 +70,31 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, 
             .ok_or_else(|| ApiError::invalid_api_key("Incorrect API key provided."))?;
         (user.clone(), Some(key.clone()))
     } else {
-        let (uid, ver) = state
-            .jwt
-            .verify(token, now)
-            .ok_or_else(|| ApiError::invalid_api_key("Invalid or expired access token; sign in again."))?;
+        let (uid, ver) = state.jwt.verify(token, now).ok_or_else(|| {
+            ApiError::invalid_api_key("Invalid or expired access token; sign in again.")
+        })?;
         let user = snap
             .users
             .get(&uid)
             .ok_or_else(|| ApiError::invalid_api_key("Invalid access token; sign in again."))?;
         if user.disabled {
-            return Err(ApiError::forbidden_code("account_disabled", "This account is disabled; ask an administrator."));
+            return Err(ApiError::forbidden_code(
+                "account_disabled",
+                "This account is disabled; ask an administrator.",
+            ));
         }
         if user.token_version != ver {
-            return Err(ApiError::invalid_api_key("This access token is no longer valid; sign in again."));
+            return Err(ApiError::invalid_api_key(
+                "This access token is no longer valid; sign in again.",
+            ));
         }
         (user.clone(), None)
     };
     if user.disabled {
-        return Err(ApiError::forbidden_code("account_disabled", "This account is disabled; ask an administrator."));
+        return Err(ApiError::forbidden_code(
+            "account_disabled",
+            "This account is disabled; ask an administrator.",
+        ));
     }
     if let Some(k) = &key {
         k.touch(now);
@@ -125,7 +139,9 @@ impl<S: Send + Sync> FromRequestParts<S> for AdminUser {
     async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, Self::Rejection> {
         let CurrentUser(p) = CurrentUser::from_request_parts(parts, s).await?;
         if !p.is_admin() {
-            return Err(ApiError::forbidden("This route is for administrators only."));
+            return Err(ApiError::forbidden(
+                "This route is for administrators only.",
+            ));
         }
         Ok(AdminUser(p))
     }

@@ -36,9 +36,15 @@ impl JwtKeys {
     }
 
     pub fn issue(&self, user_id: i64, token_version: i64, now: i64) -> String {
-        let claims = Claims { sub: user_id.to_string(), ver: token_version, iat: now, exp: now + self.ttl_secs as i64 };
+        let claims = Claims {
+            sub: user_id.to_string(),
+            ver: token_version,
+            iat: now,
+            exp: now + self.ttl_secs as i64,
+        };
         // Encoding HS256 with a valid key cannot fail.
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).unwrap_or_default()
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .unwrap_or_default()
     }
 
     /// The (user id, token version) of a valid, unexpired token.

@@ -1,6 +1,8 @@
 //! Password hashing with argon2id (the crate's default parameters).
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 
 pub const MIN_LEN: usize = 8;
@@ -8,7 +10,9 @@ pub const MIN_LEN: usize = 8;
 /// A password long enough to accept, or the message explaining why not.
 pub fn check_strength(password: &str) -> Result<(), String> {
     if password.chars().count() < MIN_LEN {
-        return Err(format!("The password must be at least {MIN_LEN} characters long."));
+        return Err(format!(
+            "The password must be at least {MIN_LEN} characters long."
+        ));
     }
     if password.len() > 1024 {
         return Err("The password must be at most 1024 bytes long.".into());
@@ -31,7 +35,9 @@ pub fn verify(password: &str, stored: Option<&str>) -> bool {
     let dummy = DUMMY.get_or_init(|| hash("dummy-password-for-timing").unwrap_or_default());
     let target = stored.unwrap_or(dummy);
     let ok = match PasswordHash::new(target) {
-        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     };
     ok && stored.is_some()

@@ -31,7 +31,11 @@ fn prune(q: &mut VecDeque<Instant>, now: Instant) {
 /// Seconds until the oldest failure leaves the window.
 fn wait(q: &VecDeque<Instant>, now: Instant) -> u64 {
     q.front()
-        .map(|t| (WINDOW.saturating_sub(now.duration_since(*t))).as_secs().max(1))
+        .map(|t| {
+            (WINDOW.saturating_sub(now.duration_since(*t)))
+                .as_secs()
+                .max(1)
+        })
         .unwrap_or(1)
 }
 
@@ -57,7 +61,10 @@ impl LoginThrottle {
 
     pub fn record_failure(&self, username: &str, addr: IpAddr, now: Instant) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.by_user.entry((username.to_lowercase(), addr)).or_default().push_back(now);
+        st.by_user
+            .entry((username.to_lowercase(), addr))
+            .or_default()
+            .push_back(now);
         st.by_addr.entry(addr).or_default().push_back(now);
         // Keep memory bounded: forget entries whose window has passed.
         if st.by_user.len() > 10_000 {
@@ -89,7 +96,10 @@ mod tests {
         }
         let wait = t.check("Admin", a, now).unwrap_err();
         assert!(wait > 800 && wait <= 900);
-        assert!(t.check("admin", b, now).is_ok(), "another address is not locked out");
+        assert!(
+            t.check("admin", b, now).is_ok(),
+            "another address is not locked out"
+        );
         assert!(t.check("admin", a, now + WINDOW).is_ok());
     }
 

@@ -30,7 +30,8 @@ pub struct NewKey<'a> {
     pub monthly_token_limit: Option<i64>,
 }
 
-const COLUMNS: &str = "id, user_id, name, description, key_hash, prefix, created_at, last_used_at, expires_at, \
+const COLUMNS: &str =
+    "id, user_id, name, description, key_hash, prefix, created_at, last_used_at, expires_at, \
                        revoked, allowed_models, monthly_token_limit";
 
 fn from_row(r: &Row) -> rusqlite::Result<KeyRow> {
@@ -73,13 +74,21 @@ pub fn insert(conn: &Connection, k: &NewKey, now: &str) -> DbResult<KeyRow> {
 
 pub fn find_by_id(conn: &Connection, id: i64) -> DbResult<Option<KeyRow>> {
     Ok(conn
-        .query_row(&format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1"), [id], from_row)
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1"),
+            [id],
+            from_row,
+        )
         .optional()?)
 }
 
 pub fn list_for_user(conn: &Connection, user_id: i64) -> DbResult<Vec<KeyRow>> {
-    let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM api_keys WHERE user_id = ?1 ORDER BY id"))?;
-    let rows = st.query_map([user_id], from_row)?.collect::<Result<Vec<_>, _>>()?;
+    let mut st = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM api_keys WHERE user_id = ?1 ORDER BY id"
+    ))?;
+    let rows = st
+        .query_map([user_id], from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
 

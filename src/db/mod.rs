@@ -7,6 +7,7 @@
 pub mod api_keys;
 pub mod plans;
 pub mod settings;
+pub mod usage;
 pub mod users;
 
 use r2d2_sqlite::SqliteConnectionManager;
@@ -59,8 +60,12 @@ fn init_connection(c: &mut Connection) -> rusqlite::Result<()> {
 /// Opens (creating if needed) the database file and its pool.
 pub fn open(path: &Path) -> DbResult<Pool> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| DbError::Task(format!("cannot create the directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            DbError::Task(format!(
+                "cannot create the directory {}: {e}",
+                dir.display()
+            ))
+        })?;
     }
     let manager = SqliteConnectionManager::file(path).with_init(init_connection);
     let pool = r2d2::Pool::builder()
@@ -105,7 +110,9 @@ pub fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
 
 /// Parses a stored timestamp.
 pub fn parse_ts(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&chrono::Utc))
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 /// Encodes a list of glob patterns for a JSON text column.

@@ -43,7 +43,11 @@ pub fn list(conn: &Connection) -> DbResult<Vec<Plan>> {
 
 pub fn find(conn: &Connection, name: &str) -> DbResult<Option<Plan>> {
     Ok(conn
-        .query_row(&format!("SELECT {COLUMNS} FROM plans WHERE name = ?1"), [name], from_row)
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM plans WHERE name = ?1"),
+            [name],
+            from_row,
+        )
         .optional()?)
 }
 
@@ -69,7 +73,9 @@ pub fn update(conn: &Connection, p: &Plan) -> DbResult<bool> {
 
 /// Deletes a plan; [`DbError::Conflict`] while a user is on it.
 pub fn delete(conn: &Connection, name: &str) -> DbResult<bool> {
-    let users: i64 = conn.query_row("SELECT COUNT(*) FROM users WHERE plan = ?1", [name], |r| r.get(0))?;
+    let users: i64 = conn.query_row("SELECT COUNT(*) FROM users WHERE plan = ?1", [name], |r| {
+        r.get(0)
+    })?;
     if users > 0 {
         return Err(DbError::Conflict(format!(
             "Plan {name:?} is in use by {users} user(s); move them to another plan first."

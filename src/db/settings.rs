@@ -6,7 +6,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 pub fn get(conn: &Connection, key: &str) -> DbResult<Option<String>> {
     Ok(conn
-        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
+        .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
         .optional()?)
 }
 
@@ -21,5 +23,9 @@ pub fn set(conn: &Connection, key: &str, value: &str) -> DbResult<()> {
 
 /// The counter bumped on every change to users, keys or plans.
 pub fn change_counter(conn: &Connection) -> DbResult<i64> {
-    Ok(conn.query_row("SELECT n FROM change_counter WHERE id = 1", [], |r| r.get(0))?)
+    Ok(
+        conn.query_row("SELECT n FROM change_counter WHERE id = 1", [], |r| {
+            r.get(0)
+        })?,
+    )
 }

@@ -24,7 +24,8 @@ pub struct NewUser<'a> {
     pub plan: &'a str,
 }
 
-const COLUMNS: &str = "id, username, email, password_hash, role, plan, disabled, token_version, created_at";
+const COLUMNS: &str =
+    "id, username, email, password_hash, role, plan, disabled, token_version, created_at";
 
 fn from_row(r: &Row) -> rusqlite::Result<UserRow> {
     Ok(UserRow {
@@ -52,25 +53,41 @@ pub fn insert(conn: &Connection, u: &NewUser, now: &str) -> DbResult<UserRow> {
 
 pub fn find_by_id(conn: &Connection, id: i64) -> DbResult<Option<UserRow>> {
     Ok(conn
-        .query_row(&format!("SELECT {COLUMNS} FROM users WHERE id = ?1"), [id], from_row)
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM users WHERE id = ?1"),
+            [id],
+            from_row,
+        )
         .optional()?)
 }
 
 pub fn find_by_username(conn: &Connection, username: &str) -> DbResult<Option<UserRow>> {
     Ok(conn
-        .query_row(&format!("SELECT {COLUMNS} FROM users WHERE username = ?1"), [username], from_row)
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM users WHERE username = ?1"),
+            [username],
+            from_row,
+        )
         .optional()?)
 }
 
 /// Users whose username or email contains `q` (all users without `q`).
 pub fn search(conn: &Connection, q: Option<&str>) -> DbResult<Vec<UserRow>> {
-    let pattern = format!("%{}%", q.unwrap_or("").replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+    let pattern = format!(
+        "%{}%",
+        q.unwrap_or("")
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
     let mut st = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM users
          WHERE username LIKE ?1 ESCAPE '\\' OR COALESCE(email, '') LIKE ?1 ESCAPE '\\'
          ORDER BY id"
     ))?;
-    let rows = st.query_map([pattern], from_row)?.collect::<Result<Vec<_>, _>>()?;
+    let rows = st
+        .query_map([pattern], from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
 
@@ -83,15 +100,24 @@ pub fn count(conn: &Connection) -> DbResult<i64> {
 }
 
 pub fn set_plan(conn: &Connection, id: i64, plan: &str) -> DbResult<bool> {
-    Ok(conn.execute("UPDATE users SET plan = ?2 WHERE id = ?1", params![id, plan])? > 0)
+    Ok(conn.execute(
+        "UPDATE users SET plan = ?2 WHERE id = ?1",
+        params![id, plan],
+    )? > 0)
 }
 
 pub fn set_role(conn: &Connection, id: i64, role: &str) -> DbResult<bool> {
-    Ok(conn.execute("UPDATE users SET role = ?2 WHERE id = ?1", params![id, role])? > 0)
+    Ok(conn.execute(
+        "UPDATE users SET role = ?2 WHERE id = ?1",
+        params![id, role],
+    )? > 0)
 }
 
 pub fn set_email(conn: &Connection, id: i64, email: Option<&str>) -> DbResult<bool> {
-    Ok(conn.execute("UPDATE users SET email = ?2 WHERE id = ?1", params![id, email])? > 0)
+    Ok(conn.execute(
+        "UPDATE users SET email = ?2 WHERE id = ?1",
+        params![id, email],
+    )? > 0)
 }
 
 /// Disabling bumps the token version, so tokens issued before stay invalid after re-enabling.
@@ -118,13 +144,21 @@ pub fn delete(conn: &Connection, id: i64) -> DbResult<bool> {
 }
 
 /// The user linked to an OAuth identity.
-pub fn find_by_identity(conn: &Connection, provider: &str, subject: &str) -> DbResult<Option<UserRow>> {
+pub fn find_by_identity(
+    conn: &Connection,
+    provider: &str,
+    subject: &str,
+) -> DbResult<Option<UserRow>> {
     Ok(conn
         .query_row(
             &format!(
                 "SELECT {} FROM users u JOIN oauth_identities i ON i.user_id = u.id
                  WHERE i.provider = ?1 AND i.subject = ?2",
-                COLUMNS.split(", ").map(|c| format!("u.{c}")).collect::<Vec<_>>().join(", ")
+                COLUMNS
+                    .split(", ")
+                    .map(|c| format!("u.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             params![provider, subject],
             from_row,

@@ -38,13 +38,21 @@ pub async fn list(
     })
     .await?;
     let snap = st.creds.snapshot();
-    Ok(Json(DataList { data: rows.iter().map(|k| KeyView::new(k, &snap, true)).collect() }))
+    Ok(Json(DataList {
+        data: rows.iter().map(|k| KeyView::new(k, &snap, true)).collect(),
+    }))
 }
 
-pub async fn revoke(State(st): State<AppState>, _: AdminUser, AppPath(id): AppPath<i64>) -> ApiResult<impl IntoResponse> {
+pub async fn revoke(
+    State(st): State<AppState>,
+    _: AdminUser,
+    AppPath(id): AppPath<i64>,
+) -> ApiResult<impl IntoResponse> {
     let found = db::run(&st.pool, move |c| api_keys::revoke(c, id)).await?;
     if !found {
-        return Err(ApiError::not_found(format!("There is no API key with id {id}.")));
+        return Err(ApiError::not_found(format!(
+            "There is no API key with id {id}."
+        )));
     }
     st.creds.reload().await?;
     Ok(StatusCode::NO_CONTENT)

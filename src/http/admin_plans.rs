@@ -31,18 +31,31 @@ pub struct CreatePlan {
 
 fn validate(p: &Plan) -> ApiResult<()> {
     if p.name.trim().is_empty() || p.name.len() > 64 || p.name.contains('/') {
-        return Err(ApiError::invalid_field("name", "A plan name is 1 to 64 characters without '/'."));
+        return Err(ApiError::invalid_field(
+            "name",
+            "A plan name is 1 to 64 characters without '/'.",
+        ));
     }
     if p.monthly_tokens < 0 {
-        return Err(ApiError::invalid_field("monthly_tokens", "monthly_tokens is a number ≥ 0."));
+        return Err(ApiError::invalid_field(
+            "monthly_tokens",
+            "monthly_tokens is a number ≥ 0.",
+        ));
     }
     if p.requests_per_minute < 1 {
-        return Err(ApiError::invalid_field("requests_per_minute", "requests_per_minute is at least 1."));
+        return Err(ApiError::invalid_field(
+            "requests_per_minute",
+            "requests_per_minute is at least 1.",
+        ));
     }
     if p.price_usd_month < 0.0 || !p.price_usd_month.is_finite() {
-        return Err(ApiError::invalid_field("price_usd_month", "price_usd_month is a number ≥ 0."));
+        return Err(ApiError::invalid_field(
+            "price_usd_month",
+            "price_usd_month is a number ≥ 0.",
+        ));
     }
-    crate::glob::Patterns::new(&p.allowed_models).map_err(|m| ApiError::invalid_field("allowed_models", m))?;
+    crate::glob::Patterns::new(&p.allowed_models)
+        .map_err(|m| ApiError::invalid_field("allowed_models", m))?;
     Ok(())
 }
 
@@ -114,7 +127,9 @@ pub async fn delete(
 ) -> ApiResult<impl IntoResponse> {
     let n = name.clone();
     if !db::run(&st.pool, move |c| plans::delete(c, &n)).await? {
-        return Err(ApiError::not_found(format!("There is no plan named {name:?}.")));
+        return Err(ApiError::not_found(format!(
+            "There is no plan named {name:?}."
+        )));
     }
     st.creds.reload().await?;
     Ok(StatusCode::NO_CONTENT)

@@ -25,8 +25,13 @@ pub async fn list(
     _: AdminUser,
     AppQuery(q): AppQuery<SearchQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let rows = db::run(&st.pool, move |c| users::search(c, q.q.as_deref().filter(|s| !s.is_empty()))).await?;
-    Ok(Json(DataList { data: rows.iter().map(AdminUserView::from).collect() }))
+    let rows = db::run(&st.pool, move |c| {
+        users::search(c, q.q.as_deref().filter(|s| !s.is_empty()))
+    })
+    .await?;
+    Ok(Json(DataList {
+        data: rows.iter().map(AdminUserView::from).collect(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -49,7 +54,9 @@ pub async fn create(
 ) -> ApiResult<impl IntoResponse> {
     accounts::validate_username(&b.username)?;
     let pw = b.password.clone();
-    let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&pw)).await.map_err(ApiError::internal)??;
+    let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&pw))
+        .await
+        .map_err(ApiError::internal)??;
     let now = db::ts(st.clock.now());
     let user = db::run(&st.pool, move |c| {
         Ok(accounts::create_user(
@@ -92,23 +99,35 @@ pub async fn update(
 ) -> ApiResult<impl IntoResponse> {
     if id == me.user.id {
         if b.disabled == Some(true) {
-            return Err(ApiError::invalid_field("disabled", "You cannot disable your own account."));
+            return Err(ApiError::invalid_field(
+                "disabled",
+                "You cannot disable your own account.",
+            ));
         }
         if b.role.as_deref().is_some_and(|r| r != "admin") {
-            return Err(ApiError::invalid_field("role", "You cannot remove your own admin role."));
+            return Err(ApiError::invalid_field(
+                "role",
+                "You cannot remove your own admin role.",
+            ));
         }
     }
     if let Some(r) = &b.role {
         accounts::validate_role(r)?;
     }
     let hash = match b.password.clone() {
-        Some(pw) => Some(tokio::task::spawn_blocking(move || accounts::hash_password(&pw)).await.map_err(ApiError::internal)??),
+        Some(pw) => Some(
+            tokio::task::spawn_blocking(move || accounts::hash_password(&pw))
+                .await
+                .map_err(ApiError::internal)??,
+        ),
         None => None,
     };
     let user = db::run(&st.pool, move |c| {
         let tx = c.transaction()?;
         if users::find_by_id(&tx, id)?.is_none() {
-            return Ok(Err(ApiError::not_found(format!("There is no user with id {id}."))));
+            return Ok(Err(ApiError::not_found(format!(
+                "There is no user with id {id}."
+            ))));
         }
         if let Some(plan) = &b.plan {
             if let Err(e) = accounts::require_plan(&tx, plan) {
@@ -146,7 +165,9 @@ pub async fn delete(
         return Err(ApiError::bad_request("You cannot delete your own account."));
     }
     if !db::run(&st.pool, move |c| users::delete(c, id)).await? {
-        return Err(ApiError::not_found(format!("There is no user with id {id}.")));
+        return Err(ApiError::not_found(format!(
+            "There is no user with id {id}."
+        )));
     }
     st.creds.reload().await?;
     Ok(StatusCode::NO_CONTENT)

@@ -24,7 +24,10 @@ pub struct RegisterBody {
     email: Option<String>,
 }
 
-pub async fn register(State(st): State<AppState>, AppJson(b): AppJson<RegisterBody>) -> ApiResult<impl IntoResponse> {
+pub async fn register(
+    State(st): State<AppState>,
+    AppJson(b): AppJson<RegisterBody>,
+) -> ApiResult<impl IntoResponse> {
     if !st.config.auth.allow_registration {
         return Err(ApiError::forbidden_code(
             "registration_disabled",
@@ -83,24 +86,33 @@ pub async fn login(
     let user = match user {
         Some(u) if ok => u,
         _ => {
-            st.throttle.record_failure(&b.username, addr, Instant::now());
+            st.throttle
+                .record_failure(&b.username, addr, Instant::now());
             tracing::info!(%addr, "failed sign-in");
             return Err(ApiError::invalid_credentials());
         }
     };
     if user.disabled {
-        return Err(ApiError::forbidden_code("account_disabled", "This account is disabled; ask an administrator."));
+        return Err(ApiError::forbidden_code(
+            "account_disabled",
+            "This account is disabled; ask an administrator.",
+        ));
     }
     Ok(Json(token_response(&st, user.id, user.token_version)))
 }
 
 /// `{"access_token","token_type":"bearer","expires_in"}` for a user.
 pub fn token_response(st: &AppState, user_id: i64, token_version: i64) -> serde_json::Value {
-    let token = st.jwt.issue(user_id, token_version, st.clock.now().timestamp());
+    let token = st
+        .jwt
+        .issue(user_id, token_version, st.clock.now().timestamp());
     json!({"access_token": token, "token_type": "bearer", "expires_in": st.jwt.ttl_secs})
 }
 
-pub async fn me(State(st): State<AppState>, CurrentUser(p): CurrentUser) -> ApiResult<impl IntoResponse> {
+pub async fn me(
+    State(st): State<AppState>,
+    CurrentUser(p): CurrentUser,
+) -> ApiResult<impl IntoResponse> {
     let id = p.user.id;
     let user = db::run(&st.pool, move |c| users::find_by_id(c, id))
         .await?

@@ -84,6 +84,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
 
 /// For PATCH bodies: distinguishes a field left out (`None`) from one set to
 /// null (`Some(None)`).
-pub fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+pub fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }

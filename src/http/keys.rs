@@ -42,7 +42,10 @@ pub async fn create(
         allowed_models: b.allowed_models,
         monthly_token_limit: b.monthly_token_limit,
     };
-    let (row, secret) = db::run(&st.pool, move |c| Ok(accounts::create_key(c, uid, &spec, &now))).await??;
+    let (row, secret) = db::run(&st.pool, move |c| {
+        Ok(accounts::create_key(c, uid, &spec, &now))
+    })
+    .await??;
     st.creds.reload().await?;
     Ok((
         StatusCode::CREATED,
@@ -60,11 +63,16 @@ pub async fn create(
     ))
 }
 
-pub async fn list(State(st): State<AppState>, CurrentUser(p): CurrentUser) -> ApiResult<impl IntoResponse> {
+pub async fn list(
+    State(st): State<AppState>,
+    CurrentUser(p): CurrentUser,
+) -> ApiResult<impl IntoResponse> {
     let uid = p.user.id;
     let rows = db::run(&st.pool, move |c| api_keys::list_for_user(c, uid)).await?;
     let snap = st.creds.snapshot();
-    Ok(Json(DataList { data: rows.iter().map(|k| KeyView::new(k, &snap, false)).collect() }))
+    Ok(Json(DataList {
+        data: rows.iter().map(|k| KeyView::new(k, &snap, false)).collect(),
+    }))
 }
 
 #[derive(Deserialize)]

@@ -3,14 +3,18 @@
 
 pub mod admin_keys;
 pub mod admin_plans;
+pub mod admin_usage;
 pub mod admin_users;
 pub mod auth;
 pub mod extract;
 pub mod keys;
+pub mod llm;
+pub mod subscriptions;
 pub mod views;
 pub mod web;
 
 use crate::auth::extract::require_auth;
+use crate::config::MetricsAccess;
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -35,25 +39,54 @@ pub fn new_request_id() -> String {
 
 /// Builds the whole router for `state`.
 pub fn router(state: AppState) -> Router {
-    let public = Router::new()
+    let mut public = Router::new()
         .route("/health", get(health))
         .route("/auth/register", post(auth::register))
         .route("/auth/login", post(auth::login))
         .route("/auth/providers", get(auth::providers))
         .merge(web::router());
+    if state.config.server.metrics == MetricsAccess::Public {
+        public = public.route("/metrics", get(metrics_text));
+    }
 
     let protected = Router::new()
         .route("/auth/me", get(auth::me))
         .route("/auth/password", post(auth::change_password))
         .route("/api/keys", get(keys::list).post(keys::create))
         .route("/api/keys/{id}", delete(keys::revoke).patch(keys::update))
-        .route("/admin/users", get(admin_users::list).post(admin_users::create))
-        .route("/admin/users/{id}", delete(admin_users::delete).patch(admin_users::update))
-        .route("/admin/plans", get(admin_plans::list).post(admin_plans::create))
-        .route("/admin/plans/{name}", delete(admin_plans::delete).patch(admin_plans::update))
+        .route(
+            "/admin/users",
+            get(admin_users::list).post(admin_users::create),
+        )
+        .route(
+            "/admin/users/{id}",
+            delete(admin_users::delete).patch(admin_users::update),
+        )
+        .route(
+            "/admin/plans",
+            get(admin_plans::list).post(admin_plans::create),
+        )
+        .route(
+            "/admin/plans/{name}",
+            delete(admin_plans::delete).patch(admin_plans::update),
+        )
         .route("/admin/keys", get(admin_keys::list))
         .route("/admin/keys/{id}", delete(admin_keys::revoke))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+        .route("/admin/usage", get(admin_usage::usage))
+        .route("/admin/requests", get(admin_usage::requests))
+        .route("/subscriptions/plans", get(subscriptions::plans))
+        .route("/subscriptions/me", get(subscriptions::me))
+        .route("/subscriptions/usage", get(subscriptions::usage))
+        .route("/subscriptions/usage/daily", get(subscriptions::daily))
+        .nest("/llm", llm::routes())
+        .nest("/v1", llm::routes())
+        .merge(llm::routes());
+    let protected = match state.config.server.metrics {
+        MetricsAccess::Admin => protected.route("/metrics", get(metrics_admin)),
+        _ => protected,
+    };
+    let protected =
+        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
 
     let mut app = Router::new()
         .merge(public)
@@ -64,15 +97,32 @@ pub fn router(state: AppState) -> Router {
     if let Some(cors) = cors_layer(&state) {
         app = app.layer(cors);
     }
-    app.layer(middleware::from_fn(request_id_and_log)).with_state(state)
+    app.layer(middleware::from_fn(request_id_and_log))
+        .with_state(state)
 }
 
 async fn health() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
+async fn metrics_text() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::telemetry::render(),
+    )
+}
+
+async fn metrics_admin(_: crate::auth::AdminUser) -> impl IntoResponse {
+    metrics_text().await
+}
+
 async fn not_found(State(_): State<AppState>) -> ApiError {
-    ApiError::not_found("Unknown path. The API lives under /llm, /v1, /auth, /api, /subscriptions and /admin.")
+    ApiError::not_found(
+        "Unknown path. The API lives under /llm, /v1, /auth, /api, /subscriptions and /admin.",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -116,9 +166,18 @@ fn cors_layer(state: &AppState) -> Option<tower_http::cors::CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
-                origin.to_str().map(|o| patterns.matches(o)).unwrap_or(false)
+                origin
+                    .to_str()
+                    .map(|o| patterns.matches(o))
+                    .unwrap_or(false)
             }))
-            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
             .allow_headers(AllowHeaders::mirror_request())
             .expose_headers([axum::http::HeaderName::from_static("x-request-id")])
             .max_age(std::time::Duration::from_secs(3600)),

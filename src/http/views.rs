@@ -17,7 +17,13 @@ pub struct UserView {
 
 impl From<&UserRow> for UserView {
     fn from(u: &UserRow) -> Self {
-        UserView { id: u.id, username: u.username.clone(), email: u.email.clone(), role: u.role.clone(), plan: u.plan.clone() }
+        UserView {
+            id: u.id,
+            username: u.username.clone(),
+            email: u.email.clone(),
+            role: u.role.clone(),
+            plan: u.plan.clone(),
+        }
     }
 }
 
@@ -70,7 +76,11 @@ impl KeyView {
         let mut last_used_at = k.last_used_at.clone();
         if let Some(live) = snap.key_by_id(k.id) {
             let t = live.last_used.load(Ordering::Relaxed);
-            let stored = last_used_at.as_deref().and_then(db::parse_ts).map(|t| t.timestamp()).unwrap_or(0);
+            let stored = last_used_at
+                .as_deref()
+                .and_then(db::parse_ts)
+                .map(|t| t.timestamp())
+                .unwrap_or(0);
             if t > stored {
                 last_used_at = chrono::DateTime::from_timestamp(t, 0).map(db::ts);
             }

@@ -26,10 +26,15 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 
 fn serve(path: &str, headers: &HeaderMap) -> Response {
     let Some(file) = Assets::get(path) else {
-        return crate::error::ApiError::not_found(format!("The web page has no file {path:?}.")).into_response();
+        return crate::error::ApiError::not_found(format!("The web page has no file {path:?}."))
+            .into_response();
     };
     let etag = format!("\"{}\"", hex::encode(&file.metadata.sha256_hash()[..16]));
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
         return StatusCode::NOT_MODIFIED.into_response();
     }
     let mime = mime_guess::from_path(path).first_or_octet_stream();
@@ -42,8 +47,15 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
         h.insert(header::ETAG, v);
     }
     // HTML is revalidated every time; versioned assets may be cached briefly.
-    let cache = if path.ends_with(".html") { "no-cache" } else { "public, max-age=300" };
+    let cache = if path.ends_with(".html") {
+        "no-cache"
+    } else {
+        "public, max-age=300"
+    };
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     resp
 }

@@ -56,7 +56,13 @@ pub fn bootstrap(
         let plan = plans::default_plan(&tx)?.unwrap_or_else(|| "free".into());
         users::insert(
             &tx,
-            &users::NewUser { username: "admin", email: None, password_hash: Some(admin_hash), role: "admin", plan: &plan },
+            &users::NewUser {
+                username: "admin",
+                email: None,
+                password_hash: Some(admin_hash),
+                role: "admin",
+                plan: &plan,
+            },
             now,
         )?;
         out.created_admin = true;
@@ -109,7 +115,10 @@ pub fn validate_password(pw: &str) -> ApiResult<()> {
 
 pub fn validate_role(role: &str) -> ApiResult<()> {
     if role != "admin" && role != "user" {
-        return Err(ApiError::invalid_field("role", "The role is \"admin\" or \"user\"."));
+        return Err(ApiError::invalid_field(
+            "role",
+            "The role is \"admin\" or \"user\".",
+        ));
     }
     Ok(())
 }
@@ -141,14 +150,23 @@ pub fn create_user(conn: &Connection, a: &NewAccount, now: &str) -> ApiResult<us
     };
     Ok(users::insert(
         conn,
-        &users::NewUser { username: a.username, email: a.email, password_hash: a.password_hash, role: a.role, plan: &plan },
+        &users::NewUser {
+            username: a.username,
+            email: a.email,
+            password_hash: a.password_hash,
+            role: a.role,
+            plan: &plan,
+        },
         now,
     )?)
 }
 
 pub fn require_plan(conn: &Connection, plan: &str) -> ApiResult<()> {
     if plans::find(conn, plan)?.is_none() {
-        return Err(ApiError::invalid_field("plan", format!("There is no plan named {plan:?}.")));
+        return Err(ApiError::invalid_field(
+            "plan",
+            format!("There is no plan named {plan:?}."),
+        ));
     }
     Ok(())
 }
@@ -171,25 +189,39 @@ pub fn validate_key_fields(
     limit: Option<i64>,
 ) -> ApiResult<Option<String>> {
     if name.trim().is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::invalid_field("name", "A key needs a name of 1 to 200 characters."));
+        return Err(ApiError::invalid_field(
+            "name",
+            "A key needs a name of 1 to 200 characters.",
+        ));
     }
     if let Some(a) = allowed {
         crate::glob::Patterns::new(a).map_err(|m| ApiError::invalid_field("allowed_models", m))?;
     }
     if limit.is_some_and(|l| l < 0) {
-        return Err(ApiError::invalid_field("monthly_token_limit", "The limit is a number of tokens ≥ 0."));
+        return Err(ApiError::invalid_field(
+            "monthly_token_limit",
+            "The limit is a number of tokens ≥ 0.",
+        ));
     }
     expires_at
         .map(|e| {
             db::parse_ts(e).map(db::ts).ok_or_else(|| {
-                ApiError::invalid_field("expires_at", "expires_at is an RFC 3339 time such as 2026-12-31T23:59:59Z.")
+                ApiError::invalid_field(
+                    "expires_at",
+                    "expires_at is an RFC 3339 time such as 2026-12-31T23:59:59Z.",
+                )
             })
         })
         .transpose()
 }
 
 /// Mints a key for `user_id`; returns the row and the secret (shown once).
-pub fn create_key(conn: &Connection, user_id: i64, spec: &KeySpec, now: &str) -> ApiResult<(api_keys::KeyRow, String)> {
+pub fn create_key(
+    conn: &Connection,
+    user_id: i64,
+    spec: &KeySpec,
+    now: &str,
+) -> ApiResult<(api_keys::KeyRow, String)> {
     let expires = validate_key_fields(
         &spec.name,
         spec.expires_at.as_deref(),

@@ -1,3 +1,4 @@
 //! Logic shared by the HTTP handlers and the CLI; it calls `db` and never `http`.
 
 pub mod accounts;
+pub mod proxy;

@@ -76,15 +76,31 @@ pub struct Providers {
 
 impl Providers {
     pub fn from_config(cfg: &Config) -> Providers {
-        let mut ids: Vec<String> = BUILTIN_PROVIDERS.iter().map(|(id, _, _)| id.to_string()).collect();
-        ids.extend(cfg.providers.keys().filter(|k| !ids.contains(k)).cloned().collect::<Vec<_>>());
+        let mut ids: Vec<String> = BUILTIN_PROVIDERS
+            .iter()
+            .map(|(id, _, _)| id.to_string())
+            .collect();
+        ids.extend(
+            cfg.providers
+                .keys()
+                .filter(|k| !ids.contains(k))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         let mut list = Vec::new();
         for id in ids {
             let builtin = BUILTIN_PROVIDERS.iter().find(|(b, _, _)| *b == id);
             let section = cfg.providers.get(&id).cloned().unwrap_or_default();
             let kind = kind_of(&id);
-            let default_base = builtin.map(|(_, _, url)| url.to_string()).unwrap_or_default();
-            let base_url = section.base_url.clone().unwrap_or(default_base.clone()).trim_end_matches('/').to_owned();
+            let default_base = builtin
+                .map(|(_, _, url)| url.to_string())
+                .unwrap_or_default();
+            let base_url = section
+                .base_url
+                .clone()
+                .unwrap_or(default_base.clone())
+                .trim_end_matches('/')
+                .to_owned();
             let models_url = match section.models_url.as_deref().filter(|s| !s.is_empty()) {
                 Some(u) => u.to_owned(),
                 // Glama's catalogue lives outside its OpenAI path (PROVIDERS.md).
@@ -92,7 +108,9 @@ impl Providers {
                     "https://glama.ai/api/gateway/v1/models".to_owned()
                 }
                 // AIML gives prices only when asked for them (PROVIDERS.md).
-                None if kind == Kind::Aiml => format!("{base_url}/models?include=capabilities,pricing"),
+                None if kind == Kind::Aiml => {
+                    format!("{base_url}/models?include=capabilities,pricing")
+                }
                 None => format!("{base_url}/models"),
             };
             let headers = match section.headers {
@@ -104,7 +122,10 @@ impl Providers {
                 None => vec![],
             };
             list.push(Arc::new(Provider {
-                name: section.name.clone().unwrap_or_else(|| builtin.map(|b| b.1.to_string()).unwrap_or(id.clone())),
+                name: section
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| builtin.map(|b| b.1.to_string()).unwrap_or(id.clone())),
                 kind,
                 base_url,
                 api_key: section.api_key.clone(),
@@ -112,13 +133,20 @@ impl Providers {
                 headers,
                 models_url,
                 models_ttl: Duration::from_secs(section.models_ttl_secs.unwrap_or(600)),
-                cap_field: section.cap_field.clone().unwrap_or_else(|| "max_tokens".into()),
+                cap_field: section
+                    .cap_field
+                    .clone()
+                    .unwrap_or_else(|| "max_tokens".into()),
                 is_default: id == cfg.routing.default_provider,
                 id,
             }));
         }
         let by_id = list.iter().map(|p| (p.id.clone(), p.clone())).collect();
-        Providers { list, by_id, default_id: cfg.routing.default_provider.clone() }
+        Providers {
+            list,
+            by_id,
+            default_id: cfg.routing.default_provider.clone(),
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Provider>> {

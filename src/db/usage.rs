@@ -1,0 +1,326 @@
+//! Usage records, daily roll-ups and period totals. Written only by the usage
+//! writer, in batches; read by the usage and admin routes.
+
+use super::DbResult;
+use rusqlite::{params, params_from_iter, Connection, Row};
+use serde::Serialize;
+
+/// One call, as recorded (SPEC §6) and as `/admin/requests` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UsageRecord {
+    pub id: i64,
+    pub request_id: String,
+    pub user_id: i64,
+    pub username: String,
+    pub key_id: Option<i64>,
+    pub provider: String,
+    pub model: String,
+    pub upstream_model: String,
+    pub endpoint: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    pub cost_usd: f64,
+    pub estimated: bool,
+    pub priced: bool,
+    pub http_status: u16,
+    pub outcome: String,
+    pub latency_ms: i64,
+    pub ttft_ms: Option<i64>,
+    pub created_at: String,
+}
+
+/// Writes a batch of records with their roll-ups in one transaction.
+pub fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> DbResult<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut ins = tx.prepare_cached(
+            "INSERT INTO requests (request_id, user_id, username, key_id, provider, model, upstream_model, endpoint,
+                prompt_tokens, completion_tokens, total_tokens, cost_usd, estimated, priced, http_status, outcome,
+                latency_ms, ttft_ms, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+        )?;
+        let mut daily = tx.prepare_cached(
+            "INSERT INTO usage_daily (day, user_id, provider, model, tokens, prompt_tokens, completion_tokens,
+                requests, ok_tokens, cost_usd)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (day, user_id, provider, model) DO UPDATE SET
+                tokens = tokens + excluded.tokens,
+                prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = completion_tokens + excluded.completion_tokens,
+                requests = requests + excluded.requests,
+                ok_tokens = ok_tokens + excluded.ok_tokens,
+                cost_usd = cost_usd + excluded.cost_usd",
+        )?;
+        let mut period = tx.prepare_cached(
+            "INSERT INTO usage_period (period, user_id, key_id, tokens) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (period, user_id, key_id) DO UPDATE SET tokens = tokens + excluded.tokens",
+        )?;
+        for r in records {
+            ins.execute(params![
+                r.request_id,
+                r.user_id,
+                r.username,
+                r.key_id,
+                r.provider,
+                r.model,
+                r.upstream_model,
+                r.endpoint,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.total_tokens,
+                r.cost_usd,
+                r.estimated,
+                r.priced,
+                r.http_status,
+                r.outcome,
+                r.latency_ms,
+                r.ttft_ms,
+                r.created_at
+            ])?;
+            if r.total_tokens > 0 || r.outcome == "ok" {
+                let ok = r.outcome == "ok";
+                daily.execute(params![
+                    &r.created_at[..10],
+                    r.user_id,
+                    r.provider,
+                    r.model,
+                    r.total_tokens,
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                    ok as i64,
+                    if ok { r.total_tokens } else { 0 },
+                    r.cost_usd
+                ])?;
+            }
+            if r.total_tokens > 0 {
+                period.execute(params![
+                    &r.created_at[..7],
+                    r.user_id,
+                    r.key_id.unwrap_or(0),
+                    r.total_tokens
+                ])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Tokens charged in `period` (YYYY-MM): per user and per key.
+pub fn period_totals(conn: &Connection, period: &str) -> DbResult<Vec<(i64, i64, i64)>> {
+    let mut st =
+        conn.prepare("SELECT user_id, key_id, tokens FROM usage_period WHERE period = ?1")?;
+    let rows = st
+        .query_map([period], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Deletes raw records created before `before` (RFC 3339); roll-ups stay.
+pub fn delete_before(conn: &Connection, before: &str) -> DbResult<usize> {
+    Ok(conn.execute("DELETE FROM requests WHERE created_at < ?1", [before])?)
+}
+
+/// Filters over the daily roll-ups; dates are `YYYY-MM-DD`, `to` exclusive.
+#[derive(Debug, Default, Clone)]
+pub struct DailyFilter {
+    pub user_id: Option<i64>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub from_day: Option<String>,
+    pub to_day: Option<String>,
+}
+
+impl DailyFilter {
+    fn clause(&self) -> (String, Vec<rusqlite::types::Value>) {
+        use rusqlite::types::Value;
+        let mut w = vec!["1 = 1".to_owned()];
+        let mut p: Vec<Value> = Vec::new();
+        if let Some(u) = self.user_id {
+            p.push(Value::Integer(u));
+            w.push(format!("d.user_id = ?{}", p.len()));
+        }
+        if let Some(v) = &self.provider {
+            p.push(Value::Text(v.clone()));
+            w.push(format!("d.provider = ?{}", p.len()));
+        }
+        if let Some(v) = &self.model {
+            p.push(Value::Text(v.clone()));
+            w.push(format!("d.model = ?{}", p.len()));
+        }
+        if let Some(v) = &self.from_day {
+            p.push(Value::Text(v.clone()));
+            w.push(format!("d.day >= ?{}", p.len()));
+        }
+        if let Some(v) = &self.to_day {
+            p.push(Value::Text(v.clone()));
+            w.push(format!("d.day < ?{}", p.len()));
+        }
+        (w.join(" AND "), p)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DailyRow {
+    pub date: String,
+    pub provider: String,
+    pub model: String,
+    pub tokens: i64,
+    pub requests: i64,
+    pub cost_usd: f64,
+}
+
+pub fn daily(conn: &Connection, f: &DailyFilter) -> DbResult<Vec<DailyRow>> {
+    let (w, p) = f.clause();
+    let mut st = conn.prepare(&format!(
+        "SELECT d.day, d.provider, d.model, SUM(d.tokens), SUM(d.requests), SUM(d.cost_usd)
+         FROM usage_daily d WHERE {w} GROUP BY d.day, d.provider, d.model ORDER BY d.day, d.provider, d.model"
+    ))?;
+    let rows = st
+        .query_map(params_from_iter(p), |r| {
+            Ok(DailyRow {
+                date: r.get(0)?,
+                provider: r.get(1)?,
+                model: r.get(2)?,
+                tokens: r.get(3)?,
+                requests: r.get(4)?,
+                cost_usd: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// (tokens, successful requests, tokens of successful requests, cost).
+pub fn totals(conn: &Connection, f: &DailyFilter) -> DbResult<(i64, i64, i64, f64)> {
+    let (w, p) = f.clause();
+    Ok(conn.query_row(
+        &format!(
+            "SELECT COALESCE(SUM(d.tokens), 0), COALESCE(SUM(d.requests), 0), COALESCE(SUM(d.ok_tokens), 0),
+                    COALESCE(SUM(d.cost_usd), 0.0)
+             FROM usage_daily d WHERE {w}"
+        ),
+        params_from_iter(p),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?)
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GroupRow {
+    pub key: String,
+    pub tokens: i64,
+    pub requests: i64,
+    pub cost_usd: f64,
+}
+
+/// Totals grouped by `day`, `user`, `provider` or `model` (checked by the caller).
+pub fn grouped(conn: &Connection, group_by: &str, f: &DailyFilter) -> DbResult<Vec<GroupRow>> {
+    let key = match group_by {
+        "day" => "d.day",
+        "user" => "COALESCE(u.username, CAST(d.user_id AS TEXT))",
+        "provider" => "d.provider",
+        _ => "d.model",
+    };
+    let (w, p) = f.clause();
+    let order = if group_by == "day" { "1" } else { "2 DESC, 1" };
+    let mut st = conn.prepare(&format!(
+        "SELECT {key}, SUM(d.tokens), SUM(d.requests), SUM(d.cost_usd)
+         FROM usage_daily d LEFT JOIN users u ON u.id = d.user_id
+         WHERE {w} GROUP BY 1 ORDER BY {order}"
+    ))?;
+    let rows = st
+        .query_map(params_from_iter(p), |r| {
+            Ok(GroupRow {
+                key: r.get(0)?,
+                tokens: r.get(1)?,
+                requests: r.get(2)?,
+                cost_usd: r.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RequestFilter {
+    pub user_id: Option<i64>,
+    pub provider: Option<String>,
+    pub outcome: Option<String>,
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+const RECORD_COLUMNS: &str = "id, request_id, user_id, username, key_id, provider, model, upstream_model, endpoint, \
+    prompt_tokens, completion_tokens, total_tokens, cost_usd, estimated, priced, http_status, outcome, latency_ms, \
+    ttft_ms, created_at";
+
+fn record_from_row(r: &Row) -> rusqlite::Result<UsageRecord> {
+    Ok(UsageRecord {
+        id: r.get(0)?,
+        request_id: r.get(1)?,
+        user_id: r.get(2)?,
+        username: r.get(3)?,
+        key_id: r.get(4)?,
+        provider: r.get(5)?,
+        model: r.get(6)?,
+        upstream_model: r.get(7)?,
+        endpoint: r.get(8)?,
+        prompt_tokens: r.get(9)?,
+        completion_tokens: r.get(10)?,
+        total_tokens: r.get(11)?,
+        cost_usd: r.get(12)?,
+        estimated: r.get(13)?,
+        priced: r.get(14)?,
+        http_status: r.get(15)?,
+        outcome: r.get(16)?,
+        latency_ms: r.get(17)?,
+        ttft_ms: r.get(18)?,
+        created_at: r.get(19)?,
+    })
+}
+
+/// Records newest first, keyset-paginated by id.
+pub fn requests(conn: &Connection, f: &RequestFilter) -> DbResult<Vec<UsageRecord>> {
+    use rusqlite::types::Value;
+    let mut w = vec!["1 = 1".to_owned()];
+    let mut p: Vec<Value> = Vec::new();
+    if let Some(u) = f.user_id {
+        p.push(Value::Integer(u));
+        w.push(format!("user_id = ?{}", p.len()));
+    }
+    if let Some(v) = &f.provider {
+        p.push(Value::Text(v.clone()));
+        w.push(format!("provider = ?{}", p.len()));
+    }
+    if let Some(v) = &f.outcome {
+        p.push(Value::Text(v.clone()));
+        w.push(format!("outcome = ?{}", p.len()));
+    }
+    if let Some(b) = f.before {
+        p.push(Value::Integer(b));
+        w.push(format!("id < ?{}", p.len()));
+    }
+    p.push(Value::Integer(f.limit));
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM requests WHERE {} ORDER BY id DESC LIMIT ?{}",
+        w.join(" AND "),
+        p.len()
+    );
+    let mut st = conn.prepare(&sql)?;
+    let rows = st
+        .query_map(params_from_iter(p), record_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Every record of a request id (tests and troubleshooting).
+pub fn by_request_id(conn: &Connection, request_id: &str) -> DbResult<Vec<UsageRecord>> {
+    let mut st = conn.prepare(&format!(
+        "SELECT {RECORD_COLUMNS} FROM requests WHERE request_id = ?1 ORDER BY id"
+    ))?;
+    let rows = st
+        .query_map([request_id], record_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}

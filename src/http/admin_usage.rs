@@ -1,0 +1,121 @@
+//! `/admin/usage` (totals grouped by day, user, provider or model) and the
+//! paginated request log `/admin/requests`.
+
+use super::extract::AppQuery;
+use super::subscriptions::{usage_filter, UsageQuery};
+use crate::auth::AdminUser;
+use crate::db::{self, usage::RequestFilter, users};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+pub struct AdminUsageQuery {
+    group_by: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+pub async fn usage(
+    State(st): State<AppState>,
+    _: AdminUser,
+    AppQuery(q): AppQuery<AdminUsageQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let group_by = q.group_by.unwrap_or_else(|| "day".into());
+    if !["day", "user", "provider", "model"].contains(&group_by.as_str()) {
+        return Err(ApiError::invalid_field(
+            "group_by",
+            "group_by is one of day, user, provider, model.",
+        ));
+    }
+    let uq = UsageQuery {
+        from: q.from,
+        to: q.to,
+        ..Default::default()
+    };
+    let (f, _, _) = usage_filter(&st, &uq, None)?;
+    st.metering.writer.flush().await;
+    let g = group_by.clone();
+    let rows = db::run(&st.pool, move |c| db::usage::grouped(c, &g, &f)).await?;
+    Ok(Json(json!({"group_by": group_by, "rows": rows})))
+}
+
+#[derive(Deserialize)]
+pub struct RequestsQuery {
+    user: Option<String>,
+    provider: Option<String>,
+    status: Option<String>,
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+pub async fn requests(
+    State(st): State<AppState>,
+    _: AdminUser,
+    AppQuery(q): AppQuery<RequestsQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let limit = match q.limit.as_deref().filter(|s| !s.is_empty()) {
+        None => 50,
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (1..=500).contains(&n) => n,
+            _ => {
+                return Err(ApiError::invalid_field(
+                    "limit",
+                    "limit is a number from 1 to 500.",
+                ))
+            }
+        },
+    };
+    let before = match q.before.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(
+            s.parse::<i64>()
+                .map_err(|_| ApiError::invalid_field("before", "before is a record id."))?,
+        ),
+    };
+    let outcome = q.status.filter(|s| !s.is_empty());
+    if let Some(o) = &outcome {
+        if !["ok", "upstream_error", "client_cancelled", "refused"].contains(&o.as_str()) {
+            return Err(ApiError::invalid_field(
+                "status",
+                "status is one of ok, upstream_error, client_cancelled, refused.",
+            ));
+        }
+    }
+    st.metering.writer.flush().await;
+    let user = q.user.filter(|s| !s.is_empty());
+    let provider = q.provider.filter(|s| !s.is_empty());
+    let rows = db::run(&st.pool, move |c| {
+        let user_id = match user {
+            None => None,
+            Some(u) => match u.parse::<i64>() {
+                Ok(id) => Some(id),
+                Err(_) => match users::find_by_username(c, &u)? {
+                    Some(row) => Some(row.id),
+                    None => return Ok(Vec::new()),
+                },
+            },
+        };
+        db::usage::requests(
+            c,
+            &RequestFilter {
+                user_id,
+                provider,
+                outcome,
+                before,
+                limit,
+            },
+        )
+    })
+    .await?;
+    let next_before = if rows.len() as i64 == limit {
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
+    Ok(Json(json!({"data": rows, "next_before": next_before})))
+}

@@ -1,0 +1,149 @@
+//! `/subscriptions/*`: plans, the caller's balance, and their usage (totals and
+//! per day) from the daily roll-ups.
+
+use super::extract::AppQuery;
+use crate::auth::CurrentUser;
+use crate::db::{self, usage::DailyFilter};
+use crate::error::{ApiError, ApiResult};
+use crate::metering::period_bounds;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::Json;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Deserialize;
+use serde_json::json;
+
+pub async fn plans(State(st): State<AppState>, _: CurrentUser) -> impl IntoResponse {
+    let snap = st.creds.snapshot();
+    let mut plans: Vec<_> = snap.plans.values().map(|p| p.plan.clone()).collect();
+    plans.sort_by(|a, b| {
+        a.monthly_tokens
+            .cmp(&b.monthly_tokens)
+            .then(a.name.cmp(&b.name))
+    });
+    Json(plans)
+}
+
+pub async fn me(
+    State(st): State<AppState>,
+    CurrentUser(p): CurrentUser,
+) -> ApiResult<impl IntoResponse> {
+    let now = st.clock.now();
+    let period = crate::metering::period_of(now);
+    let (start, end) = period_bounds(now);
+    let plan = p
+        .plan
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("user without a plan"))?;
+    let bal = st.metering.ledger.user(p.user.id, &period);
+    let mut remaining = (plan.plan.monthly_tokens - bal.used - bal.reserved).max(0);
+    if let (Some(k), Some(limit)) = (&p.key, p.key.as_ref().and_then(|k| k.monthly_token_limit)) {
+        let kb = st.metering.ledger.key(k.id, &period);
+        remaining = remaining.min((limit - kb.used - kb.reserved).max(0));
+    }
+    Ok(Json(json!({
+        "plan": plan.plan.name,
+        "monthly_tokens": plan.plan.monthly_tokens,
+        "tokens_used": bal.used,
+        "tokens_reserved": bal.reserved,
+        "remaining_tokens": remaining,
+        "period_start": db::ts(start),
+        "period_end": db::ts(end),
+    })))
+}
+
+#[derive(Deserialize, Default)]
+pub struct UsageQuery {
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// A `from`/`to` bound as a UTC day: `YYYY-MM-DD`, or RFC 3339 rounded to its
+/// day (`to` rounds up, so the instant stays excluded only at midnight).
+fn parse_bound(param: &str, s: &str, round_up: bool) -> ApiResult<NaiveDate> {
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d);
+    }
+    match DateTime::parse_from_rfc3339(s) {
+        Ok(t) => {
+            let t = t.with_timezone(&Utc);
+            let d = t.date_naive();
+            let midnight = t.time() == chrono::NaiveTime::MIN;
+            Ok(if round_up && !midnight {
+                d.succ_opt().unwrap_or(d)
+            } else {
+                d
+            })
+        }
+        Err(_) => Err(ApiError::invalid_field(
+            param,
+            format!("`{param}` is a date (YYYY-MM-DD) or an RFC 3339 time."),
+        )),
+    }
+}
+
+/// The filter and the bounds it covers (the current period by default).
+pub fn usage_filter(
+    st: &AppState,
+    q: &UsageQuery,
+    user_id: Option<i64>,
+) -> ApiResult<(DailyFilter, String, String)> {
+    let (start, end) = period_bounds(st.clock.now());
+    let from = match q.from.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => parse_bound("from", s, false)?,
+        None => start.date_naive(),
+    };
+    let to = match q.to.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => parse_bound("to", s, true)?,
+        None => end.date_naive(),
+    };
+    let f = DailyFilter {
+        user_id,
+        provider: q.provider.clone().filter(|s| !s.is_empty()),
+        model: q.model.clone().filter(|s| !s.is_empty()),
+        from_day: Some(from.format("%Y-%m-%d").to_string()),
+        to_day: Some(to.format("%Y-%m-%d").to_string()),
+    };
+    let rfc = |d: NaiveDate| format!("{}T00:00:00Z", d.format("%Y-%m-%d"));
+    Ok((f, rfc(from), rfc(to)))
+}
+
+pub async fn usage(
+    State(st): State<AppState>,
+    CurrentUser(p): CurrentUser,
+    AppQuery(q): AppQuery<UsageQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let (f, start, end) = usage_filter(&st, &q, Some(p.user.id))?;
+    st.metering.writer.flush().await;
+    let provider = f.provider.clone();
+    let (tokens, requests, ok_tokens, cost) =
+        db::run(&st.pool, move |c| db::usage::totals(c, &f)).await?;
+    let avg = if requests > 0 {
+        ok_tokens as f64 / requests as f64
+    } else {
+        0.0
+    };
+    Ok(Json(json!({
+        "provider": provider,
+        "tokens_used": tokens,
+        "requests_count": requests,
+        "cost_total": cost,
+        "average_tokens_per_request": avg,
+        "period_start": start,
+        "period_end": end,
+    })))
+}
+
+pub async fn daily(
+    State(st): State<AppState>,
+    CurrentUser(p): CurrentUser,
+    AppQuery(q): AppQuery<UsageQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let (f, _, _) = usage_filter(&st, &q, Some(p.user.id))?;
+    st.metering.writer.flush().await;
+    let days = db::run(&st.pool, move |c| db::usage::daily(c, &f)).await?;
+    Ok(Json(json!({ "days": days })))
+}

@@ -1,0 +1,999 @@
+//! The LLM proxy: one call from the client's JSON to the upstream and back.
+//!
+//! check the request → route it → refuse early (model not allowed, provider
+//! inactive, rate, quota) → reserve through a [`CallMeter`] → send with retries
+//! and fallbacks → answer: whole JSON with `_usage_info`, or an SSE stream
+//! pumped chunk by chunk by its own task, which also notices the client leaving.
+//! The request body is kept as the client sent it; only `model`, the completion
+//! cap and `stream_options.include_usage` are changed.
+
+use crate::auth::Principal;
+use crate::config::OnDisconnect;
+use crate::error::ApiError;
+use crate::metering::call::{record_refusal, CallInfo, CallMeter, Outcome, Usage};
+use crate::metering::estimate;
+use crate::metering::ledger::Account;
+use crate::metering::pricing::Price;
+use crate::state::AppState;
+use crate::telemetry;
+use crate::upstream::client::{self, SendError};
+use crate::upstream::errors::{self, Normalized};
+use crate::upstream::routing::Route;
+use crate::upstream::sse::{Event, SseReader};
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+        }
+    }
+
+    /// The name used in records and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// Turns a normalised upstream error into our error.
+pub fn api_error(n: Normalized) -> ApiError {
+    let status = StatusCode::from_u16(n.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut e = ApiError::new(status, n.kind, n.code.as_deref(), n.message);
+    e.retry_after = n.retry_after;
+    e
+}
+
+/// Handles one call; every failure is an OpenAI-shaped error.
+pub async fn handle(
+    st: AppState,
+    p: Principal,
+    request_id: String,
+    ep: Endpoint,
+    raw: Bytes,
+) -> Response {
+    match run(st, p, request_id, ep, raw).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn field_error(param: &str, msg: impl Into<String>) -> ApiError {
+    ApiError::invalid_field(param, msg)
+}
+
+/// What the request asks for, checked.
+struct Request {
+    body: Map<String, Value>,
+    model: String,
+    stream: bool,
+    n: i64,
+    /// The cap field the client used, and its value.
+    client_cap: Option<(&'static str, i64)>,
+}
+
+fn parse(ep: Endpoint, raw: &[u8]) -> Result<Request, ApiError> {
+    let body = match serde_json::from_slice::<Value>(raw) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => {
+            return Err(ApiError::bad_request(
+                "The request body must be a JSON object.",
+            ))
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "The body is not valid JSON: {e}"
+            )))
+        }
+    };
+    let model = match body.get("model") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(_) => return Err(field_error("model", "`model` must be a non-empty string.")),
+        None => return Err(field_error("model", "Missing required field `model`.")),
+    };
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b && ep != Endpoint::Embeddings,
+        Some(_) => return Err(field_error("stream", "`stream` must be true or false.")),
+    };
+    let n = match body.get("n") {
+        None | Some(Value::Null) => 1,
+        Some(v) => match v.as_i64() {
+            Some(n) if (1..=128).contains(&n) => n,
+            _ => return Err(field_error("n", "`n` must be an integer from 1 to 128.")),
+        },
+    };
+    let mut client_cap = None;
+    if ep != Endpoint::Embeddings {
+        for f in ["max_completion_tokens", "max_tokens"] {
+            match body.get(f) {
+                None | Some(Value::Null) => {}
+                Some(v) => match v.as_i64() {
+                    Some(c) if c >= 0 => {
+                        client_cap = Some((f, c));
+                        break;
+                    }
+                    _ => {
+                        return Err(field_error(
+                            f,
+                            format!("`{f}` must be a non-negative integer."),
+                        ))
+                    }
+                },
+            }
+        }
+    }
+    let required = match ep {
+        Endpoint::Chat => (
+            "messages",
+            body.get("messages").is_some_and(Value::is_array),
+        ),
+        Endpoint::Completions => (
+            "prompt",
+            body.get("prompt")
+                .is_some_and(|p| p.is_string() || p.is_array()),
+        ),
+        Endpoint::Embeddings => (
+            "input",
+            body.get("input")
+                .is_some_and(|p| p.is_string() || p.is_array()),
+        ),
+    };
+    if !required.1 {
+        let what = match ep {
+            Endpoint::Chat => "an array of messages",
+            _ => "a string or an array",
+        };
+        return Err(field_error(
+            required.0,
+            format!("`{}` is required and must be {what}.", required.0),
+        ));
+    }
+    Ok(Request {
+        body,
+        model,
+        stream,
+        n,
+        client_cap,
+    })
+}
+
+/// Price and completion limit of a routed model: `[pricing]` first (by the
+/// client's name, then by the canonical `provider/model`), then the catalogue.
+pub fn price_and_limit(
+    st: &AppState,
+    client_model: &str,
+    route: &Route,
+) -> (Option<Price>, Option<i64>) {
+    let canonical = format!("{}/{}", route.provider.id, route.upstream_model);
+    let listed = st.catalog.find(&route.provider.id, &route.upstream_model);
+    let listed_limit = listed
+        .as_ref()
+        .and_then(|m| m.max_output_tokens)
+        .map(|v| v as i64);
+    let configured = st
+        .config
+        .pricing
+        .get(client_model)
+        .or_else(|| st.config.pricing.get(&canonical));
+    match configured {
+        Some(p) => (
+            Some(Price {
+                prompt: p.prompt,
+                completion: p.completion,
+            }),
+            p.max_output_tokens.map(|v| v as i64).or(listed_limit),
+        ),
+        None => {
+            let price = listed.as_ref().and_then(|m| {
+                Some(Price {
+                    prompt: m.prompt_price?,
+                    completion: m.completion_price?,
+                })
+            });
+            (price, listed_limit)
+        }
+    }
+}
+
+/// The model as a metrics label: known names only, so clients cannot grow the label set.
+pub fn metric_model(st: &AppState, client_model: &str, route: &Route) -> String {
+    let canonical = format!("{}/{}", route.provider.id, route.upstream_model);
+    let known = st.config.pricing.contains_key(client_model)
+        || st.config.pricing.contains_key(&canonical)
+        || st.config.routing.fallbacks.contains_key(client_model)
+        || st
+            .catalog
+            .find(&route.provider.id, &route.upstream_model)
+            .is_some();
+    if known {
+        canonical
+    } else {
+        "other".to_owned()
+    }
+}
+
+async fn run(
+    st: AppState,
+    p: Principal,
+    request_id: String,
+    ep: Endpoint,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let mut req = parse(ep, &raw)?;
+    drop(raw);
+    let route = st.providers.route(&req.model);
+    let info = CallInfo {
+        request_id,
+        user_id: p.user.id,
+        username: p.user.username.clone(),
+        key_id: p.key.as_ref().map(|k| k.id),
+        endpoint: ep.name(),
+        model: req.model.clone(),
+        metric_model: metric_model(&st, &req.model, &route),
+        provider: route.provider.id.clone(),
+        upstream_model: route.upstream_model.clone(),
+    };
+    let refuse = |e: ApiError| {
+        record_refusal(&st, &info, e.status.as_u16());
+        telemetry::record_request(
+            &info.provider,
+            &info.metric_model,
+            ep.name(),
+            e.status.as_u16(),
+            0.0,
+        );
+        e
+    };
+
+    let Some(plan) = p.plan.clone() else {
+        return Err(ApiError::internal(format!(
+            "user {} has no plan",
+            p.user.id
+        )));
+    };
+    let key_allows = p
+        .key
+        .as_ref()
+        .and_then(|k| k.allowed_models.as_ref())
+        .is_none_or(|a| a.matches(&req.model));
+    if !plan.allowed.matches(&req.model) || !key_allows {
+        let whose = if key_allows {
+            "your plan"
+        } else {
+            "this API key"
+        };
+        return Err(refuse(ApiError::forbidden_code(
+            "model_not_allowed",
+            format!("The model {:?} is not allowed for {whose}; see GET /llm/models or ask an administrator.", req.model),
+        )));
+    }
+    if !route.provider.active() {
+        return Err(refuse(ApiError::provider_unavailable(format!(
+            "The provider {} is not available: {}.",
+            route.provider.name,
+            route.provider.inactive_reason().unwrap_or_default()
+        ))));
+    }
+    if let Err(wait) = st
+        .metering
+        .limits
+        .check(p.user.id, plan.plan.requests_per_minute)
+    {
+        return Err(refuse(ApiError::rate_limited(
+            format!(
+                "Rate limit of your plan reached ({} requests per minute); retry in {wait} s.",
+                plan.plan.requests_per_minute
+            ),
+            wait,
+        )));
+    }
+
+    // Reserve: prompt estimate + cap × n (SPEC §6).
+    let (price, model_limit) = price_and_limit(&st, &req.model, &route);
+    let prompt_estimate = match ep {
+        Endpoint::Chat => estimate::chat_prompt(&req.body),
+        Endpoint::Completions => estimate::completion_prompt(&req.body),
+        Endpoint::Embeddings => req
+            .body
+            .get("input")
+            .map(estimate::input_tokens)
+            .unwrap_or(0),
+    };
+    let account = Account {
+        user_id: p.user.id,
+        user_limit: plan.plan.monthly_tokens,
+        key_id: p.key.as_ref().map(|k| k.id),
+        key_limit: p.key.as_ref().and_then(|k| k.monthly_token_limit),
+    };
+    let metering = &st.config.metering;
+    let wanted = req
+        .client_cap
+        .map(|(_, c)| c)
+        .or(model_limit)
+        .unwrap_or(metering.default_max_tokens as i64);
+    let (min_cap, n) = (metering.min_completion_tokens as i64, req.n);
+    let period = crate::metering::period_of(st.clock.now());
+    let decision = st.metering.ledger.reserve(&account, &period, |avail| {
+        if avail < prompt_estimate {
+            return Err(avail);
+        }
+        if ep == Endpoint::Embeddings {
+            return Ok((prompt_estimate, None));
+        }
+        let cap = wanted.min((avail - prompt_estimate) / n);
+        if cap < wanted && cap < min_cap {
+            return Err(avail);
+        }
+        Ok((prompt_estimate + cap * n, Some(cap)))
+    });
+    let (reserved, cap) = match decision {
+        Ok(d) => d,
+        Err(avail) => {
+            return Err(refuse(ApiError::insufficient_quota(format!(
+                "You have {avail} tokens left this period, not enough for this call (about {prompt_estimate} prompt tokens \
+                 plus at least {min_cap} completion tokens). Wait for the next period or ask for a larger plan."
+            ))));
+        }
+    };
+    let mut meter = CallMeter::new(st.clone(), account, info, reserved, prompt_estimate, price);
+
+    let wants_usage = req.stream
+        && req
+            .body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true);
+    if req.stream {
+        let so = req
+            .body
+            .entry("stream_options")
+            .or_insert_with(|| json!({}));
+        if !so.is_object() {
+            *so = json!({});
+        }
+        so["include_usage"] = Value::Bool(true);
+    }
+
+    let mut targets = vec![route];
+    if let Some(alts) = st.config.routing.fallbacks.get(&req.model) {
+        targets.extend(alts.iter().map(|m| st.providers.route(m)));
+    }
+    let sent = send(&st, &mut meter, &mut req, ep, cap, &targets).await;
+    let (resp, target) = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            meter.finish(Outcome::UpstreamError, e.status.as_u16(), None);
+            telemetry::record_request(
+                &meter.info.provider,
+                &meter.info.metric_model,
+                ep.name(),
+                e.status.as_u16(),
+                started.elapsed().as_secs_f64(),
+            );
+            return Err(e);
+        }
+    };
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if req.stream && is_sse {
+        return Ok(stream_response(
+            st,
+            meter,
+            resp,
+            target,
+            req.model,
+            wants_usage,
+            ep,
+            started,
+        ));
+    }
+    let result = whole_response(&st, &mut meter, resp, &target, &req.model).await;
+    let status = match &result {
+        Ok(_) => 200,
+        Err(e) => e.status.as_u16(),
+    };
+    telemetry::record_request(
+        &meter.info.provider,
+        &meter.info.metric_model,
+        ep.name(),
+        status,
+        started.elapsed().as_secs_f64(),
+    );
+    result
+}
+
+/// Sends to the first target that answers, retrying connect errors, 5xx and
+/// 429 (before any byte reached the client) and moving on to the fallbacks.
+async fn send(
+    st: &AppState,
+    meter: &mut CallMeter,
+    req: &mut Request,
+    ep: Endpoint,
+    cap: Option<i64>,
+    targets: &[Route],
+) -> Result<(reqwest::Response, Route), ApiError> {
+    let retries = st.config.routing.retries;
+    let mut last: Option<ApiError> = None;
+    let mut attempts = 0u32;
+    for target in targets {
+        let prov = &target.provider;
+        if !prov.active() {
+            last.get_or_insert_with(|| {
+                ApiError::provider_unavailable(format!(
+                    "The provider {} is not available: {}.",
+                    prov.name,
+                    prov.inactive_reason().unwrap_or_default()
+                ))
+            });
+            continue;
+        }
+        req.body
+            .insert("model".into(), Value::String(target.upstream_model.clone()));
+        if let Some(cap) = cap {
+            match req.client_cap {
+                Some((field, _)) => {
+                    req.body.insert(field.into(), json!(cap));
+                }
+                None => {
+                    for f in ["max_tokens", "max_completion_tokens"] {
+                        req.body.remove(f);
+                    }
+                    req.body.insert(prov.cap_field.clone(), json!(cap));
+                }
+            }
+        }
+        let bytes = match serde_json::to_vec(&req.body) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => return Err(ApiError::internal(e)),
+        };
+        if target.provider.id != meter.info.provider
+            || target.upstream_model != meter.info.upstream_model
+        {
+            let (price, _) = price_and_limit(st, &req.model, target);
+            meter.set_route(&prov.id, &target.upstream_model, price);
+        }
+        for attempt in 0..=retries {
+            if attempts > 0 {
+                telemetry::record_retry(&prov.id, &meter.info.metric_model, ep.name());
+                let wait = last
+                    .as_ref()
+                    .and_then(|e| e.retry_after)
+                    .filter(|s| *s <= 2)
+                    .map(Duration::from_secs);
+                tokio::time::sleep(wait.unwrap_or(Duration::from_millis(100 << attempt.min(4))))
+                    .await;
+            }
+            attempts += 1;
+            match client::post_json(&st.http, prov, ep.path(), bytes.clone(), req.stream).await {
+                Ok(resp) if resp.status().is_success() => {
+                    st.health.record(&prov.id, true);
+                    return Ok((resp, target.clone()));
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = resp
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    let body = resp.bytes().await.unwrap_or_default();
+                    let n = errors::normalize(
+                        &prov.name,
+                        status,
+                        retry_after.as_deref(),
+                        &body,
+                        prov.api_key.expose(),
+                    );
+                    telemetry::record_upstream_error(
+                        &prov.id,
+                        &meter.info.metric_model,
+                        ep.name(),
+                        status,
+                    );
+                    let auth = n.code.as_deref() == Some("upstream_auth_error");
+                    st.health.record(&prov.id, !(status >= 500 || auth));
+                    tracing::info!(provider = %prov.id, status, "upstream answered an error");
+                    let retryable = status == 429 || status >= 500;
+                    last = Some(api_error(n));
+                    if retryable && attempt < retries {
+                        continue;
+                    }
+                    if retryable || auth {
+                        break;
+                    }
+                    return Err(finish_error(last, attempts));
+                }
+                Err(e) => {
+                    st.health.record(&prov.id, false);
+                    telemetry::record_upstream_error(
+                        &prov.id,
+                        &meter.info.metric_model,
+                        ep.name(),
+                        0,
+                    );
+                    let (err, retryable) = match e {
+                        SendError::Connect(m) => (
+                            ApiError::upstream(format!(
+                                "{}: cannot connect to the provider: {m}",
+                                prov.name
+                            )),
+                            true,
+                        ),
+                        SendError::Timeout => (
+                            ApiError::upstream_timeout(format!(
+                                "{}: the provider did not answer within {} s.",
+                                prov.name,
+                                prov.timeout.as_secs()
+                            )),
+                            false,
+                        ),
+                        SendError::Broken(m) => (
+                            ApiError::upstream(format!(
+                                "{}: the connection to the provider broke: {m}",
+                                prov.name
+                            )),
+                            false,
+                        ),
+                    };
+                    tracing::info!(provider = %prov.id, error = %err.message, "upstream unreachable");
+                    last = Some(err);
+                    if retryable && attempt < retries {
+                        continue;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    Err(finish_error(last, attempts))
+}
+
+/// The last error, marked so SDKs do not retry once the gateway has.
+fn finish_error(last: Option<ApiError>, attempts: u32) -> ApiError {
+    let e = last.unwrap_or_else(|| ApiError::upstream("No provider could take the call."));
+    if attempts > 1 {
+        e.with_should_retry(false)
+    } else {
+        e
+    }
+}
+
+fn generated_text(choice: &Value, mut f: impl FnMut(&str)) {
+    for path in [
+        &["message", "content"][..],
+        &["delta", "content"],
+        &["text"],
+        &["delta", "reasoning"],
+    ] {
+        let mut v = choice;
+        for k in path {
+            v = &v[*k];
+        }
+        if let Some(s) = v.as_str() {
+            f(s);
+        }
+    }
+    for holder in ["message", "delta"] {
+        if let Some(calls) = choice[holder]["tool_calls"].as_array() {
+            for c in calls {
+                if let Some(a) = c["function"]["arguments"].as_str() {
+                    f(a);
+                }
+            }
+        }
+    }
+}
+
+/// A non-streaming answer: the upstream body with `model` as the client named
+/// it and `_usage_info` added.
+async fn whole_response(
+    st: &AppState,
+    meter: &mut CallMeter,
+    resp: reqwest::Response,
+    target: &Route,
+    client_model: &str,
+) -> Result<Response, ApiError> {
+    let prov = &target.provider;
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            let err = if e.is_timeout() {
+                ApiError::upstream_timeout(format!(
+                    "{}: the provider did not finish its answer in time.",
+                    prov.name
+                ))
+            } else {
+                ApiError::upstream(format!(
+                    "{}: the answer broke off: {}",
+                    prov.name,
+                    client::describe(&e)
+                ))
+            };
+            meter.finish(Outcome::UpstreamError, err.status.as_u16(), None);
+            return Err(err);
+        }
+    };
+    let mut body = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => m,
+        _ => {
+            st.health.record(&prov.id, false);
+            let err = ApiError::upstream(format!(
+                "{}: the provider answered something that is not a JSON object.",
+                prov.name
+            ));
+            meter.finish(Outcome::UpstreamError, 502, None);
+            return Err(err);
+        }
+    };
+    if body.contains_key("error") {
+        let v = Value::Object(std::mem::take(&mut body));
+        if let Some(n) = errors::from_json_error(&prov.name, &v, prov.api_key.expose()) {
+            let err = api_error(n);
+            meter.finish(Outcome::UpstreamError, err.status.as_u16(), None);
+            return Err(err);
+        }
+        if let Value::Object(m) = v {
+            body = m;
+        }
+    }
+    let usage = body.get("usage").and_then(Usage::from_json);
+    if usage.is_none() {
+        if let Some(Value::Array(choices)) = body.get("choices") {
+            for c in choices {
+                generated_text(c, |s| meter.add_generated(s));
+            }
+        }
+    }
+    meter.first_token();
+    if body.contains_key("model") {
+        body.insert("model".into(), Value::String(client_model.to_owned()));
+    }
+    let info = meter.finish(Outcome::Ok, 200, usage);
+    body.insert(
+        "_usage_info".into(),
+        serde_json::to_value(info).unwrap_or(Value::Null),
+    );
+    Ok(axum::Json(Value::Object(body)).into_response())
+}
+
+fn sse_error(out: &mut BytesMut, e: &ApiError) {
+    out.put_slice(b"data: ");
+    let _ = serde_json::to_writer((&mut *out).writer(), &e.body());
+    out.put_slice(b"\n\n");
+}
+
+/// State of one stream being pumped.
+struct Pump {
+    client_model: String,
+    wants_usage: bool,
+    usage: Option<Usage>,
+    usage_sent: bool,
+    saw_done: bool,
+    saw_finish: bool,
+    failed: Option<ApiError>,
+    /// The upstream's completion id and creation time, for a synthesised usage chunk.
+    id: Option<Value>,
+    created: Option<Value>,
+    object: Option<Value>,
+}
+
+impl Pump {
+    /// Rewrites the events read so far into bytes for the client.
+    fn process(
+        &mut self,
+        events: &mut Vec<Event>,
+        meter: &mut CallMeter,
+        prov_name: &str,
+        secret: &str,
+    ) -> BytesMut {
+        let mut out = BytesMut::new();
+        for ev in events.drain(..) {
+            if self.failed.is_some() || self.saw_done {
+                break;
+            }
+            match ev {
+                Event::Comment(c) => {
+                    out.put_slice(b":");
+                    out.put_slice(c.as_bytes());
+                    out.put_slice(b"\n\n");
+                }
+                Event::Data(d) if d.trim() == "[DONE]" => self.saw_done = true,
+                Event::Data(d) => {
+                    let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(&d) else {
+                        out.put_slice(b"data: ");
+                        out.put_slice(d.as_bytes());
+                        out.put_slice(b"\n\n");
+                        continue;
+                    };
+                    if obj.contains_key("error") {
+                        if let Some(n) =
+                            errors::from_json_error(prov_name, &Value::Object(obj), secret)
+                        {
+                            let e = api_error(n);
+                            sse_error(&mut out, &e);
+                            self.failed = Some(e);
+                        }
+                        break;
+                    }
+                    let chunk_usage = obj.get("usage").and_then(Usage::from_json);
+                    if chunk_usage.is_some() {
+                        self.usage = chunk_usage;
+                    }
+                    let mut empty_choices = false;
+                    if let Some(Value::Array(choices)) = obj.get("choices") {
+                        empty_choices = choices.is_empty();
+                        for c in choices {
+                            generated_text(c, |s| {
+                                if !s.is_empty() {
+                                    meter.first_token();
+                                    meter.add_generated(s);
+                                }
+                            });
+                            if c.get("finish_reason").is_some_and(|f| !f.is_null()) {
+                                self.saw_finish = true;
+                            }
+                        }
+                    }
+                    if self.id.is_none() {
+                        self.id = obj.get("id").cloned();
+                        self.created = obj.get("created").cloned();
+                        self.object = obj.get("object").cloned();
+                    }
+                    if obj.contains_key("model") {
+                        obj.insert("model".into(), Value::String(self.client_model.clone()));
+                    }
+                    if self.wants_usage {
+                        if chunk_usage.is_some() && !meter.is_finished() {
+                            let info = meter.finish(Outcome::Ok, 200, chunk_usage);
+                            obj.insert(
+                                "_usage_info".into(),
+                                serde_json::to_value(info).unwrap_or(Value::Null),
+                            );
+                            self.usage_sent = true;
+                        }
+                    } else {
+                        obj.remove("usage");
+                        if empty_choices {
+                            continue;
+                        }
+                    }
+                    out.put_slice(b"data: ");
+                    let _ = serde_json::to_writer((&mut out).writer(), &obj);
+                    out.put_slice(b"\n\n");
+                }
+            }
+        }
+        out
+    }
+
+    /// The usage chunk a client asked for when the upstream sent none.
+    fn synthesised_usage(&self, meter: &mut CallMeter) -> BytesMut {
+        let info = meter.finish(Outcome::Ok, 200, self.usage);
+        let chunk = json!({
+            "id": self.id.clone().unwrap_or(Value::Null),
+            "object": self.object.clone().unwrap_or_else(|| json!("chat.completion.chunk")),
+            "created": self.created.clone().unwrap_or(json!(0)),
+            "model": self.client_model,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": info.prompt_tokens,
+                "completion_tokens": info.completion_tokens,
+                "total_tokens": info.tokens_used,
+            },
+            "_usage_info": info,
+        });
+        let mut out = BytesMut::new();
+        out.put_slice(b"data: ");
+        let _ = serde_json::to_writer((&mut out).writer(), &chunk);
+        out.put_slice(b"\n\n");
+        out
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stream_response(
+    st: AppState,
+    meter: CallMeter,
+    resp: reqwest::Response,
+    target: Route,
+    client_model: String,
+    wants_usage: bool,
+    ep: Endpoint,
+    started: std::time::Instant,
+) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(pump(
+        st,
+        meter,
+        resp,
+        target,
+        client_model,
+        wants_usage,
+        ep,
+        started,
+        tx,
+    ));
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    let mut r = Response::new(Body::from_stream(body));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+/// Reads the upstream stream and forwards each network read's events as soon
+/// as they arrive; settles the call however the stream ends.
+#[allow(clippy::too_many_arguments)]
+async fn pump(
+    st: AppState,
+    mut meter: CallMeter,
+    resp: reqwest::Response,
+    target: Route,
+    client_model: String,
+    wants_usage: bool,
+    ep: Endpoint,
+    started: std::time::Instant,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+) {
+    let prov = target.provider.clone();
+    let secret = prov.api_key.expose().to_owned();
+    let drain = st.config.metering.on_disconnect == OnDisconnect::Drain;
+    let mut upstream = resp.bytes_stream();
+    let mut reader = SseReader::new();
+    let mut events = Vec::new();
+    let mut p = Pump {
+        client_model,
+        wants_usage,
+        usage: None,
+        usage_sent: false,
+        saw_done: false,
+        saw_finish: false,
+        failed: None,
+        id: None,
+        created: None,
+        object: None,
+    };
+    let mut client_gone = false;
+    let mut first_byte = true;
+    loop {
+        let next = if client_gone {
+            upstream.next().await
+        } else {
+            tokio::select! {
+                n = upstream.next() => n,
+                _ = tx.closed() => {
+                    client_gone = true;
+                    if drain { continue } else { break }
+                }
+            }
+        };
+        let ended = match next {
+            Some(Ok(chunk)) => {
+                reader.push(&chunk, &mut events);
+                false
+            }
+            Some(Err(e)) => {
+                p.failed = Some(if e.is_timeout() {
+                    ApiError::upstream_timeout(format!("{}: the stream timed out.", prov.name))
+                } else {
+                    ApiError::upstream(format!(
+                        "{}: the stream broke off: {}",
+                        prov.name,
+                        client::describe(&e)
+                    ))
+                });
+                true
+            }
+            None => {
+                reader.finish(&mut events);
+                true
+            }
+        };
+        let failed_before = p.failed.is_some();
+        let mut out = p.process(&mut events, &mut meter, &prov.name, &secret);
+        if failed_before && !client_gone {
+            sse_error(
+                &mut out,
+                p.failed
+                    .as_ref()
+                    .unwrap_or(&ApiError::upstream("stream failed")),
+            );
+        }
+        if !out.is_empty() && !client_gone {
+            if first_byte {
+                first_byte = false;
+                telemetry::record_ttft(
+                    &prov.id,
+                    &meter.info.metric_model,
+                    ep.name(),
+                    started.elapsed().as_secs_f64(),
+                );
+            }
+            if tx.send(out.freeze()).await.is_err() {
+                client_gone = true;
+                if !drain {
+                    break;
+                }
+            }
+        }
+        if ended || p.failed.is_some() || p.saw_done {
+            break;
+        }
+    }
+    // Cancel the upstream before settling: dropping the body closes the connection.
+    drop(upstream);
+    let status;
+    if let Some(e) = &p.failed {
+        status = e.status.as_u16();
+        meter.finish(Outcome::UpstreamError, status, None);
+    } else if client_gone {
+        status = 499;
+        if !meter.is_finished() {
+            meter.finish(
+                Outcome::ClientCancelled,
+                if drain { 200 } else { 499 },
+                if drain { p.usage } else { None },
+            );
+        }
+    } else if !p.saw_done && !p.saw_finish && p.usage.is_none() {
+        let e = ApiError::upstream(format!(
+            "{}: the provider closed the stream before it finished.",
+            prov.name
+        ));
+        status = 502;
+        let mut out = BytesMut::new();
+        sse_error(&mut out, &e);
+        let _ = tx.send(out.freeze()).await;
+        meter.finish(Outcome::UpstreamError, 502, None);
+        st.health.record(&prov.id, false);
+    } else {
+        status = 200;
+        let mut out = BytesMut::new();
+        if p.wants_usage && !p.usage_sent {
+            out = p.synthesised_usage(&mut meter);
+        } else if !meter.is_finished() {
+            meter.finish(Outcome::Ok, 200, p.usage);
+        }
+        out.put_slice(b"data: [DONE]\n\n");
+        let _ = tx.send(out.freeze()).await;
+    }
+    telemetry::record_request(
+        &prov.id,
+        &meter.info.metric_model,
+        ep.name(),
+        status,
+        started.elapsed().as_secs_f64(),
+    );
+}

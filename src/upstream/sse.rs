@@ -1,0 +1,142 @@
+//! An incremental Server-Sent Events reader: bytes go in as the network
+//! delivers them (events may be split anywhere, even inside a UTF-8 character
+//! or a `\r\n`), whole events come out.
+
+/// One event of the upstream stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The joined `data:` lines of an event.
+    Data(String),
+    /// An event with only comment lines (`: keep-alive`), forwarded as it came.
+    Comment(String),
+}
+
+#[derive(Default)]
+pub struct SseReader {
+    /// Bytes of the line being read.
+    line: Vec<u8>,
+    /// The data lines of the event being read.
+    data: Option<String>,
+    comment: Option<String>,
+    /// The previous chunk ended with `\r`; a leading `\n` belongs to it.
+    after_cr: bool,
+}
+
+impl SseReader {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes; complete events are appended to `out`.
+    pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<Event>) {
+        if self.after_cr {
+            self.after_cr = false;
+            if let Some(rest) = bytes.strip_prefix(b"\n") {
+                bytes = rest;
+            }
+        }
+        while let Some(pos) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
+            self.line.extend_from_slice(&bytes[..pos]);
+            let was_cr = bytes[pos] == b'\r';
+            bytes = &bytes[pos + 1..];
+            if was_cr {
+                if bytes.is_empty() {
+                    self.after_cr = true;
+                } else if bytes[0] == b'\n' {
+                    bytes = &bytes[1..];
+                }
+            }
+            self.end_line(out);
+        }
+        self.line.extend_from_slice(bytes);
+    }
+
+    /// The stream ended: an event without its final blank line still counts.
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        if !self.line.is_empty() {
+            self.end_line(out);
+        }
+        self.dispatch(out);
+    }
+
+    fn end_line(&mut self, out: &mut Vec<Event>) {
+        let line = std::mem::take(&mut self.line);
+        if line.is_empty() {
+            self.dispatch(out);
+            return;
+        }
+        let text = String::from_utf8_lossy(&line);
+        if let Some(comment) = text.strip_prefix(':') {
+            let c = self.comment.get_or_insert_with(String::new);
+            if !c.is_empty() {
+                c.push('\n');
+            }
+            c.push_str(comment);
+            return;
+        }
+        let (field, value) = match text.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (text.as_ref(), ""),
+        };
+        if field == "data" {
+            let d = self.data.get_or_insert_with(String::new);
+            if !d.is_empty() {
+                d.push('\n');
+            }
+            d.push_str(value);
+        }
+        // `event:`, `id:` and `retry:` carry nothing the gateway forwards.
+    }
+
+    fn dispatch(&mut self, out: &mut Vec<Event>) {
+        if let Some(d) = self.data.take() {
+            out.push(Event::Data(d));
+            self.comment = None;
+        } else if let Some(c) = self.comment.take() {
+            out.push(Event::Comment(c));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_in_pieces(input: &[u8], piece: usize) -> Vec<Event> {
+        let mut r = SseReader::new();
+        let mut out = Vec::new();
+        for c in input.chunks(piece) {
+            r.push(c, &mut out);
+        }
+        r.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn events_survive_any_split() {
+        let input = "data: {\"a\":\"é\"}\n\n: OPENROUTER PROCESSING\n\ndata: {\"b\":1}\r\n\r\nevent: x\ndata: line1\ndata: line2\n\ndata: [DONE]\n\n";
+        let want = vec![
+            Event::Data("{\"a\":\"é\"}".into()),
+            Event::Comment(" OPENROUTER PROCESSING".into()),
+            Event::Data("{\"b\":1}".into()),
+            Event::Data("line1\nline2".into()),
+            Event::Data("[DONE]".into()),
+        ];
+        for piece in 1..input.len() {
+            assert_eq!(
+                read_in_pieces(input.as_bytes(), piece),
+                want,
+                "piece size {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn unterminated_last_event_is_kept() {
+        assert_eq!(
+            read_in_pieces(b"data: {}", 3),
+            vec![Event::Data("{}".into())]
+        );
+        assert_eq!(read_in_pieces(b"", 3), vec![]);
+    }
+}
