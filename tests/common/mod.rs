@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod mock;
+
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use tollgate::config::Config;
