@@ -250,3 +250,512 @@ async fn client_disconnect_cancels_the_upstream() {
     }
     panic!("the upstream stream was not cancelled");
 }
+
+#[tokio::test]
+async fn upstream_errors_are_normalised() {
+    let (_mock, s, key) = setup(|cfg, _| {
+        cfg.routing.retries = 0;
+    })
+    .await;
+    // (model, status, type, code)
+    let cases = [
+        (
+            "aiml/error:401:aiml",
+            502,
+            "api_error",
+            Some("upstream_auth_error"),
+        ),
+        (
+            "openrouter/error:402:openrouter",
+            502,
+            "api_error",
+            Some("upstream_auth_error"),
+        ),
+        (
+            "requesty/error:412:requesty",
+            502,
+            "api_error",
+            Some("upstream_auth_error"),
+        ),
+        (
+            "requesty/error:403:key",
+            502,
+            "api_error",
+            Some("upstream_auth_error"),
+        ),
+        (
+            "openrouter/error:403:openrouter",
+            403,
+            "permission_error",
+            None,
+        ),
+        (
+            "aiml/error:400",
+            400,
+            "invalid_request_error",
+            Some("mock_code"),
+        ),
+        (
+            "aiml/error:404:requesty",
+            404,
+            "invalid_request_error",
+            None,
+        ),
+        ("aiml/error:422:aiml", 422, "invalid_request_error", None),
+        (
+            "aiml/error:408:openrouter",
+            504,
+            "api_error",
+            Some("upstream_timeout"),
+        ),
+        (
+            "aiml/error:500:text",
+            502,
+            "api_error",
+            Some("upstream_error"),
+        ),
+        (
+            "aiml/error:503:openrouter",
+            502,
+            "api_error",
+            Some("upstream_error"),
+        ),
+        ("aiml/garbage", 502, "api_error", Some("upstream_error")),
+        (
+            "openrouter/inline_error",
+            502,
+            "api_error",
+            Some("upstream_error"),
+        ),
+    ];
+    for (model, status, kind, code) in cases {
+        let r = chat(&s, &key, json!({"model": model, "messages": []})).await;
+        let v = assert_error(r, status).await;
+        assert_eq!(v["error"]["type"], kind, "{model}: {v}");
+        if let Some(c) = code {
+            assert_eq!(v["error"]["code"], c, "{model}: {v}");
+        }
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(!msg.contains("sk-test-"), "provider key leaked: {msg}");
+        assert!(
+            ["AIML API", "OpenRouter", "Requesty"]
+                .iter()
+                .any(|p| msg.starts_with(p)),
+            "the provider is named: {msg}"
+        );
+    }
+    let r = chat(
+        &s,
+        &key,
+        json!({"model": "aiml/error:429:aiml", "messages": []}),
+    )
+    .await;
+    assert_eq!(r.headers()["retry-after"], "7");
+    let v = assert_error(r, 429).await;
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+}
+
+#[tokio::test]
+async fn unreachable_and_slow_upstreams() {
+    let (_mock, s, key) = setup(|cfg, _| {
+        cfg.routing.retries = 0;
+        let dead = cfg.providers.entry("dead".into()).or_default();
+        dead.base_url = Some("http://127.0.0.1:9/v1".into());
+        let slow = cfg.providers.entry("aiml".into()).or_default();
+        slow.timeout_secs = Some(1);
+    })
+    .await;
+    let v = assert_error(
+        chat(&s, &key, json!({"model": "dead/x", "messages": []})).await,
+        502,
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "upstream_error");
+    let v = assert_error(
+        chat(
+            &s,
+            &key,
+            json!({"model": "aiml/delay:3000", "messages": []}),
+        )
+        .await,
+        504,
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn a_provider_without_a_key_answers_503() {
+    let mock = Mock::start().await;
+    let s = TestServer::start_with(|cfg| use_mock(cfg, &mock, &["aiml"])).await;
+    let (_, _, key) = s.user_with_key("bob", None).await;
+    let v = assert_error(
+        chat(&s, &key, json!({"model": "glama/x", "messages": []})).await,
+        503,
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "provider_unavailable");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("GLAMA_API_KEY"));
+    assert!(mock.generation_calls().is_empty());
+}
+
+#[tokio::test]
+async fn retries_then_fallbacks_then_no_sdk_retry() {
+    let (mock, s, key) = setup(|cfg, _| {
+        cfg.routing.retries = 1;
+        cfg.routing
+            .fallbacks
+            .insert("aiml/error:500".into(), vec!["requesty/fb-ok".into()]);
+    })
+    .await;
+    // one 503, then success on the retry
+    let r = chat(&s, &key, json!({"model": "aiml/flaky:1", "messages": []})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(mock.generation_calls().len(), 2);
+    // always failing: retried once, then the fallback answers
+    let r = chat(&s, &key, json!({"model": "aiml/error:500", "messages": []})).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["model"], "aiml/error:500",
+        "the client's name even through a fallback"
+    );
+    assert_eq!(v["_usage_info"]["provider"], "requesty");
+    let calls = mock.generation_calls();
+    assert_eq!(calls.len(), 5);
+    assert_eq!(calls[4].provider, "requesty");
+    assert_eq!(calls[4].body["model"], "fb-ok");
+    // failing after a retry: the SDK is told not to retry
+    let r = chat(&s, &key, json!({"model": "aiml/error:502", "messages": []})).await;
+    assert_eq!(r.headers()["x-should-retry"], "false");
+    assert_error(r, 502).await;
+    // a client error is not retried
+    let before = mock.generation_calls().len();
+    let r = chat(&s, &key, json!({"model": "aiml/error:400", "messages": []})).await;
+    assert_error(r, 400).await;
+    assert_eq!(mock.generation_calls().len(), before + 1);
+}
+
+#[tokio::test]
+async fn models_merge_and_provider_status() {
+    let (mock, s, key) = setup(|_, mock| mock.fail_models_of("requesty")).await;
+    let r = s
+        .client
+        .get(s.url("/llm/models"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "list");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"aiml/m1") && ids.contains(&"glama/m2"),
+        "{ids:?}"
+    );
+    assert!(ids.contains(&"openrouter/openai/gpt-4o"));
+    assert!(
+        !ids.iter().any(|i| i.starts_with("requesty/")),
+        "the failing provider is left out"
+    );
+    let gpt = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "openrouter/openai/gpt-4o")
+        .unwrap();
+    assert_eq!(gpt["object"], "model");
+    assert_eq!(gpt["owned_by"], "openrouter");
+    assert_eq!(gpt["provider"], "openrouter");
+    assert_eq!(gpt["created"], 1700000000);
+    assert_eq!(gpt["pricing"], json!({"prompt": 2.5, "completion": 10.0}));
+    assert_eq!(gpt["max_output_tokens"], 16384);
+
+    let r = s
+        .client
+        .get(s.url("/llm/models?provider=aiml"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert!(v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["provider"] == "aiml"));
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+
+    let r = s
+        .client
+        .get(s.url("/v1/models/openrouter/openai/gpt-4o"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["id"],
+        "openrouter/openai/gpt-4o"
+    );
+    let r = s
+        .client
+        .get(s.url("/llm/models/aiml/nope"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        assert_error(r, 404).await["error"]["code"],
+        "model_not_found"
+    );
+
+    let r = s
+        .client
+        .get(s.url("/llm/providers"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let list: Vec<Value> = r.json().await.unwrap();
+    let by = |id: &str| list.iter().find(|p| p["id"] == id).unwrap().clone();
+    assert_eq!(by("requesty")["status"], "degraded");
+    assert!(by("requesty")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("model list"));
+    assert_eq!(by("aiml")["status"], "active");
+    assert!(by("aiml").get("reason").is_none());
+    assert_eq!(by("openrouter")["default"], true);
+    assert_eq!(by("aiml")["name"], "AIML API");
+    assert_eq!(by("aiml")["base_url"], mock.base("aiml"));
+}
+
+#[tokio::test]
+async fn providers_without_keys_are_inactive() {
+    let s = TestServer::start().await;
+    let t = s.admin_token().await;
+    let list: Vec<Value> = s
+        .client
+        .get(s.url("/llm/providers"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 4);
+    for p in &list {
+        assert_eq!(p["status"], "inactive");
+        assert!(p["reason"].as_str().unwrap().contains("_API_KEY"));
+    }
+    let v: Value = s
+        .client
+        .get(s.url("/models"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v, json!({"object": "list", "data": []}));
+}
+
+#[tokio::test]
+async fn the_same_routes_under_v1_and_at_the_root() {
+    let (_mock, s, key) = setup(|_, _| {}).await;
+    for path in [
+        "/v1/chat/completions",
+        "/chat/completions",
+        "/llm/chat/completions",
+    ] {
+        let r = s
+            .client
+            .post(s.url(path))
+            .header("x-api-key", &key)
+            .json(&json!({"model": "aiml/m1", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    for path in ["/v1/embeddings", "/embeddings"] {
+        let r = s
+            .client
+            .post(s.url(path))
+            .bearer_auth(&key)
+            .json(&json!({"model": "aiml/e", "input": ["a", "b"], "encoding_format": "base64"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["data"].as_array().unwrap().len(), 2);
+        assert_eq!(v["_usage_info"]["tokens_used"], 8);
+    }
+    for path in ["/v1/completions", "/completions"] {
+        let r = s
+            .client
+            .post(s.url(path))
+            .bearer_auth(&key)
+            .json(&json!({"model": "aiml/c", "prompt": "Say hi"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let r = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .json(&json!({"model": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        assert_error(r, 401).await["error"]["code"],
+        "invalid_api_key"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_field() {
+    let (mock, s, key) = setup(|_, _| {}).await;
+    let send = |body: &'static str| {
+        s.client
+            .post(s.url("/llm/chat/completions"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        assert_error(send("{not json").await.unwrap(), 400).await["error"]["type"],
+        "invalid_request_error"
+    );
+    assert_eq!(
+        assert_error(send("[1]").await.unwrap(), 400).await["error"]["type"],
+        "invalid_request_error"
+    );
+    assert_eq!(
+        assert_error(send(r#"{"messages":[]}"#).await.unwrap(), 400).await["error"]["param"],
+        "model"
+    );
+    assert_eq!(
+        assert_error(send(r#"{"model":"aiml/x"}"#).await.unwrap(), 400).await["error"]["param"],
+        "messages"
+    );
+    assert_eq!(
+        assert_error(
+            send(r#"{"model":"aiml/x","messages":[],"max_tokens":"many"}"#)
+                .await
+                .unwrap(),
+            400
+        )
+        .await["error"]["param"],
+        "max_tokens"
+    );
+    assert_eq!(
+        assert_error(
+            send(r#"{"model":"aiml/x","messages":[],"stream":"yes"}"#)
+                .await
+                .unwrap(),
+            400
+        )
+        .await["error"]["param"],
+        "stream"
+    );
+    assert!(mock.generation_calls().is_empty());
+}
+
+#[tokio::test]
+async fn metrics_are_labelled_and_guarded() {
+    let (_mock, s, key) = setup(|cfg, _| {
+        cfg.pricing.insert(
+            "aiml/m1".into(),
+            tollgate::config::PricingConfig {
+                prompt: 1.0,
+                completion: 2.0,
+                max_output_tokens: None,
+            },
+        );
+    })
+    .await;
+    chat(&s, &key, json!({"model": "aiml/m1", "messages": []})).await;
+    chat(
+        &s,
+        &key,
+        json!({"model": "aiml/random-unknown-model-123", "messages": []}),
+    )
+    .await;
+    let r = s
+        .client
+        .get(s.url("/metrics"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        assert_error(r, 403).await["error"]["type"],
+        "permission_error"
+    );
+    let r = s.client.get(s.url("/metrics")).send().await.unwrap();
+    assert_error(r, 401).await;
+    let admin = s.admin_token().await;
+    let text = s
+        .client
+        .get(s.url("/metrics"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("tollgate_requests_total"), "{text}");
+    assert!(text.contains("model=\"aiml/m1\""));
+    assert!(text.contains("model=\"other\""));
+    assert!(
+        !text.contains("random-unknown-model-123"),
+        "unknown names are folded into other"
+    );
+    assert!(text.contains("tollgate_request_duration_seconds_bucket"));
+    assert!(!text.contains("alice"), "no user label");
+
+    let off =
+        TestServer::start_with(|c| c.server.metrics = tollgate::config::MetricsAccess::Off).await;
+    let t = off.admin_token().await;
+    assert_error(
+        off.client
+            .get(off.url("/metrics"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    let public =
+        TestServer::start_with(|c| c.server.metrics = tollgate::config::MetricsAccess::Public)
+            .await;
+    assert_eq!(
+        public
+            .client
+            .get(public.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
