@@ -252,16 +252,24 @@ fn key_cmd(cfg: &Config, cmd: &KeyCmd) -> Result<()> {
 
 fn providers(cfg: &Config, probe: bool) -> Result<()> {
     let p = Providers::from_config(cfg);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = tollgate::upstream::client::build_client();
+    let catalog = tollgate::upstream::catalog::Catalog::default();
     for prov in &p.list {
         let status = if prov.active() { "active" } else { "inactive" };
         let default = if prov.is_default { " (default)" } else { "" };
         println!("{:<12} {:<9} {}{}", prov.id, status, prov.base_url, default);
         if let Some(reason) = prov.inactive_reason() {
             println!("             {reason}");
+        } else if probe {
+            eprintln!("             probing {} …", prov.models_url);
+            match rt.block_on(catalog.refresh(&client, prov)) {
+                Ok(models) => println!("             model list: {} models", models.len()),
+                Err(reason) => println!("             model list failed: {reason}"),
+            }
         }
-    }
-    if probe {
-        eprintln!("--probe: model-list probing arrives with the proxy");
     }
     Ok(())
 }

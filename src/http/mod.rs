@@ -97,8 +97,17 @@ pub fn router(state: AppState) -> Router {
     if let Some(cors) = cors_layer(&state) {
         app = app.layer(cors);
     }
-    app.layer(middleware::from_fn(request_id_and_log))
-        .with_state(state)
+    // A panicking handler answers a JSON 500 instead of dropping the connection;
+    // metering guards settle while it unwinds.
+    app.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        panic_response,
+    ))
+    .layer(middleware::from_fn(request_id_and_log))
+    .with_state(state)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::internal("a request handler panicked").into_response()
 }
 
 async fn health() -> impl IntoResponse {
