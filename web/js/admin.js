@@ -18,7 +18,7 @@ export async function usersPage(section, me, current) {
   section.append(head('Users', 'Who can sign in, their plan and role.', addBtn));
 
   const q = input({ type: 'search', name: 'q', placeholder: 'username or email', autocomplete: 'off' });
-  const search = h('form', { class: 'toolbar', role: 'search', 'aria-label': 'Search users' },
+  const search = h('form', { class: 'toolbar', role: 'search', 'aria-label': 'User search' },
     field('Search users', q), h('button', { type: 'submit', class: 'secondary' }, 'Search'));
   const list = h('div', { class: 'card' }, loading('users'));
   let plans = [];
