@@ -289,6 +289,64 @@ step('a token handed back in the URL fragment signs in, and the fragment is clea
   await tab.context().close();
 });
 
+step('pages draw charts and tables from SPEC-shaped answers (mocked in the browser)', async (t) => {
+  // The metering endpoints may not exist yet on the server; this checks the
+  // page's side of the contract (SPEC §5-§7 shapes) with answers served by
+  // the browser itself, in a tab of its own.
+  const tab = await newTab(t.browser, DESKTOP);
+  const json = (body) => ({ status: 200, contentType: 'application/json', body: JSON.stringify(body) });
+  const day = (d) => `2026-11-${String(d).padStart(2, '0')}`;
+  const days = [];
+  for (let d = 1; d <= 12; d += 1) {
+    days.push({ date: day(d), provider: 'openrouter', model: 'openrouter/openai/gpt-4o-mini', tokens: 400 + d * 37, requests: 3 + (d % 4), cost_usd: 0.0004 * d });
+    if (d % 3 === 0) days.push({ date: day(d), provider: 'aiml', model: 'aiml/gpt-4', tokens: 900, requests: 2, cost_usd: 0.05 });
+  }
+  await tab.route('**/subscriptions/me', (r) => r.fulfill(json({ plan: 'pro', monthly_tokens: 100000, tokens_used: 23456, tokens_reserved: 120, remaining_tokens: 76424, period_start: '2026-11-01T00:00:00Z', period_end: '2026-12-01T00:00:00Z' })));
+  await tab.route('**/subscriptions/usage/daily*', (r) => r.fulfill(json({ days })));
+  await tab.route('**/llm/providers', (r) => r.fulfill(json([
+    { id: 'openrouter', name: 'OpenRouter', status: 'active', base_url: 'https://openrouter.ai/api/v1', default: true },
+    { id: 'aiml', name: 'AIML API', status: 'degraded', base_url: 'https://api.aimlapi.com/v1', default: false, reason: 'model list: HTTP 500' },
+    { id: 'glama', name: 'Glama', status: 'inactive', base_url: 'https://glama.ai/api/gateway/openai/v1', default: false, reason: 'no API key (GLAMA_API_KEY)' },
+  ])));
+  await tab.route('**/admin/usage?*', (r) => {
+    const g = new URL(r.request().url()).searchParams.get('group_by');
+    const rows = g === 'day' ? days.map((x) => ({ key: x.date, tokens: x.tokens, requests: x.requests, cost_usd: x.cost_usd }))
+      : [{ key: 'alice', tokens: 12000, requests: 40, cost_usd: 0.3 }, { key: 'bob', tokens: 5000, requests: 12, cost_usd: 0.1 }];
+    return r.fulfill(json({ group_by: g, rows }));
+  });
+  await tab.route('**/admin/requests*', (r) => {
+    const before = new URL(r.request().url()).searchParams.get('before');
+    const mk = (id) => ({ id, request_id: `req_${id}`, user_id: 2, username: 'alice', key_id: 1, provider: 'openrouter', model: 'openrouter/openai/gpt-4o-mini', upstream_model: 'openai/gpt-4o-mini', endpoint: 'chat/completions', prompt_tokens: 12, completion_tokens: 30, total_tokens: 42, cost_usd: 0.0001, estimated: id % 5 === 0, http_status: id % 7 === 0 ? 429 : 200, outcome: id % 7 === 0 ? 'refused' : 'ok', latency_ms: 800 + id, ttft_ms: 200, created_at: '2026-11-26T10:00:00Z' });
+    const start = before ? Number(before) - 1 : 60;
+    const data = [];
+    for (let id = start; id > Math.max(0, start - 50); id -= 1) data.push(mk(id));
+    return r.fulfill(json({ data, next_before: start - 50 > 0 ? start - 49 : null }));
+  });
+  await signIn(tab, 'admin', adminPassword);
+  await tab.getByRole('heading', { level: 1, name: 'My usage' }).waitFor();
+  await settled(tab);
+  await tab.locator('canvas').waitFor();
+  await tab.getByRole('cell', { name: 'aiml/gpt-4' }).waitFor();
+  assert.ok((await tab.locator('.stats').innerText()).includes('76,424'), 'remaining tokens shown');
+  await t.shot('11-usage-with-data', tab);
+  await tab.getByRole('link', { name: 'Providers' }).click();
+  await tab.getByText('no API key (GLAMA_API_KEY)').waitFor();
+  await t.shot('12-providers-with-data', tab);
+  await tab.getByRole('link', { name: 'All usage' }).click();
+  await tab.locator('canvas').waitFor();
+  await tab.getByLabel('Group by').selectOption('user');
+  await tab.getByRole('cell', { name: 'alice' }).waitFor();
+  await t.shot('13-admin-usage-with-data', tab);
+  await tab.getByRole('link', { name: 'Request log' }).click();
+  await tab.getByRole('cell', { name: 'req_60' }).waitFor();
+  await tab.getByRole('button', { name: 'Load older' }).click();
+  await tab.getByRole('cell', { name: 'req_1', exact: true }).waitFor();
+  await tab.getByRole('button', { name: 'Load older' }).waitFor({ state: 'hidden' });
+  await t.shot('14-requests-with-data', tab);
+  assert.deepEqual(tab.errors, []);
+  await tab.context().close();
+});
+
 step('every page at phone width', async (t) => {
   const tab = await newTab(t.browser, PHONE);
   await signIn(tab, 'admin', adminPassword);

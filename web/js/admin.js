@@ -68,7 +68,7 @@ export async function usersPage(section, me, current) {
       ['Created', (u) => fmtDate(u.created_at)],
       ['', (u) => (u.id === me.id ? h('span', { class: 'muted small' }, 'you') : h('div', { class: 'row-actions' },
         h('button', { type: 'button', class: u.disabled ? 'secondary small' : 'danger small', 'aria-label': `${u.disabled ? 'Enable' : 'Disable'} ${u.username}`, onclick: () => toggle(u) },
-          u.disabled ? 'Enable' : 'Disable'))), 'actions'],
+          u.disabled ? 'Enable' : 'Disable'))), 'cell-actions'],
     ], users, 'Users'));
   }
 
@@ -176,7 +176,7 @@ export async function plansPage(section, me, current) {
       ['Models', (p) => h('code', {}, (p.allowed_models || []).join(', ') || '—')],
       ['', (p) => h('div', { class: 'row-actions' },
         h('button', { type: 'button', class: 'secondary small', 'aria-label': `Edit plan ${p.name}`, onclick: () => editPlan(p) }, 'Edit'),
-        h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete plan ${p.name}`, onclick: () => deletePlan(p) }, 'Delete')), 'actions'],
+        h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete plan ${p.name}`, onclick: () => deletePlan(p) }, 'Delete')), 'cell-actions'],
     ], plans, 'Plans'));
   }
 

@@ -113,7 +113,7 @@ export async function requestsPage(section, me, current) {
       return;
     }
     out.append(table([
-      ['Time', (r) => fmtDateTime(r.created_at)],
+      ['Time', (r) => fmtDateTime(r.created_at), 'nowrap'],
       ['User', (r) => r.username ?? r.user_id ?? '—'],
       ['Provider', (r) => r.provider ?? '—'],
       ['Model', (r) => h('code', { title: r.upstream_model ? `upstream: ${r.upstream_model}` : null }, r.model ?? '—')],

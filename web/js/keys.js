@@ -55,7 +55,7 @@ export async function keysPage(section, user, current) {
       ['Last used', (k) => (k.last_used_at ? fmtDateTime(k.last_used_at) : h('span', { class: 'muted' }, 'never'))],
       ['Expires', (k) => (k.expires_at ? fmtDate(k.expires_at) : h('span', { class: 'muted' }, 'never'))],
       ['Status', (k) => badge(status(k))],
-      ['', (k) => actions(k), 'actions'],
+      ['', (k) => actions(k), 'cell-actions'],
     ], keys, 'Your API keys'));
   }
 

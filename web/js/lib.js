@@ -243,7 +243,7 @@ export function tokensCostChart(canvas, labels, tokens, costs, opts = {}) {
       labels,
       datasets: [
         { type: 'bar', label: 'Tokens', data: tokens, backgroundColor: css('--accent-soft'), borderColor: css('--accent'), borderWidth: 1, [axis[0]]: axis[1] },
-        { type: opts.horizontal ? 'bar' : 'line', label: 'Cost (USD)', data: costs, borderColor: css('--warn'), backgroundColor: css('--warn'), pointRadius: 2, tension: 0.2, [axis[0]]: axis[2] },
+        { type: opts.horizontal ? 'bar' : 'line', label: 'Cost (USD)', data: costs, borderColor: css('--warn'), backgroundColor: css('--warn'), pointRadius: 2, cubicInterpolationMode: 'monotone', [axis[0]]: axis[2] },
       ],
     },
     options: {
