@@ -25,7 +25,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 fn missing_prerequisites(e2e: &Path) -> Vec<String> {
@@ -34,9 +38,18 @@ fn missing_prerequisites(e2e: &Path) -> Vec<String> {
         missing.push("/usr/bin/chromium".to_owned());
     }
     if !e2e.join("node_modules/playwright-core").exists() {
-        missing.push(format!("{}", e2e.join("node_modules/playwright-core").display()));
+        missing.push(format!(
+            "{}",
+            e2e.join("node_modules/playwright-core").display()
+        ));
     }
-    if Command::new("node").arg("--version").stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
+    if Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
         missing.push("node".to_owned());
     }
     missing
@@ -47,19 +60,28 @@ fn wait_healthy(base: &str, server: &mut Server, log: &Path) {
     let addr = base.trim_start_matches("http://").to_owned();
     loop {
         if let Some(status) = server.0.try_wait().expect("try_wait") {
-            panic!("tollgate exited early ({status}):\n{}", std::fs::read_to_string(log).unwrap_or_default());
+            panic!(
+                "tollgate exited early ({status}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
         if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
             use std::io::{Read, Write};
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
             let req = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
             let mut out = String::new();
-            if s.write_all(req.as_bytes()).is_ok() && s.read_to_string(&mut out).is_ok() && out.starts_with("HTTP/1.1 200") {
+            if s.write_all(req.as_bytes()).is_ok()
+                && s.read_to_string(&mut out).is_ok()
+                && out.starts_with("HTTP/1.1 200")
+            {
                 return;
             }
         }
         if Instant::now() > deadline {
-            panic!("tollgate did not answer /health within 30 s:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+            panic!(
+                "tollgate did not answer /health within 30 s:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

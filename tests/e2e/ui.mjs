@@ -10,7 +10,7 @@
 // calls the JSON API directly, `t.go('#/keys')` opens a page.
 
 import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
 
@@ -20,6 +20,7 @@ if (!base || !adminPassword || !artifacts) {
   process.exit(2);
 }
 mkdirSync(artifacts, { recursive: true });
+for (const f of readdirSync(artifacts)) if (f.startsWith('FAILED-')) rmSync(join(artifacts, f));
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const DESKTOP = { width: 1280, height: 860 };
