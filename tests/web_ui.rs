@@ -1,0 +1,149 @@
+//! The web page end to end: starts the real `tollgate` binary on a free
+//! loopback port with a temporary database, then runs the browser script
+//! `tests/e2e/ui.mjs` (playwright-core driving Debian's Chromium) against it.
+//! Screenshots land in `test-artifacts/web-ui/`.
+//!
+//! Needs `/usr/bin/chromium` and `tests/e2e/node_modules` (`tests/e2e/install.sh`
+//! installs both). Without them the test is skipped with a message, except
+//! under CI (env `CI` set), where it fails.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN_PASSWORD: &str = "web-ui-admin-password";
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+fn missing_prerequisites(e2e: &Path) -> Vec<String> {
+    let mut missing = Vec::new();
+    if !Path::new("/usr/bin/chromium").exists() {
+        missing.push("/usr/bin/chromium".to_owned());
+    }
+    if !e2e.join("node_modules/playwright-core").exists() {
+        missing.push(format!(
+            "{}",
+            e2e.join("node_modules/playwright-core").display()
+        ));
+    }
+    if Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        missing.push("node".to_owned());
+    }
+    missing
+}
+
+fn wait_healthy(base: &str, server: &mut Server, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = base.trim_start_matches("http://").to_owned();
+    loop {
+        if let Some(status) = server.0.try_wait().expect("try_wait") {
+            panic!(
+                "tollgate exited early ({status}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let req = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            let mut out = String::new();
+            if s.write_all(req.as_bytes()).is_ok()
+                && s.read_to_string(&mut out).is_ok()
+                && out.starts_with("HTTP/1.1 200")
+            {
+                return;
+            }
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "tollgate did not answer /health within 30 s:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn web_page_end_to_end_in_chromium() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let e2e = root.join("tests/e2e");
+    let missing = missing_prerequisites(&e2e);
+    if !missing.is_empty() {
+        let msg = format!(
+            "web UI test needs {}; run `bash tests/e2e/install.sh` to install them",
+            missing.join(", ")
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+        .arg(dir.path().join("tollgate.db"))
+        // A working directory of its own, so no ./config.toml or .env is read.
+        .current_dir(dir.path())
+        .env("TOLLGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env_remove("TOLLGATE_LISTEN")
+        .env_remove("TOLLGATE_DB")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log clone"))
+        .stderr(log)
+        .spawn()
+        .expect("start tollgate");
+    let mut server = Server(child);
+    wait_healthy(&base, &mut server, &log_path);
+
+    let artifacts = root.join("test-artifacts/web-ui");
+    let out = Command::new("node")
+        .arg(e2e.join("ui.mjs"))
+        .args([&base, ADMIN_PASSWORD])
+        .arg(&artifacts)
+        .current_dir(&e2e)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run node tests/e2e/ui.mjs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    drop(server);
+    assert!(
+        out.status.success(),
+        "the browser test failed ({}); screenshots in {}\n--- ui.mjs stdout\n{stdout}\n--- ui.mjs stderr\n{stderr}\n--- server log\n{}",
+        out.status,
+        artifacts.display(),
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+}
