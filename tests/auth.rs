@@ -389,3 +389,29 @@ async fn auth_providers_is_public() {
     assert_eq!(r.status(), 200);
     assert!(r.json::<Value>().await.unwrap().is_array());
 }
+
+#[tokio::test]
+async fn fifty_failures_from_one_address_lock_it_out() {
+    let s = TestServer::start().await;
+    for i in 0..50 {
+        let r = s
+            .client
+            .post(s.url("/auth/login"))
+            .json(&json!({"username": format!("user{i}"), "password": "wrong-password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "attempt {i}");
+    }
+    // The 51st failure-prone attempt from this address, for any username, is 429 —
+    // the admin with the right password included.
+    let r = s
+        .client
+        .post(s.url("/auth/login"))
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    assert_error_is(r, 429, "rate_limit_error", Some("rate_limit_exceeded")).await;
+}

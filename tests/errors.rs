@@ -183,3 +183,75 @@ async fn no_cors_headers_without_configuration() {
     let r = s.client.get(s.url("/health")).header("origin", "vscode-webview://abc").send().await.unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn form_login_missing_field_names_it() {
+    let s = TestServer::start().await;
+    let r = s
+        .client
+        .post(s.url("/auth/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("username=admin")
+        .send()
+        .await
+        .unwrap();
+    let v = assert_error_is(r, 400, "invalid_request_error", None).await;
+    assert_eq!(v["error"]["param"], "password", "{v}");
+}
+
+#[tokio::test]
+async fn oversized_form_body_is_413() {
+    let s = TestServer::start_with(|c| c.server.max_body_bytes = 1024).await;
+    let r = s
+        .client
+        .post(s.url("/auth/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("username=admin&password={}", "p".repeat(2000)))
+        .send()
+        .await
+        .unwrap();
+    assert_error_is(r, 413, "invalid_request_error", Some("request_too_large")).await;
+}
+
+#[tokio::test]
+async fn errors_do_not_echo_secrets_sent_in_the_wrong_field() {
+    // SPEC §3: no error ever contains a user's API key or a password, even one
+    // the client put in the wrong place.
+    let s = TestServer::start().await;
+    let (_, token, key) = s.user_with_key("alice", None).await;
+    let id = s.get_as("/api/keys", &token).await.json::<Value>().await.unwrap()["data"][0]["id"].as_i64().unwrap();
+    let r = s
+        .client
+        .patch(s.url(&format!("/api/keys/{id}")))
+        .bearer_auth(&token)
+        .json(&json!({"monthly_token_limit": key}))
+        .send()
+        .await
+        .unwrap();
+    let v = assert_error_is(r, 400, "invalid_request_error", None).await;
+    assert_eq!(v["error"]["param"], "monthly_token_limit", "{v}");
+    assert!(!v.to_string().contains(&key[8..]), "the key is echoed: {v}");
+
+    let r = s
+        .client
+        .post(s.url("/auth/login"))
+        .json(&json!({"username": "alice", "password": 9_876_543_210_u64}))
+        .send()
+        .await
+        .unwrap();
+    let v = assert_error_is(r, 400, "invalid_request_error", None).await;
+    assert_eq!(v["error"]["param"], "password", "{v}");
+    assert!(!v.to_string().contains("9876543210"), "the password is echoed: {v}");
+
+    let r = s
+        .client
+        .post(s.url("/auth/password"))
+        .bearer_auth(&token)
+        .json(&json!({"current_password": 31_415_926_535_u64, "new_password": "new-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    let v = assert_error_is(r, 400, "invalid_request_error", None).await;
+    assert_eq!(v["error"]["param"], "current_password", "{v}");
+    assert!(!v.to_string().contains("31415926535"), "the password is echoed: {v}");
+}
