@@ -416,3 +416,21 @@ async fn cli_changes_reach_a_running_server_within_5s() {
     .await;
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_sign_in_right_after_a_cli_change_works_at_once() {
+    // The user signs in the moment the CLI is done: the token must work on the
+    // first call, not only after the server's next poll.
+    let s = TestServer::start().await;
+    let db = s.state.config.database.path.to_str().unwrap().to_owned();
+    let cwd = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let name = format!("u{round}");
+        ok(&tollgate(cwd.path(), &["user", "add", &name, "--password", "first-password", "--db", &db], None).await);
+        let t = s.login(&name, "first-password").await;
+        assert_eq!(s.me_status(&t).await, 200, "new user's first token, round {round}");
+        ok(&tollgate(cwd.path(), &["user", "reset-password", &name, "--password", "second-password", "--db", &db], None).await);
+        let t = s.login(&name, "second-password").await;
+        assert_eq!(s.me_status(&t).await, 200, "token after a CLI reset, round {round}");
+    }
+}

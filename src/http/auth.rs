@@ -91,6 +91,18 @@ pub async fn login(
     if user.disabled {
         return Err(ApiError::forbidden_code("account_disabled", "This account is disabled; ask an administrator."));
     }
+    // The account may have just been created or reset by another process (the
+    // CLI); bring the cache up to date so the token works on its first use
+    // rather than after the next poll.
+    let current = st
+        .creds
+        .snapshot()
+        .users
+        .get(&user.id)
+        .is_some_and(|u| u.token_version == user.token_version && !u.disabled);
+    if !current {
+        st.creds.reload().await?;
+    }
     Ok(Json(token_response(&st, user.id, user.token_version)))
 }
 
