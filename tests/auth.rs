@@ -287,6 +287,21 @@ async fn login_throttling_after_ten_failures() {
     }
     // Throttling is per username: another account from the same address still signs in.
     assert!(!s.admin_token().await.is_empty());
+
+    // Still refused just before the window passes, accepted once it has.
+    s.state.clock.advance(15 * 60 - 5);
+    let r = s
+        .client
+        .post(s.url("/auth/login"))
+        .json(&json!({"username": "erin", "password": "erin-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    let ra: i64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=6).contains(&ra), "Retry-After counts down: {ra}");
+    assert_error_is(r, 429, "rate_limit_error", Some("rate_limit_exceeded")).await;
+    s.state.clock.advance(ra);
+    s.login("erin", "erin-password-1").await;
 }
 
 async fn failed_login_from(s: &TestServer, user: &str, xff: &str) -> u16 {

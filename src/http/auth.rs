@@ -14,7 +14,6 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
-use std::time::Instant;
 
 #[derive(Deserialize)]
 pub struct RegisterBody {
@@ -67,7 +66,7 @@ pub async fn login(
     JsonOrForm(b): JsonOrForm<LoginBody>,
 ) -> ApiResult<impl IntoResponse> {
     let addr = client_addr(&st, peer, &headers);
-    if let Err(wait) = st.throttle.check(&b.username, addr, Instant::now()) {
+    if let Err(wait) = st.throttle.check(&b.username, addr, st.clock.now().timestamp()) {
         return Err(ApiError::rate_limited(
             format!("Too many failed sign-ins; try again in {wait} seconds."),
             wait,
@@ -83,7 +82,7 @@ pub async fn login(
     let user = match user {
         Some(u) if ok => u,
         _ => {
-            st.throttle.record_failure(&b.username, addr, Instant::now());
+            st.throttle.record_failure(&b.username, addr, st.clock.now().timestamp());
             tracing::info!(%addr, "failed sign-in");
             return Err(ApiError::invalid_credentials());
         }
