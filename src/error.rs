@@ -29,7 +29,12 @@ pub struct ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, code: Option<&str>, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             kind,
@@ -58,7 +63,12 @@ impl ApiError {
 
     /// 400: malformed input; `param` names the field when there is one.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", None, message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            None,
+            message,
+        )
     }
 
     pub fn invalid_field(param: &str, message: impl Into<String>) -> Self {
@@ -67,7 +77,12 @@ impl ApiError {
 
     /// 401 in OpenAI's own shape: no, unknown, revoked or expired credential.
     pub fn invalid_api_key(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key"), message)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            Some("invalid_api_key"),
+            message,
+        )
     }
 
     pub fn missing_credential() -> Self {
@@ -91,19 +106,39 @@ impl ApiError {
     }
 
     pub fn forbidden_code(code: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "permission_error", Some(code), message)
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            Some(code),
+            message,
+        )
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("not_found"), message)
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("not_found"),
+            message,
+        )
     }
 
     pub fn model_not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("model_not_found"), message)
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model_not_found"),
+            message,
+        )
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "invalid_request_error", Some("conflict"), message)
+        Self::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            Some("conflict"),
+            message,
+        )
     }
 
     pub fn too_large(limit: usize) -> Self {
@@ -116,29 +151,59 @@ impl ApiError {
     }
 
     pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some("rate_limit_exceeded"), message)
-            .with_retry_after(retry_after_secs.max(1))
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            Some("rate_limit_exceeded"),
+            message,
+        )
+        .with_retry_after(retry_after_secs.max(1))
     }
 
     pub fn insufficient_quota(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", Some("insufficient_quota"), message)
-            .with_should_retry(false)
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            Some("insufficient_quota"),
+            message,
+        )
+        .with_should_retry(false)
     }
 
     pub fn upstream(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_GATEWAY, "api_error", Some("upstream_error"), message)
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            Some("upstream_error"),
+            message,
+        )
     }
 
     pub fn upstream_auth(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_GATEWAY, "api_error", Some("upstream_auth_error"), message)
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            Some("upstream_auth_error"),
+            message,
+        )
     }
 
     pub fn provider_unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", Some("provider_unavailable"), message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            Some("provider_unavailable"),
+            message,
+        )
     }
 
     pub fn upstream_timeout(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::GATEWAY_TIMEOUT, "api_error", Some("upstream_timeout"), message)
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "api_error",
+            Some("upstream_timeout"),
+            message,
+        )
     }
 
     /// 500 with a generic message; the detail goes to the log only.
@@ -165,7 +230,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.kind,
+            self.message
+        )
     }
 }
 
@@ -200,7 +271,8 @@ impl From<crate::db::DbError> for ApiError {
 fn body_rejection(status: StatusCode, text: String, limit_hint: bool) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE || limit_hint {
         let mut e = ApiError::too_large(0);
-        e.message = "The request body is larger than the server's limit ([server] max_body_bytes).".into();
+        e.message =
+            "The request body is larger than the server's limit ([server] max_body_bytes).".into();
         return e;
     }
     ApiError::bad_request(text)
@@ -208,7 +280,10 @@ fn body_rejection(status: StatusCode, text: String, limit_hint: bool) -> ApiErro
 
 /// The field a serde message says is missing (`missing field `password``).
 fn missing_field(msg: &str) -> Option<String> {
-    msg.split("missing field `").nth(1).and_then(|s| s.split('`').next()).map(str::to_owned)
+    msg.split("missing field `")
+        .nth(1)
+        .and_then(|s| s.split('`').next())
+        .map(str::to_owned)
 }
 
 /// serde echoes the value it refused (`invalid type: string "sk_live_…", expected
@@ -216,11 +291,27 @@ fn missing_field(msg: &str) -> Option<String> {
 /// the value's kind is kept (SPEC §3: no error contains a secret).
 fn redact_value(msg: &str) -> String {
     for lead in ["invalid type: ", "invalid value: ", "unknown variant "] {
-        let Some(rest) = msg.strip_prefix(lead) else { continue };
-        let Some(i) = rest.rfind(", expected ") else { return format!("{}value not accepted", lead) };
-        let kind = rest[..i].split(['`', '"', '\'']).next().unwrap_or("").trim();
-        let kind = if lead == "unknown variant " || kind.is_empty() { "value".to_owned() } else { kind.to_owned() };
-        return format!("{}{kind}{}", lead.replace("unknown variant ", "unknown variant: "), &rest[i..]);
+        let Some(rest) = msg.strip_prefix(lead) else {
+            continue;
+        };
+        let Some(i) = rest.rfind(", expected ") else {
+            return format!("{}value not accepted", lead);
+        };
+        let kind = rest[..i]
+            .split(['`', '"', '\''])
+            .next()
+            .unwrap_or("")
+            .trim();
+        let kind = if lead == "unknown variant " || kind.is_empty() {
+            "value".to_owned()
+        } else {
+            kind.to_owned()
+        };
+        return format!(
+            "{}{kind}{}",
+            lead.replace("unknown variant ", "unknown variant: "),
+            &rest[i..]
+        );
     }
     msg.to_owned()
 }
@@ -231,7 +322,9 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::JsonDataError(e) => {
                 // serde_path_to_error gives "field: message"; name the field in `param`.
                 let text = e.body_text();
-                let detail = text.trim_start_matches("Failed to deserialize the JSON body into the target type: ");
+                let detail = text.trim_start_matches(
+                    "Failed to deserialize the JSON body into the target type: ",
+                );
                 let (param, msg) = match detail.split_once(": ") {
                     Some((p, m)) if !p.is_empty() && !p.contains(' ') => (Some(p.to_owned()), m),
                     _ => (None, detail),
@@ -267,7 +360,10 @@ impl From<BytesRejection> for ApiError {
 
 impl From<FormRejection> for ApiError {
     fn from(r: FormRejection) -> Self {
-        let text = redact_value(r.body_text().trim_start_matches("Failed to deserialize form body: "));
+        let text = redact_value(
+            r.body_text()
+                .trim_start_matches("Failed to deserialize form body: "),
+        );
         let mut err = body_rejection(r.status(), format!("Invalid form body: {text}"), false);
         if err.status == StatusCode::BAD_REQUEST {
             err.param = missing_field(&text);
@@ -296,16 +392,32 @@ mod tests {
     #[test]
     fn refused_values_are_not_echoed() {
         assert_eq!(
-            redact_value(r#"invalid type: string "sk_live_abc, expected x", expected i64 at line 1 column 9"#),
+            redact_value(
+                r#"invalid type: string "sk_live_abc, expected x", expected i64 at line 1 column 9"#
+            ),
             "invalid type: string, expected i64 at line 1 column 9"
         );
         assert_eq!(
-            redact_value("invalid type: integer `123456789`, expected a string at line 1 column 30"),
+            redact_value(
+                "invalid type: integer `123456789`, expected a string at line 1 column 30"
+            ),
             "invalid type: integer, expected a string at line 1 column 30"
         );
-        assert_eq!(redact_value("invalid type: sequence, expected a string"), "invalid type: sequence, expected a string");
-        assert_eq!(redact_value("unknown variant `hunter2`, expected `a` or `b`"), "unknown variant: value, expected `a` or `b`");
-        assert_eq!(redact_value("missing field `password`"), "missing field `password`");
-        assert_eq!(missing_field("missing field `password` at line 1 column 2").as_deref(), Some("password"));
+        assert_eq!(
+            redact_value("invalid type: sequence, expected a string"),
+            "invalid type: sequence, expected a string"
+        );
+        assert_eq!(
+            redact_value("unknown variant `hunter2`, expected `a` or `b`"),
+            "unknown variant: value, expected `a` or `b`"
+        );
+        assert_eq!(
+            redact_value("missing field `password`"),
+            "missing field `password`"
+        );
+        assert_eq!(
+            missing_field("missing field `password` at line 1 column 2").as_deref(),
+            Some("password")
+        );
     }
 }

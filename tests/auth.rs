@@ -115,8 +115,17 @@ async fn login_accepts_json_and_form() {
 #[tokio::test]
 async fn wrong_password_and_unknown_user_are_invalid_credentials() {
     let s = TestServer::start().await;
-    for (u, p) in [("admin", "not-the-password"), ("nobody", "whatever-password")] {
-        let r = s.client.post(s.url("/auth/login")).json(&json!({"username": u, "password": p})).send().await.unwrap();
+    for (u, p) in [
+        ("admin", "not-the-password"),
+        ("nobody", "whatever-password"),
+    ] {
+        let r = s
+            .client
+            .post(s.url("/auth/login"))
+            .json(&json!({"username": u, "password": p}))
+            .send()
+            .await
+            .unwrap();
         assert_error_is(r, 401, "invalid_request_error", Some("invalid_credentials")).await;
     }
     let r = s
@@ -150,21 +159,45 @@ async fn all_three_credential_forms_work() {
     let s = TestServer::start().await;
     let (uid, token, key) = s.user_with_key("carol", None).await;
 
-    let r = s.client.get(s.url("/auth/me")).header("x-api-key", &key).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/auth/me"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["id"], uid);
 
-    let r = s.client.get(s.url("/auth/me")).header("authorization", format!("Bearer {key}")).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/auth/me"))
+        .header("authorization", format!("Bearer {key}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["id"], uid);
 
-    let r = s.client.get(s.url("/auth/me")).header("authorization", format!("Bearer {token}")).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/auth/me"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["username"], "carol");
 
     // A wrong key in each form is 401 invalid_api_key.
     let bad = format!("{}x", &key[..key.len() - 1]);
-    let r = s.client.get(s.url("/auth/me")).header("x-api-key", &bad).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/auth/me"))
+        .header("x-api-key", &bad)
+        .send()
+        .await
+        .unwrap();
     assert_error_is(r, 401, "invalid_request_error", Some("invalid_api_key")).await;
     let r = s.get_as("/auth/me", &bad).await;
     assert_error_is(r, 401, "invalid_request_error", Some("invalid_api_key")).await;
@@ -245,7 +278,11 @@ async fn jwt_expires_exactly_at_exp() {
     let ms = chrono::Utc::now().timestamp_subsec_millis() as u64;
     tokio::time::sleep(std::time::Duration::from_millis(1000 - ms + 20)).await;
     s.set_clock(exp - 1);
-    assert_eq!(s.me_status(&token).await, 200, "valid one second before exp");
+    assert_eq!(
+        s.me_status(&token).await,
+        200,
+        "valid one second before exp"
+    );
     s.set_clock(exp);
     let r = s.get_as("/auth/me", &token).await;
     assert_error_is(r, 401, "invalid_request_error", Some("invalid_api_key")).await;
@@ -297,7 +334,11 @@ async fn login_throttling_after_ten_failures() {
         .send()
         .await
         .unwrap();
-    let ra: i64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let ra: i64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=6).contains(&ra), "Retry-After counts down: {ra}");
     assert_error_is(r, 429, "rate_limit_error", Some("rate_limit_exceeded")).await;
     s.state.clock.advance(ra);
@@ -363,7 +404,13 @@ async fn disabled_user_is_refused_and_old_tokens_stay_dead() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["disabled"], true);
 
-    let r = s.client.get(s.url("/auth/me")).header("x-api-key", &key).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/auth/me"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
     assert_error_is(r, 403, "permission_error", Some("account_disabled")).await;
     let r = s.get_as("/api/keys", &key).await;
     assert_error_is(r, 403, "permission_error", Some("account_disabled")).await;
@@ -390,7 +437,11 @@ async fn disabled_user_is_refused_and_old_tokens_stay_dead() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["disabled"], false);
 
-    assert_eq!(s.me_status(&key).await, 200, "keys work again after re-enabling");
+    assert_eq!(
+        s.me_status(&key).await,
+        200,
+        "keys work again after re-enabling"
+    );
     let r = s.get_as("/auth/me", &token).await;
     assert_error_is(r, 401, "invalid_request_error", Some("invalid_api_key")).await;
     let fresh = s.login("frank", "user-password-1").await;

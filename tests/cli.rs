@@ -51,13 +51,24 @@ fn err(o: &Output) -> String {
 
 #[track_caller]
 fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "exit {:?}\nstdout: {}\nstderr: {}", o.status, out(o), err(o));
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        out(o),
+        err(o)
+    );
     out(o)
 }
 
 #[track_caller]
 fn fails(o: &Output) -> String {
-    assert!(!o.status.success(), "expected failure\nstdout: {}\nstderr: {}", out(o), err(o));
+    assert!(
+        !o.status.success(),
+        "expected failure\nstdout: {}\nstderr: {}",
+        out(o),
+        err(o)
+    );
     err(o)
 }
 
@@ -97,45 +108,128 @@ fn user_row(list: &str, name: &str) -> Vec<String> {
 #[tokio::test]
 async fn user_and_plan_commands() {
     let db = Db::new();
-    ok(&db.run_stdin(&["user", "add", "alice", "--password-stdin"], Some("alice-password\n")).await);
-    let o = ok(&db.run(&["user", "add", "bob", "--password", "bob-password", "--admin"]).await);
+    ok(&db
+        .run_stdin(
+            &["user", "add", "alice", "--password-stdin"],
+            Some("alice-password\n"),
+        )
+        .await);
+    let o = ok(&db
+        .run(&[
+            "user",
+            "add",
+            "bob",
+            "--password",
+            "bob-password",
+            "--admin",
+        ])
+        .await);
     assert!(o.contains("bob"), "{o}");
-    ok(&db.run(&["user", "add", "carol", "--password", "carol-password", "--plan", "pro"]).await);
+    ok(&db
+        .run(&[
+            "user",
+            "add",
+            "carol",
+            "--password",
+            "carol-password",
+            "--plan",
+            "pro",
+        ])
+        .await);
 
     let list = ok(&db.run(&["user", "list"]).await);
     assert_eq!(user_row(&list, "admin")[2..5], ["admin", "free", "active"]);
     assert_eq!(user_row(&list, "alice")[2..5], ["user", "free", "active"]);
     assert_eq!(user_row(&list, "bob")[2..5], ["admin", "free", "active"]);
     assert_eq!(user_row(&list, "carol")[2..5], ["user", "pro", "active"]);
-    assert!(!list.contains("password") && !list.contains("argon2"), "{list}");
+    assert!(
+        !list.contains("password") && !list.contains("argon2"),
+        "{list}"
+    );
 
     ok(&db.run(&["user", "set-plan", "alice", "enterprise"]).await);
     let list = ok(&db.run(&["user", "list"]).await);
     assert_eq!(user_row(&list, "alice")[3], "enterprise");
 
     // Failures exit non-zero with a message.
-    let e = fails(&db.run(&["user", "add", "alice", "--password", "another-password"]).await);
+    let e = fails(
+        &db.run(&["user", "add", "alice", "--password", "another-password"])
+            .await,
+    );
     assert!(e.contains("alice"), "{e}");
     let e = fails(&db.run(&["user", "add", "dan", "--password", "short"]).await);
     assert!(e.contains('8'), "{e}");
-    fails(&db.run_stdin(&["user", "add", "dan", "--password-stdin"], Some("")).await);
+    fails(
+        &db.run_stdin(&["user", "add", "dan", "--password-stdin"], Some(""))
+            .await,
+    );
     fails(&db.run(&["user", "add", "dan"]).await);
-    fails(&db.run(&["user", "add", "dan", "--password", "dan-password", "--password-stdin"]).await);
-    let e = fails(&db.run(&["user", "add", "dan", "--password", "dan-password", "--plan", "gold"]).await);
+    fails(
+        &db.run(&[
+            "user",
+            "add",
+            "dan",
+            "--password",
+            "dan-password",
+            "--password-stdin",
+        ])
+        .await,
+    );
+    let e = fails(
+        &db.run(&[
+            "user",
+            "add",
+            "dan",
+            "--password",
+            "dan-password",
+            "--plan",
+            "gold",
+        ])
+        .await,
+    );
     assert!(e.contains("gold"), "{e}");
     fails(&db.run(&["user", "set-plan", "alice", "gold"]).await);
     fails(&db.run(&["user", "set-plan", "nobody", "pro"]).await);
-    fails(&db.run(&["user", "reset-password", "nobody", "--password", "whatever-pw"]).await);
+    fails(
+        &db.run(&[
+            "user",
+            "reset-password",
+            "nobody",
+            "--password",
+            "whatever-pw",
+        ])
+        .await,
+    );
     let list = ok(&db.run(&["user", "list"]).await);
     assert!(!list.contains("dan"), "{list}");
 
-    ok(&db.run(&["user", "reset-password", "carol", "--password", "carol-password-2"]).await);
-    ok(&db.run_stdin(&["user", "reset-password", "bob", "--password-stdin"], Some("bob-password-2\r\n")).await);
+    ok(&db
+        .run(&[
+            "user",
+            "reset-password",
+            "carol",
+            "--password",
+            "carol-password-2",
+        ])
+        .await);
+    ok(&db
+        .run_stdin(
+            &["user", "reset-password", "bob", "--password-stdin"],
+            Some("bob-password-2\r\n"),
+        )
+        .await);
 
     let plans = ok(&db.run(&["plan", "list"]).await);
-    let names: Vec<&str> = plans.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    let names: Vec<&str> = plans
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     assert_eq!(names, ["free", "pro", "enterprise"], "{plans}");
-    assert!(plans.contains("10000") && plans.contains("100000") && plans.contains("1000000"), "{plans}");
+    assert!(
+        plans.contains("10000") && plans.contains("100000") && plans.contains("1000000"),
+        "{plans}"
+    );
 
     // A server on that database sees what the CLI did.
     let cfg = test_config(db.dir.path());
@@ -150,7 +244,15 @@ async fn user_and_plan_commands() {
         .iter()
         .map(|u| (u["username"].as_str().unwrap(), u["plan"].as_str().unwrap()))
         .collect();
-    assert_eq!(plans, [("admin", "free"), ("alice", "enterprise"), ("bob", "free"), ("carol", "pro")]);
+    assert_eq!(
+        plans,
+        [
+            ("admin", "free"),
+            ("alice", "enterprise"),
+            ("bob", "free"),
+            ("carol", "pro")
+        ]
+    );
     let r = s
         .client
         .post(s.url("/auth/login"))
@@ -164,19 +266,35 @@ async fn user_and_plan_commands() {
 #[tokio::test]
 async fn key_commands() {
     let db = Db::new();
-    ok(&db.run(&["user", "add", "alice", "--password", "alice-password"]).await);
-    let o = db.run(&["key", "create", "--user", "alice", "--name", "ci"]).await;
+    ok(&db
+        .run(&["user", "add", "alice", "--password", "alice-password"])
+        .await);
+    let o = db
+        .run(&["key", "create", "--user", "alice", "--name", "ci"])
+        .await;
     let stdout = ok(&o);
     let key = stdout.trim().to_owned();
-    assert_eq!(stdout.lines().count(), 1, "stdout is the key alone: {stdout}");
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "stdout is the key alone: {stdout}"
+    );
     assert!(key.starts_with("sk_live_") && key.len() >= 51, "{key}");
     assert!(!err(&o).contains(&key), "the key is printed once");
-    let default_named = ok(&db.run(&["key", "create", "--user", "alice"]).await).trim().to_owned();
+    let default_named = ok(&db.run(&["key", "create", "--user", "alice"]).await)
+        .trim()
+        .to_owned();
     assert_ne!(default_named, key);
 
     let list = ok(&db.run(&["key", "list", "--user", "alice"]).await);
-    assert!(!list.contains(&key) && !list.contains(&default_named), "secrets listed:\n{list}");
-    let row = list.lines().find(|l| l.contains(" ci ")).unwrap_or_else(|| panic!("{list}"));
+    assert!(
+        !list.contains(&key) && !list.contains(&default_named),
+        "secrets listed:\n{list}"
+    );
+    let row = list
+        .lines()
+        .find(|l| l.contains(" ci "))
+        .unwrap_or_else(|| panic!("{list}"));
     let id: i64 = row.split_whitespace().next().unwrap().parse().unwrap();
     assert!(row.contains(&key[..12]), "prefix shown: {row}");
     assert!(row.contains("active"), "{row}");
@@ -190,16 +308,50 @@ async fn key_commands() {
     assert_eq!(me["username"], "alice");
 
     let db_arg = path.to_str().unwrap();
-    ok(&tollgate(cwd.path(), &["key", "revoke", &id.to_string(), "--db", db_arg], None).await);
-    let list = ok(&tollgate(cwd.path(), &["key", "list", "--user", "alice", "--db", db_arg], None).await);
+    ok(&tollgate(
+        cwd.path(),
+        &["key", "revoke", &id.to_string(), "--db", db_arg],
+        None,
+    )
+    .await);
+    let list = ok(&tollgate(
+        cwd.path(),
+        &["key", "list", "--user", "alice", "--db", db_arg],
+        None,
+    )
+    .await);
     let row = list.lines().find(|l| l.contains(" ci ")).unwrap();
     assert!(row.contains("revoked"), "{row}");
-    eventually("CLI key revoke", || async { s.me_status(&key).await == 401 }).await;
+    eventually("CLI key revoke", || async {
+        s.me_status(&key).await == 401
+    })
+    .await;
     assert_eq!(s.me_status(&default_named).await, 200);
 
-    fails(&tollgate(cwd.path(), &["key", "revoke", "99999", "--db", db_arg], None).await);
-    fails(&tollgate(cwd.path(), &["key", "create", "--user", "nobody", "--db", db_arg], None).await);
-    fails(&tollgate(cwd.path(), &["key", "list", "--user", "nobody", "--db", db_arg], None).await);
+    fails(
+        &tollgate(
+            cwd.path(),
+            &["key", "revoke", "99999", "--db", db_arg],
+            None,
+        )
+        .await,
+    );
+    fails(
+        &tollgate(
+            cwd.path(),
+            &["key", "create", "--user", "nobody", "--db", db_arg],
+            None,
+        )
+        .await,
+    );
+    fails(
+        &tollgate(
+            cwd.path(),
+            &["key", "list", "--user", "nobody", "--db", db_arg],
+            None,
+        )
+        .await,
+    );
     fails(&tollgate(cwd.path(), &["key", "create", "--db", db_arg], None).await);
 }
 
@@ -208,9 +360,48 @@ async fn db_flag_before_and_after_the_words() {
     let db = Db::new();
     let cwd = db.dir.path();
     let p = db.db();
-    ok(&tollgate(cwd, &["--db", p, "user", "add", "alice", "--password", "alice-password"], None).await);
-    ok(&tollgate(cwd, &["user", "--db", p, "add", "bob", "--password", "bob-password"], None).await);
-    ok(&tollgate(cwd, &["user", "add", "--db", p, "carol", "--password", "carol-password"], None).await);
+    ok(&tollgate(
+        cwd,
+        &[
+            "--db",
+            p,
+            "user",
+            "add",
+            "alice",
+            "--password",
+            "alice-password",
+        ],
+        None,
+    )
+    .await);
+    ok(&tollgate(
+        cwd,
+        &[
+            "user",
+            "--db",
+            p,
+            "add",
+            "bob",
+            "--password",
+            "bob-password",
+        ],
+        None,
+    )
+    .await);
+    ok(&tollgate(
+        cwd,
+        &[
+            "user",
+            "add",
+            "--db",
+            p,
+            "carol",
+            "--password",
+            "carol-password",
+        ],
+        None,
+    )
+    .await);
     let lists = [
         ok(&tollgate(cwd, &["--db", p, "user", "list"], None).await),
         ok(&tollgate(cwd, &["user", "--db", p, "list"], None).await),
@@ -226,7 +417,10 @@ async fn db_flag_before_and_after_the_words() {
     ok(&tollgate(cwd, &["--db", p, "key", "list", "--user", "alice"], None).await);
     let other = tempfile::tempdir().unwrap();
     ok(&tollgate(other.path(), &["user", "list", "--db", p], None).await);
-    assert!(!other.path().join("tollgate.db").exists(), "--db after the words was ignored");
+    assert!(
+        !other.path().join("tollgate.db").exists(),
+        "--db after the words was ignored"
+    );
 
     // --config works in both places too, and --db overrides its path.
     let cfgdir = tempfile::tempdir().unwrap();
@@ -238,7 +432,19 @@ async fn db_flag_before_and_after_the_words() {
     let l = ok(&tollgate(other.path(), &["user", "list", "--config", c], None).await);
     user_row(&l, "carol");
     let fresh = other.path().join("fresh.db");
-    let l = ok(&tollgate(other.path(), &["user", "list", "--config", c, "--db", fresh.to_str().unwrap()], None).await);
+    let l = ok(&tollgate(
+        other.path(),
+        &[
+            "user",
+            "list",
+            "--config",
+            c,
+            "--db",
+            fresh.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await);
     assert!(!l.contains("carol") && l.contains("admin"), "{l}");
 }
 
@@ -287,7 +493,10 @@ async fn help_works_for_every_command() {
     for flag in ["--password", "--password-stdin", "--admin", "--plan"] {
         assert!(text.contains(flag), "{flag}: {text}");
     }
-    assert!(std::fs::read_dir(cwd.path()).unwrap().next().is_none(), "--help touched no files");
+    assert!(
+        std::fs::read_dir(cwd.path()).unwrap().next().is_none(),
+        "--help touched no files"
+    );
     fails(&tollgate(cwd.path(), &["frobnicate"], None).await);
 }
 
@@ -345,10 +554,16 @@ userinfo_url = "https://auth.example/userinfo"
         assert!(!all.contains(secret), "{secret} printed:\n{all}");
     }
     assert!(text.contains("***"), "{text}");
-    assert!(text.contains("127.0.0.1:9123"), "prints the effective config: {text}");
+    assert!(
+        text.contains("127.0.0.1:9123"),
+        "prints the effective config: {text}"
+    );
     assert!(text.contains("client-id-visible"), "{text}");
     // The printed config is itself a valid config file.
-    assert!(tollgate::config::Config::parse(&text, None).is_ok(), "{text}");
+    assert!(
+        tollgate::config::Config::parse(&text, None).is_ok(),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -358,20 +573,34 @@ async fn check_config_names_the_bad_key() {
         ("[server]\nmax_body_bytes = \"big\"\n", "max_body_bytes"),
         ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
         ("[server]\nlisten_addr = \"127.0.0.1:1\"\n", "listen_addr"),
-        ("[routing]\ndefault_provider = \"nope\"\n", "routing.default_provider"),
-        ("[[plans]]\nname = \"x\"\nmonthly_tokens = -1\n", "monthly_tokens"),
+        (
+            "[routing]\ndefault_provider = \"nope\"\n",
+            "routing.default_provider",
+        ),
+        (
+            "[[plans]]\nname = \"x\"\nmonthly_tokens = -1\n",
+            "monthly_tokens",
+        ),
         ("[server\n", "config.toml"),
     ] {
         let file = dir.path().join("config.toml");
         std::fs::write(&file, text).unwrap();
         // Picked up from the working directory, and named explicitly.
-        for args in [vec!["check-config"], vec!["check-config", "--config", file.to_str().unwrap()]] {
+        for args in [
+            vec!["check-config"],
+            vec!["check-config", "--config", file.to_str().unwrap()],
+        ] {
             let o = tollgate(dir.path(), &args, None).await;
             let e = fails(&o);
             assert!(e.contains(key), "{text:?}: stderr does not name {key}: {e}");
         }
     }
-    let o = tollgate(dir.path(), &["check-config", "--config", "/nonexistent/tollgate.toml"], None).await;
+    let o = tollgate(
+        dir.path(),
+        &["check-config", "--config", "/nonexistent/tollgate.toml"],
+        None,
+    )
+    .await;
     let e = fails(&o);
     assert!(e.contains("/nonexistent/tollgate.toml"), "{e}");
 }
@@ -383,10 +612,22 @@ async fn cli_changes_reach_a_running_server_within_5s() {
     let db = db_path.to_str().unwrap().to_owned();
     let cwd = tempfile::tempdir().unwrap();
     let (_, token, key) = s.user_with_key("alice", None).await;
-    let key_id = s.get_as("/api/keys", &token).await.json::<Value>().await.unwrap()["data"][0]["id"].as_i64().unwrap();
+    let key_id = s
+        .get_as("/api/keys", &token)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["data"][0]["id"]
+        .as_i64()
+        .unwrap();
 
     // set-plan
-    ok(&tollgate(cwd.path(), &["user", "set-plan", "alice", "pro", "--db", &db], None).await);
+    ok(&tollgate(
+        cwd.path(),
+        &["user", "set-plan", "alice", "pro", "--db", &db],
+        None,
+    )
+    .await);
     eventually("CLI set-plan", || async {
         let me: Value = s.get_as("/auth/me", &key).await.json().await.unwrap();
         me["plan"] == "pro"
@@ -394,20 +635,69 @@ async fn cli_changes_reach_a_running_server_within_5s() {
     .await;
 
     // key revoke
-    ok(&tollgate(cwd.path(), &["key", "revoke", &key_id.to_string(), "--db", &db], None).await);
-    eventually("CLI key revoke", || async { s.me_status(&key).await == 401 }).await;
+    ok(&tollgate(
+        cwd.path(),
+        &["key", "revoke", &key_id.to_string(), "--db", &db],
+        None,
+    )
+    .await);
+    eventually("CLI key revoke", || async {
+        s.me_status(&key).await == 401
+    })
+    .await;
 
     // key create: the new key works in the running server
-    let new_key = ok(&tollgate(cwd.path(), &["key", "create", "--user", "alice", "--db", &db], None).await).trim().to_owned();
-    eventually("CLI key create", || async { s.me_status(&new_key).await == 200 }).await;
+    let new_key = ok(&tollgate(
+        cwd.path(),
+        &["key", "create", "--user", "alice", "--db", &db],
+        None,
+    )
+    .await)
+    .trim()
+    .to_owned();
+    eventually("CLI key create", || async {
+        s.me_status(&new_key).await == 200
+    })
+    .await;
 
     // reset-password: earlier JWTs die, the new password signs in
-    ok(&tollgate(cwd.path(), &["user", "reset-password", "alice", "--password", "reset-by-cli", "--db", &db], None).await);
-    eventually("CLI reset-password", || async { s.me_status(&token).await == 401 }).await;
+    ok(&tollgate(
+        cwd.path(),
+        &[
+            "user",
+            "reset-password",
+            "alice",
+            "--password",
+            "reset-by-cli",
+            "--db",
+            &db,
+        ],
+        None,
+    )
+    .await);
+    eventually("CLI reset-password", || async {
+        s.me_status(&token).await == 401
+    })
+    .await;
     s.login("alice", "reset-by-cli").await;
 
     // user add: the new user can sign in and use the API at once
-    ok(&tollgate(cwd.path(), &["user", "add", "zed", "--password", "zed-password", "--plan", "enterprise", "--db", &db], None).await);
+    ok(&tollgate(
+        cwd.path(),
+        &[
+            "user",
+            "add",
+            "zed",
+            "--password",
+            "zed-password",
+            "--plan",
+            "enterprise",
+            "--db",
+            &db,
+        ],
+        None,
+    )
+    .await);
     let t = s.login("zed", "zed-password").await;
     eventually("CLI user add", || async {
         let r = s.get_as("/auth/me", &t).await;
@@ -426,11 +716,45 @@ async fn a_sign_in_right_after_a_cli_change_works_at_once() {
     let cwd = tempfile::tempdir().unwrap();
     for round in 0..3 {
         let name = format!("u{round}");
-        ok(&tollgate(cwd.path(), &["user", "add", &name, "--password", "first-password", "--db", &db], None).await);
+        ok(&tollgate(
+            cwd.path(),
+            &[
+                "user",
+                "add",
+                &name,
+                "--password",
+                "first-password",
+                "--db",
+                &db,
+            ],
+            None,
+        )
+        .await);
         let t = s.login(&name, "first-password").await;
-        assert_eq!(s.me_status(&t).await, 200, "new user's first token, round {round}");
-        ok(&tollgate(cwd.path(), &["user", "reset-password", &name, "--password", "second-password", "--db", &db], None).await);
+        assert_eq!(
+            s.me_status(&t).await,
+            200,
+            "new user's first token, round {round}"
+        );
+        ok(&tollgate(
+            cwd.path(),
+            &[
+                "user",
+                "reset-password",
+                &name,
+                "--password",
+                "second-password",
+                "--db",
+                &db,
+            ],
+            None,
+        )
+        .await);
         let t = s.login(&name, "second-password").await;
-        assert_eq!(s.me_status(&t).await, 200, "token after a CLI reset, round {round}");
+        assert_eq!(
+            s.me_status(&t).await,
+            200,
+            "token after a CLI reset, round {round}"
+        );
     }
 }

@@ -9,8 +9,16 @@ use serde_json::{json, Value};
 async fn malformed_json_is_400_in_openai_shape() {
     let s = TestServer::start().await;
     let t = s.admin_token().await;
-    for (path, auth) in [("/api/keys", true), ("/auth/login", false), ("/admin/users", true)] {
-        let mut rb = s.client.post(s.url(path)).header("content-type", "application/json").body("{\"name\": ");
+    for (path, auth) in [
+        ("/api/keys", true),
+        ("/auth/login", false),
+        ("/admin/users", true),
+    ] {
+        let mut rb = s
+            .client
+            .post(s.url(path))
+            .header("content-type", "application/json")
+            .body("{\"name\": ");
         if auth {
             rb = rb.bearer_auth(&t);
         }
@@ -23,10 +31,22 @@ async fn malformed_json_is_400_in_openai_shape() {
 #[tokio::test]
 async fn missing_or_wrong_typed_field_names_it() {
     let s = TestServer::start().await;
-    let r = s.client.post(s.url("/auth/login")).json(&json!({"username": "admin"})).send().await.unwrap();
+    let r = s
+        .client
+        .post(s.url("/auth/login"))
+        .json(&json!({"username": "admin"}))
+        .send()
+        .await
+        .unwrap();
     let v = assert_error_is(r, 400, "invalid_request_error", None).await;
     assert_eq!(v["error"]["param"], "password", "{v}");
-    let r = s.client.post(s.url("/auth/login")).json(&json!({"username": 5, "password": "x"})).send().await.unwrap();
+    let r = s
+        .client
+        .post(s.url("/auth/login"))
+        .json(&json!({"username": 5, "password": "x"}))
+        .send()
+        .await
+        .unwrap();
     let v = assert_error_is(r, 400, "invalid_request_error", None).await;
     assert_eq!(v["error"]["param"], "username", "{v}");
 
@@ -58,7 +78,14 @@ async fn oversized_body_is_413() {
     let s = TestServer::start_with(|c| c.server.max_body_bytes = 1024).await;
     let t = s.admin_token().await;
     let big = json!({"name": "x".repeat(2000)});
-    let r = s.client.post(s.url("/api/keys")).bearer_auth(&t).json(&big).send().await.unwrap();
+    let r = s
+        .client
+        .post(s.url("/api/keys"))
+        .bearer_auth(&t)
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
     assert!(r.headers().contains_key("x-request-id"));
     assert_error_is(r, 413, "invalid_request_error", Some("request_too_large")).await;
     // Public routes too, and a body that does not announce its length.
@@ -70,19 +97,32 @@ async fn oversized_body_is_413() {
         .await
         .unwrap();
     assert_error_is(r, 413, "invalid_request_error", Some("request_too_large")).await;
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(b"{\"name\":\"".to_vec()), Ok(vec![b'y'; 3000]), Ok(b"\"}".to_vec())];
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+        Ok(b"{\"name\":\"".to_vec()),
+        Ok(vec![b'y'; 3000]),
+        Ok(b"\"}".to_vec()),
+    ];
     let r = s
         .client
         .post(s.url("/api/keys"))
         .bearer_auth(&t)
         .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
     assert_error_is(r, 413, "invalid_request_error", Some("request_too_large")).await;
     // A body under the limit is fine.
-    let r = s.client.post(s.url("/api/keys")).bearer_auth(&t).json(&json!({"name": "small"})).send().await.unwrap();
+    let r = s
+        .client
+        .post(s.url("/api/keys"))
+        .bearer_auth(&t)
+        .json(&json!({"name": "small"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
 }
 
@@ -98,7 +138,14 @@ async fn unknown_path_is_404_with_or_without_a_credential() {
             let r = s.get_as(path, cred).await;
             assert_error_is(r, 404, "invalid_request_error", Some("not_found")).await;
         }
-        let r = s.client.post(s.url(path)).header("x-api-key", &key).json(&json!({})).send().await.unwrap();
+        let r = s
+            .client
+            .post(s.url(path))
+            .header("x-api-key", &key)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
         assert_error_is(r, 404, "invalid_request_error", Some("not_found")).await;
     }
 }
@@ -114,14 +161,31 @@ async fn every_answer_has_a_request_id() {
         s.get_as("/auth/me", &t).await,
         s.get_as("/missing", &t).await,
         s.client.get(s.url("/auth/login")).send().await.unwrap(),
-        s.client.post(s.url("/auth/login")).json(&json!({"username": "admin", "password": "wrong-wrong"})).send().await.unwrap(),
-        s.client.post(s.url("/auth/password")).bearer_auth(&t).body("nope").send().await.unwrap(),
+        s.client
+            .post(s.url("/auth/login"))
+            .json(&json!({"username": "admin", "password": "wrong-wrong"}))
+            .send()
+            .await
+            .unwrap(),
+        s.client
+            .post(s.url("/auth/password"))
+            .bearer_auth(&t)
+            .body("nope")
+            .send()
+            .await
+            .unwrap(),
         s.client.get(s.url("/")).send().await.unwrap(),
     ];
     for r in answers {
-        let id = r.headers().get("x-request-id").unwrap_or_else(|| panic!("{} lacks x-request-id", r.url()));
+        let id = r
+            .headers()
+            .get("x-request-id")
+            .unwrap_or_else(|| panic!("{} lacks x-request-id", r.url()));
         assert!(!id.is_empty());
-        assert!(ids.insert(id.to_str().unwrap().to_owned()), "request ids are unique");
+        assert!(
+            ids.insert(id.to_str().unwrap().to_owned()),
+            "request ids are unique"
+        );
         if r.status().is_client_error() {
             let v: Value = r.json().await.unwrap();
             for f in ["message", "type", "code", "param"] {
@@ -133,34 +197,79 @@ async fn every_answer_has_a_request_id() {
 
 #[tokio::test]
 async fn cors_allows_configured_origins_only() {
-    let s = TestServer::start_with(|c| c.server.cors_allowed_origins = vec!["vscode-webview://*".into()]).await;
+    let s = TestServer::start_with(|c| {
+        c.server.cors_allowed_origins = vec!["vscode-webview://*".into()]
+    })
+    .await;
     let t = s.admin_token().await;
     let allowed = "vscode-webview://1abc2def";
 
-    let r = s.client.get(s.url("/auth/me")).bearer_auth(&t).header("origin", allowed).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/auth/me"))
+        .bearer_auth(&t)
+        .header("origin", allowed)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap()), Some(allowed));
+    assert_eq!(
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some(allowed)
+    );
 
     let r = s
         .client
         .request(reqwest::Method::OPTIONS, s.url("/api/keys"))
         .header("origin", allowed)
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization,content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
         .send()
         .await
         .unwrap();
     assert!(r.status().is_success(), "preflight: {}", r.status());
-    assert_eq!(r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap()), Some(allowed));
-    let methods = r.headers().get("access-control-allow-methods").expect("allow-methods").to_str().unwrap().to_owned();
+    assert_eq!(
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some(allowed)
+    );
+    let methods = r
+        .headers()
+        .get("access-control-allow-methods")
+        .expect("allow-methods")
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(methods.contains("POST"), "{methods}");
-    let headers = r.headers().get("access-control-allow-headers").expect("allow-headers").to_str().unwrap().to_lowercase();
+    let headers = r
+        .headers()
+        .get("access-control-allow-headers")
+        .expect("allow-headers")
+        .to_str()
+        .unwrap()
+        .to_lowercase();
     assert!(headers.contains("authorization"), "{headers}");
     assert!(r.headers().contains_key("x-request-id"));
 
     for other in ["https://evil.example", "vscode-file://x"] {
-        let r = s.client.get(s.url("/auth/me")).bearer_auth(&t).header("origin", other).send().await.unwrap();
-        assert!(r.headers().get("access-control-allow-origin").is_none(), "{other}");
+        let r = s
+            .client
+            .get(s.url("/auth/me"))
+            .bearer_auth(&t)
+            .header("origin", other)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.headers().get("access-control-allow-origin").is_none(),
+            "{other}"
+        );
         let r = s
             .client
             .request(reqwest::Method::OPTIONS, s.url("/api/keys"))
@@ -169,18 +278,38 @@ async fn cors_allows_configured_origins_only() {
             .send()
             .await
             .unwrap();
-        assert!(r.headers().get("access-control-allow-origin").is_none(), "preflight from {other}");
+        assert!(
+            r.headers().get("access-control-allow-origin").is_none(),
+            "preflight from {other}"
+        );
     }
     // Errors carry the CORS header too, so the webview can read them.
-    let r = s.client.get(s.url("/auth/me")).header("origin", allowed).send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/auth/me"))
+        .header("origin", allowed)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap()), Some(allowed));
+    assert_eq!(
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some(allowed)
+    );
 }
 
 #[tokio::test]
 async fn no_cors_headers_without_configuration() {
     let s = TestServer::start().await;
-    let r = s.client.get(s.url("/health")).header("origin", "vscode-webview://abc").send().await.unwrap();
+    let r = s
+        .client
+        .get(s.url("/health"))
+        .header("origin", "vscode-webview://abc")
+        .send()
+        .await
+        .unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
 
@@ -219,7 +348,14 @@ async fn errors_do_not_echo_secrets_sent_in_the_wrong_field() {
     // the client put in the wrong place.
     let s = TestServer::start().await;
     let (_, token, key) = s.user_with_key("alice", None).await;
-    let id = s.get_as("/api/keys", &token).await.json::<Value>().await.unwrap()["data"][0]["id"].as_i64().unwrap();
+    let id = s
+        .get_as("/api/keys", &token)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["data"][0]["id"]
+        .as_i64()
+        .unwrap();
     let r = s
         .client
         .patch(s.url(&format!("/api/keys/{id}")))
@@ -241,7 +377,10 @@ async fn errors_do_not_echo_secrets_sent_in_the_wrong_field() {
         .unwrap();
     let v = assert_error_is(r, 400, "invalid_request_error", None).await;
     assert_eq!(v["error"]["param"], "password", "{v}");
-    assert!(!v.to_string().contains("9876543210"), "the password is echoed: {v}");
+    assert!(
+        !v.to_string().contains("9876543210"),
+        "the password is echoed: {v}"
+    );
 
     let r = s
         .client
@@ -253,5 +392,8 @@ async fn errors_do_not_echo_secrets_sent_in_the_wrong_field() {
         .unwrap();
     let v = assert_error_is(r, 400, "invalid_request_error", None).await;
     assert_eq!(v["error"]["param"], "current_password", "{v}");
-    assert!(!v.to_string().contains("31415926535"), "the password is echoed: {v}");
+    assert!(
+        !v.to_string().contains("31415926535"),
+        "the password is echoed: {v}"
+    );
 }

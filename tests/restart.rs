@@ -10,7 +10,13 @@ async fn restart_keeps_users_keys_and_tokens() {
     let s = TestServer::start().await;
     let admin = s.admin_token().await;
     let (uid, token, key) = s.user_with_key("alice", Some("pro")).await;
-    let admin_id = s.get_as("/auth/me", &admin).await.json::<Value>().await.unwrap()["id"].clone();
+    let admin_id = s
+        .get_as("/auth/me", &admin)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .clone();
 
     // Change what a re-seed would undo: the admin's password and the plans.
     let r = s
@@ -23,7 +29,13 @@ async fn restart_keeps_users_keys_and_tokens() {
         .unwrap();
     assert_eq!(r.status(), 204);
     let admin = s.login("admin", "changed-admin-pw").await;
-    let r = s.client.delete(s.url("/admin/plans/enterprise")).bearer_auth(&admin).send().await.unwrap();
+    let r = s
+        .client
+        .delete(s.url("/admin/plans/enterprise"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let r = s
         .client
@@ -55,7 +67,10 @@ async fn restart_keeps_users_keys_and_tokens() {
     assert_eq!(s.me_status(&key).await, 200);
     let keys: Value = s.get_as("/api/keys", &token).await.json().await.unwrap();
     assert_eq!(keys["data"].as_array().unwrap().len(), 1);
-    assert!(keys["data"][0]["last_used_at"].is_string(), "last use was written at shutdown: {keys}");
+    assert!(
+        keys["data"][0]["last_used_at"].is_string(),
+        "last use was written at shutdown: {keys}"
+    );
 
     // The admin was not re-created: the changed password holds, the env one does not.
     let r = s
@@ -68,7 +83,12 @@ async fn restart_keeps_users_keys_and_tokens() {
     assert_error_is(r, 401, "invalid_request_error", Some("invalid_credentials")).await;
     let admin = s.login("admin", "changed-admin-pw").await;
     let users: Value = s.get_as("/admin/users", &admin).await.json().await.unwrap();
-    let names: Vec<&str> = users["data"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
+    let names: Vec<&str> = users["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["admin", "alice"]);
     assert_eq!(users["data"][0]["id"], admin_id);
 
@@ -77,7 +97,12 @@ async fn restart_keeps_users_keys_and_tokens() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["name"].as_str().unwrap(), p["monthly_tokens"].as_i64().unwrap()))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["monthly_tokens"].as_i64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(plans, [("free", 123), ("pro", 100_000)]);
     s.stop().await;
@@ -115,7 +140,12 @@ async fn configured_plans_are_created_on_first_start() {
     );
     // New users get free.
     let id = s.create_user("bob", "bob-password", None).await;
-    let users: Value = s.get_as("/admin/users?q=bob", &admin).await.json().await.unwrap();
+    let users: Value = s
+        .get_as("/admin/users?q=bob", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(users["data"][0]["id"], id);
     assert_eq!(users["data"][0]["plan"], "free");
 }

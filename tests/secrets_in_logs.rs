@@ -16,7 +16,11 @@ const USER_PW2: &str = "user-new-secret-5678";
 const WRONG_PW: &str = "wrong-secret-pw-0000";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test]
@@ -26,7 +30,13 @@ async fn no_secret_reaches_the_output() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "--db", db.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--db",
+            db.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .current_dir(dir.path())
         .env("RUST_LOG", "debug")
         .env("TOLLGATE_ADMIN_PASSWORD", ADMIN_PW)
@@ -62,23 +72,41 @@ async fn no_secret_reaches_the_output() {
                 break;
             }
         }
-        assert!(std::time::Instant::now() < deadline, "server did not come up");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server did not come up"
+        );
         assert!(child.try_wait().unwrap().is_none(), "server exited early");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let mut secrets: Vec<String> =
-        vec![ADMIN_PW.into(), PROVIDER_KEY.into(), JWT_SECRET.into(), USER_PW.into(), USER_PW2.into(), WRONG_PW.into()];
+    let mut secrets: Vec<String> = vec![
+        ADMIN_PW.into(),
+        PROVIDER_KEY.into(),
+        JWT_SECRET.into(),
+        USER_PW.into(),
+        USER_PW2.into(),
+        WRONG_PW.into(),
+    ];
 
     let login = |user: &'static str, pw: &'static str| {
         let c = c.clone();
         let base = base.clone();
-        async move { c.post(format!("{base}/auth/login")).json(&json!({"username": user, "password": pw})).send().await.unwrap() }
+        async move {
+            c.post(format!("{base}/auth/login"))
+                .json(&json!({"username": user, "password": pw}))
+                .send()
+                .await
+                .unwrap()
+        }
     };
 
     let r = login("admin", ADMIN_PW).await;
     assert_eq!(r.status(), 200);
-    let admin = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    let admin = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     secrets.push(admin.clone());
 
     let r = c
@@ -99,10 +127,19 @@ async fn no_secret_reaches_the_output() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    let token = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     secrets.push(token.clone());
 
-    let r = c.post(format!("{base}/api/keys")).bearer_auth(&token).json(&json!({"name": "editor"})).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/api/keys"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "editor"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let created: Value = r.json().await.unwrap();
     let key = created["api_key"].as_str().unwrap().to_owned();
@@ -110,13 +147,42 @@ async fn no_secret_reaches_the_output() {
     secrets.push(key.clone());
 
     // Use the key both ways, on good and bad paths (query strings included).
-    assert_eq!(c.get(format!("{base}/api/keys")).header("x-api-key", &key).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(format!("{base}/auth/me")).bearer_auth(&key).send().await.unwrap().status(), 200);
-    let r = c.get(format!("{base}/no/such/path?api_key={key}&token={token}")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(
+        c.get(format!("{base}/api/keys"))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{base}/auth/me"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = c
+        .get(format!("{base}/no/such/path?api_key={key}&token={token}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 404).await;
     let bad_key = format!("{}Z", &key[..key.len() - 1]);
     secrets.push(bad_key.clone());
-    assert_error(c.get(format!("{base}/auth/me")).bearer_auth(&bad_key).send().await.unwrap(), 401).await;
+    assert_error(
+        c.get(format!("{base}/auth/me"))
+            .bearer_auth(&bad_key)
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
 
     let r = c
         .post(format!("{base}/auth/password"))
@@ -127,7 +193,15 @@ async fn no_secret_reaches_the_output() {
         .unwrap();
     assert_eq!(r.status(), 204);
     // The old token is now refused; that refusal must not log it either.
-    assert_error(c.get(format!("{base}/auth/me")).bearer_auth(&token).send().await.unwrap(), 401).await;
+    assert_error(
+        c.get(format!("{base}/auth/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
     // A wrong current password, a short new one, a failed sign-in.
     let r = c
         .post(format!("{base}/auth/password"))
@@ -141,16 +215,40 @@ async fn no_secret_reaches_the_output() {
     assert_error(login(WRONG_PW, USER_PW2).await, 401).await;
     let r = login("alice", USER_PW2).await;
     assert_eq!(r.status(), 200);
-    secrets.push(r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned());
-    let r = c.delete(format!("{base}/api/keys/{key_id}")).header("x-api-key", &key).send().await.unwrap();
+    secrets.push(
+        r.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    let r = c
+        .delete(format!("{base}/api/keys/{key_id}"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
-    assert_error(c.get(format!("{base}/auth/me")).header("x-api-key", &key).send().await.unwrap(), 401).await;
+    assert_error(
+        c.get(format!("{base}/auth/me"))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
 
     // SIGTERM, then wait for a clean exit.
     let pid = child.id().expect("pid").to_string();
-    let st = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(st.success());
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exits after SIGTERM").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
 
     let output = format!(
@@ -160,11 +258,20 @@ async fn no_secret_reaches_the_output() {
     );
     // The capture is real: debug request lines are there.
     assert!(output.contains("listening"), "{output}");
-    assert!(output.contains("/auth/login") && output.contains("/api/keys"), "debug request log missing:\n{output}");
+    assert!(
+        output.contains("/auth/login") && output.contains("/api/keys"),
+        "debug request log missing:\n{output}"
+    );
     for s in &secrets {
-        assert!(!output.contains(s.as_str()), "secret {s:.12}… found in the output:\n{output}");
+        assert!(
+            !output.contains(s.as_str()),
+            "secret {s:.12}… found in the output:\n{output}"
+        );
         // Neither a recognisable part of it (a JWT's signature, a key's body).
         let tail = &s[s.len() - 16..];
-        assert!(!output.contains(tail), "the end of secret {s:.12}… found in the output:\n{output}");
+        assert!(
+            !output.contains(tail),
+            "the end of secret {s:.12}… found in the output:\n{output}"
+        );
     }
 }

@@ -32,7 +32,9 @@ fn prune(q: &mut VecDeque<i64>, now: i64) {
 
 /// Seconds until the oldest failure leaves the window.
 fn wait(q: &VecDeque<i64>, now: i64) -> u64 {
-    q.front().map(|t| (WINDOW - (now - *t)).clamp(1, WINDOW) as u64).unwrap_or(1)
+    q.front()
+        .map(|t| (WINDOW - (now - *t)).clamp(1, WINDOW) as u64)
+        .unwrap_or(1)
 }
 
 impl LoginThrottle {
@@ -57,7 +59,10 @@ impl LoginThrottle {
 
     pub fn record_failure(&self, username: &str, addr: IpAddr, now: i64) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.by_user.entry((username.to_lowercase(), addr)).or_default().push_back(now);
+        st.by_user
+            .entry((username.to_lowercase(), addr))
+            .or_default()
+            .push_back(now);
         st.by_addr.entry(addr).or_default().push_back(now);
         // Keep memory bounded: forget entries whose window has passed.
         if st.by_user.len() > 10_000 {
@@ -89,7 +94,10 @@ mod tests {
         }
         let wait = t.check("Admin", a, now).unwrap_err();
         assert!(wait > 800 && wait <= 900);
-        assert!(t.check("admin", b, now).is_ok(), "another address is not locked out");
+        assert!(
+            t.check("admin", b, now).is_ok(),
+            "another address is not locked out"
+        );
         assert!(t.check("admin", a, now + WINDOW).is_ok());
     }
 

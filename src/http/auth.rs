@@ -23,7 +23,10 @@ pub struct RegisterBody {
     email: Option<String>,
 }
 
-pub async fn register(State(st): State<AppState>, AppJson(b): AppJson<RegisterBody>) -> ApiResult<impl IntoResponse> {
+pub async fn register(
+    State(st): State<AppState>,
+    AppJson(b): AppJson<RegisterBody>,
+) -> ApiResult<impl IntoResponse> {
     if !st.config.auth.allow_registration {
         return Err(ApiError::forbidden_code(
             "registration_disabled",
@@ -66,7 +69,10 @@ pub async fn login(
     JsonOrForm(b): JsonOrForm<LoginBody>,
 ) -> ApiResult<impl IntoResponse> {
     let addr = client_addr(&st, peer, &headers);
-    if let Err(wait) = st.throttle.check(&b.username, addr, st.clock.now().timestamp()) {
+    if let Err(wait) = st
+        .throttle
+        .check(&b.username, addr, st.clock.now().timestamp())
+    {
         return Err(ApiError::rate_limited(
             format!("Too many failed sign-ins; try again in {wait} seconds."),
             wait,
@@ -82,13 +88,17 @@ pub async fn login(
     let user = match user {
         Some(u) if ok => u,
         _ => {
-            st.throttle.record_failure(&b.username, addr, st.clock.now().timestamp());
+            st.throttle
+                .record_failure(&b.username, addr, st.clock.now().timestamp());
             tracing::info!(%addr, "failed sign-in");
             return Err(ApiError::invalid_credentials());
         }
     };
     if user.disabled {
-        return Err(ApiError::forbidden_code("account_disabled", "This account is disabled; ask an administrator."));
+        return Err(ApiError::forbidden_code(
+            "account_disabled",
+            "This account is disabled; ask an administrator.",
+        ));
     }
     // The account may have just been created or reset by another process (the
     // CLI); bring the cache up to date so the token works on its first use
@@ -107,11 +117,16 @@ pub async fn login(
 
 /// `{"access_token","token_type":"bearer","expires_in"}` for a user.
 pub fn token_response(st: &AppState, user_id: i64, token_version: i64) -> serde_json::Value {
-    let token = st.jwt.issue(user_id, token_version, st.clock.now().timestamp());
+    let token = st
+        .jwt
+        .issue(user_id, token_version, st.clock.now().timestamp());
     json!({"access_token": token, "token_type": "bearer", "expires_in": st.jwt.ttl_secs})
 }
 
-pub async fn me(State(st): State<AppState>, CurrentUser(p): CurrentUser) -> ApiResult<impl IntoResponse> {
+pub async fn me(
+    State(st): State<AppState>,
+    CurrentUser(p): CurrentUser,
+) -> ApiResult<impl IntoResponse> {
     let id = p.user.id;
     let user = db::run(&st.pool, move |c| users::find_by_id(c, id))
         .await?

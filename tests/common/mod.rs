@@ -44,7 +44,9 @@ impl TestServer {
     pub async fn start_in(dir: tempfile::TempDir, cfg: Config) -> TestServer {
         cfg.validate(None).expect("test config is valid");
         let (state, _) = tollgate::build_state(cfg, Some(ADMIN_PASSWORD.into())).expect("state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(tollgate::serve(listener, state.clone(), async move {
@@ -103,17 +105,34 @@ impl TestServer {
         if let Some(p) = plan {
             body["plan"] = json!(p);
         }
-        let r = self.client.post(self.url("/admin/users")).bearer_auth(&admin).json(&body).send().await.unwrap();
+        let r = self
+            .client
+            .post(self.url("/admin/users"))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 201, "creating {username}");
         r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
     }
 
     /// Mints a key with `token`; returns (id, secret).
     pub async fn create_key(&self, token: &str, body: Value) -> (i64, String) {
-        let r = self.client.post(self.url("/api/keys")).bearer_auth(token).json(&body).send().await.unwrap();
+        let r = self
+            .client
+            .post(self.url("/api/keys"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 201, "creating a key");
         let v: Value = r.json().await.unwrap();
-        (v["id"].as_i64().unwrap(), v["api_key"].as_str().unwrap().to_owned())
+        (
+            v["id"].as_i64().unwrap(),
+            v["api_key"].as_str().unwrap().to_owned(),
+        )
     }
 
     /// A user with a key: (user id, token, key).
@@ -160,7 +179,12 @@ where
 impl TestServer {
     /// GET `path` with `Authorization: Bearer <cred>`.
     pub async fn get_as(&self, path: &str, cred: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).bearer_auth(cred).send().await.unwrap()
+        self.client
+            .get(self.url(path))
+            .bearer_auth(cred)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Status of `GET /auth/me` with `Authorization: Bearer <cred>`.
@@ -176,7 +200,12 @@ impl TestServer {
 }
 
 /// Asserts an error with `status`, `type` and `code` (`None`: JSON null) and returns the body.
-pub async fn assert_error_is(r: reqwest::Response, status: u16, kind: &str, code: Option<&str>) -> Value {
+pub async fn assert_error_is(
+    r: reqwest::Response,
+    status: u16,
+    kind: &str,
+    code: Option<&str>,
+) -> Value {
     let v = assert_error(r, status).await;
     assert_eq!(v["error"]["type"], json!(kind), "{v}");
     assert_eq!(v["error"]["code"], json!(code), "{v}");
