@@ -278,6 +278,44 @@ fn body_rejection(status: StatusCode, text: String, limit_hint: bool) -> ApiErro
     ApiError::bad_request(text)
 }
 
+/// The field a serde message says is missing (`missing field `password``).
+fn missing_field(msg: &str) -> Option<String> {
+    msg.split("missing field `")
+        .nth(1)
+        .and_then(|s| s.split('`').next())
+        .map(str::to_owned)
+}
+
+/// serde echoes the value it refused (`invalid type: string "sk_live_…", expected
+/// i64`); a client may have put a key or a password in the wrong field, so only
+/// the value's kind is kept (SPEC §3: no error contains a secret).
+fn redact_value(msg: &str) -> String {
+    for lead in ["invalid type: ", "invalid value: ", "unknown variant "] {
+        let Some(rest) = msg.strip_prefix(lead) else {
+            continue;
+        };
+        let Some(i) = rest.rfind(", expected ") else {
+            return format!("{}value not accepted", lead);
+        };
+        let kind = rest[..i]
+            .split(['`', '"', '\''])
+            .next()
+            .unwrap_or("")
+            .trim();
+        let kind = if lead == "unknown variant " || kind.is_empty() {
+            "value".to_owned()
+        } else {
+            kind.to_owned()
+        };
+        return format!(
+            "{}{kind}{}",
+            lead.replace("unknown variant ", "unknown variant: "),
+            &rest[i..]
+        );
+    }
+    msg.to_owned()
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match &r {
@@ -287,17 +325,16 @@ impl From<JsonRejection> for ApiError {
                 let detail = text.trim_start_matches(
                     "Failed to deserialize the JSON body into the target type: ",
                 );
-                let param = detail.split_once(':').map(|(p, _)| p.trim().to_owned());
-                let mut err = ApiError::bad_request(format!("Invalid request body: {detail}"));
-                if let Some(p) = param.filter(|p| !p.contains(' ') && !p.is_empty()) {
-                    err.param = Some(p);
-                } else if let Some(field) = detail
-                    .split("missing field `")
-                    .nth(1)
-                    .and_then(|s| s.split('`').next())
-                {
-                    err.param = Some(field.to_owned());
-                }
+                let (param, msg) = match detail.split_once(": ") {
+                    Some((p, m)) if !p.is_empty() && !p.contains(' ') => (Some(p.to_owned()), m),
+                    _ => (None, detail),
+                };
+                let msg = redact_value(msg);
+                let mut err = match &param {
+                    Some(p) => ApiError::bad_request(format!("Invalid request body: {p}: {msg}")),
+                    None => ApiError::bad_request(format!("Invalid request body: {msg}")),
+                };
+                err.param = param.or_else(|| missing_field(&msg));
                 err
             }
             JsonRejection::JsonSyntaxError(e) => {
@@ -323,12 +360,15 @@ impl From<BytesRejection> for ApiError {
 
 impl From<FormRejection> for ApiError {
     fn from(r: FormRejection) -> Self {
-        let status = r.status();
-        body_rejection(
-            status,
-            format!("Invalid form body: {}", r.body_text()),
-            false,
-        )
+        let text = redact_value(
+            r.body_text()
+                .trim_start_matches("Failed to deserialize form body: "),
+        );
+        let mut err = body_rejection(r.status(), format!("Invalid form body: {text}"), false);
+        if err.status == StatusCode::BAD_REQUEST {
+            err.param = missing_field(&text);
+        }
+        err
     }
 }
 
@@ -342,5 +382,42 @@ impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         // A path segment that cannot name anything (e.g. /api/keys/abc) is an unknown id.
         ApiError::not_found(format!("Not found: {}", r.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{missing_field, redact_value};
+
+    #[test]
+    fn refused_values_are_not_echoed() {
+        assert_eq!(
+            redact_value(
+                r#"invalid type: string "sk_live_abc, expected x", expected i64 at line 1 column 9"#
+            ),
+            "invalid type: string, expected i64 at line 1 column 9"
+        );
+        assert_eq!(
+            redact_value(
+                "invalid type: integer `123456789`, expected a string at line 1 column 30"
+            ),
+            "invalid type: integer, expected a string at line 1 column 30"
+        );
+        assert_eq!(
+            redact_value("invalid type: sequence, expected a string"),
+            "invalid type: sequence, expected a string"
+        );
+        assert_eq!(
+            redact_value("unknown variant `hunter2`, expected `a` or `b`"),
+            "unknown variant: value, expected `a` or `b`"
+        );
+        assert_eq!(
+            redact_value("missing field `password`"),
+            "missing field `password`"
+        );
+        assert_eq!(
+            missing_field("missing field `password` at line 1 column 2").as_deref(),
+            Some("password")
+        );
     }
 }

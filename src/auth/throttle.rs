@@ -1,13 +1,15 @@
 //! Failed-login throttling (SPEC §4): more than 10 failures for one username
 //! from one address, or more than 50 from one address, within 15 minutes are
 //! answered 429 until the window passes — a correct password included.
+//!
+//! Times are Unix seconds from the server's clock, so tests can move it.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-pub const WINDOW: Duration = Duration::from_secs(15 * 60);
+/// The window, in seconds.
+pub const WINDOW: i64 = 15 * 60;
 pub const PER_USER_AND_ADDRESS: usize = 10;
 pub const PER_ADDRESS: usize = 50;
 
@@ -18,30 +20,26 @@ pub struct LoginThrottle {
 
 #[derive(Default)]
 struct State {
-    by_user: HashMap<(String, IpAddr), VecDeque<Instant>>,
-    by_addr: HashMap<IpAddr, VecDeque<Instant>>,
+    by_user: HashMap<(String, IpAddr), VecDeque<i64>>,
+    by_addr: HashMap<IpAddr, VecDeque<i64>>,
 }
 
-fn prune(q: &mut VecDeque<Instant>, now: Instant) {
-    while q.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
+fn prune(q: &mut VecDeque<i64>, now: i64) {
+    while q.front().is_some_and(|t| now - *t >= WINDOW) {
         q.pop_front();
     }
 }
 
 /// Seconds until the oldest failure leaves the window.
-fn wait(q: &VecDeque<Instant>, now: Instant) -> u64 {
+fn wait(q: &VecDeque<i64>, now: i64) -> u64 {
     q.front()
-        .map(|t| {
-            (WINDOW.saturating_sub(now.duration_since(*t)))
-                .as_secs()
-                .max(1)
-        })
+        .map(|t| (WINDOW - (now - *t)).clamp(1, WINDOW) as u64)
         .unwrap_or(1)
 }
 
 impl LoginThrottle {
     /// `Err(seconds to wait)` when this login attempt must be refused unseen.
-    pub fn check(&self, username: &str, addr: IpAddr, now: Instant) -> Result<(), u64> {
+    pub fn check(&self, username: &str, addr: IpAddr, now: i64) -> Result<(), u64> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let user_key = (username.to_lowercase(), addr);
         if let Some(q) = st.by_user.get_mut(&user_key) {
@@ -59,7 +57,7 @@ impl LoginThrottle {
         Ok(())
     }
 
-    pub fn record_failure(&self, username: &str, addr: IpAddr, now: Instant) {
+    pub fn record_failure(&self, username: &str, addr: IpAddr, now: i64) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.by_user
             .entry((username.to_lowercase(), addr))
@@ -89,7 +87,7 @@ mod tests {
         let t = LoginThrottle::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let now = Instant::now();
+        let now = 1_700_000_000;
         for _ in 0..10 {
             assert!(t.check("admin", a, now).is_ok());
             t.record_failure("admin", a, now);
@@ -107,7 +105,7 @@ mod tests {
     fn fifty_failures_from_one_address() {
         let t = LoginThrottle::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let now = Instant::now();
+        let now = 1_700_000_000;
         for i in 0..50 {
             t.record_failure(&format!("user{i}"), a, now);
         }

@@ -14,7 +14,6 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
-use std::time::Instant;
 
 #[derive(Deserialize)]
 pub struct RegisterBody {
@@ -70,7 +69,10 @@ pub async fn login(
     JsonOrForm(b): JsonOrForm<LoginBody>,
 ) -> ApiResult<impl IntoResponse> {
     let addr = client_addr(&st, peer, &headers);
-    if let Err(wait) = st.throttle.check(&b.username, addr, Instant::now()) {
+    if let Err(wait) = st
+        .throttle
+        .check(&b.username, addr, st.clock.now().timestamp())
+    {
         return Err(ApiError::rate_limited(
             format!("Too many failed sign-ins; try again in {wait} seconds."),
             wait,
@@ -87,7 +89,7 @@ pub async fn login(
         Some(u) if ok => u,
         _ => {
             st.throttle
-                .record_failure(&b.username, addr, Instant::now());
+                .record_failure(&b.username, addr, st.clock.now().timestamp());
             tracing::info!(%addr, "failed sign-in");
             return Err(ApiError::invalid_credentials());
         }
@@ -97,6 +99,18 @@ pub async fn login(
             "account_disabled",
             "This account is disabled; ask an administrator.",
         ));
+    }
+    // The account may have just been created or reset by another process (the
+    // CLI); bring the cache up to date so the token works on its first use
+    // rather than after the next poll.
+    let current = st
+        .creds
+        .snapshot()
+        .users
+        .get(&user.id)
+        .is_some_and(|u| u.token_version == user.token_version && !u.disabled);
+    if !current {
+        st.creds.reload().await?;
     }
     Ok(Json(token_response(&st, user.id, user.token_version)))
 }

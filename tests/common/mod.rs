@@ -158,3 +158,58 @@ pub async fn assert_error(r: reqwest::Response, status: u16) -> Value {
     assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     v
 }
+
+/// Polls `check` every 100 ms until it returns true; panics after 5 s (SPEC §2:
+/// changes by another process reach the server within 5 seconds).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if check().await {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("not effective within 5 s: {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+impl TestServer {
+    /// GET `path` with `Authorization: Bearer <cred>`.
+    pub async fn get_as(&self, path: &str, cred: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(cred)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Status of `GET /auth/me` with `Authorization: Bearer <cred>`.
+    pub async fn me_status(&self, cred: &str) -> u16 {
+        self.get_as("/auth/me", cred).await.status().as_u16()
+    }
+
+    /// Moves the server clock so that it reads `target` (Unix seconds) now.
+    pub fn set_clock(&self, target: i64) {
+        let now = self.state.clock.now().timestamp();
+        self.state.clock.advance(target - now);
+    }
+}
+
+/// Asserts an error with `status`, `type` and `code` (`None`: JSON null) and returns the body.
+pub async fn assert_error_is(
+    r: reqwest::Response,
+    status: u16,
+    kind: &str,
+    code: Option<&str>,
+) -> Value {
+    let v = assert_error(r, status).await;
+    assert_eq!(v["error"]["type"], json!(kind), "{v}");
+    assert_eq!(v["error"]["code"], json!(code), "{v}");
+    v
+}
