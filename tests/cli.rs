@@ -452,7 +452,8 @@ async fn db_flag_before_and_after_the_words() {
 async fn migrate_command() {
     let db = Db::new();
     let o = ok(&db.run(&["migrate"]).await);
-    assert!(o.starts_with('1'), "first migrate applies the schema: {o}");
+    let applied: usize = o.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(applied >= 1, "first migrate applies the schema: {o}");
     assert!(db.path.exists());
     let o = ok(&db.run(&["migrate"]).await);
     assert!(o.starts_with('0'), "nothing left to apply: {o}");
