@@ -7,6 +7,8 @@
 //! installs both). Without them the test is skipped with a message, except
 //! under CI (env `CI` set), where it fails.
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -104,7 +106,19 @@ fn web_page_end_to_end_in_chromium() {
         return;
     }
 
+    // A mock upstream for the metered call the browser test makes.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mock = rt.block_on(common::mock::Mock::start());
+
     let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!(
+            "[providers.aiml]\nbase_url = \"{}\"\napi_key = \"sk-e2e-provider-key\"\n",
+            mock.base("aiml")
+        ),
+    )
+    .expect("config file");
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).expect("log file");
     let port = free_port();
@@ -112,7 +126,7 @@ fn web_page_end_to_end_in_chromium() {
     let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
         .arg(dir.path().join("tollgate.db"))
-        // A working directory of its own, so no ./config.toml or .env is read.
+        // A working directory of its own: its ./config.toml points aiml at the mock.
         .current_dir(dir.path())
         .env("TOLLGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env_remove("TOLLGATE_LISTEN")
@@ -139,6 +153,14 @@ fn web_page_end_to_end_in_chromium() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     drop(server);
+    let upstream = mock.generation_calls();
+    if out.status.success() {
+        assert!(
+            !upstream.is_empty(),
+            "the browser test's metered call reached the mock upstream"
+        );
+    }
+    drop(rt);
     assert!(
         out.status.success(),
         "the browser test failed ({}); screenshots in {}\n--- ui.mjs stdout\n{stdout}\n--- ui.mjs stderr\n{stderr}\n--- server log\n{}",

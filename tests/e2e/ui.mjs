@@ -136,6 +136,35 @@ step('admin signs in with the password', async (t) => {
   await t.page.getByRole('link', { name: 'Users' }).waitFor();
 });
 
+step('a metered call shows in the usage chart, the table and the request log', async (t) => {
+  const admin = await adminToken();
+  const key = await t.api('POST', '/api/keys', { name: `metered-${run}` }, admin);
+  assert.equal(key.status, 201, JSON.stringify(key.body));
+  // The mock upstream reports 120 prompt + 80 completion tokens for this model name.
+  const r = await fetch(`${base}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${key.body.api_key}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ model: 'aiml/usage:120:80', messages: [{ role: 'user', content: 'hello' }] }),
+  });
+  assert.equal(r.status, 200, await r.clone().text());
+  const requestId = r.headers.get('x-request-id');
+  const answer = await r.json();
+  assert.equal(answer._usage_info.tokens_used, 200);
+
+  await t.go('#/usage', 'My usage');
+  await t.page.locator('.card canvas').first().waitFor();
+  const table = t.page.getByRole('table', { name: 'Usage by provider and model' });
+  await table.getByText('aiml/usage:120:80').waitFor();
+  const row = table.locator('tr', { hasText: 'aiml/usage:120:80' });
+  assert.match(await row.innerText(), /\b200\b/, 'the row shows the 200 tokens the upstream reported');
+  assert.ok(!/\bnull\b|undefined/.test(await t.page.locator('main').innerText()), 'no null or undefined shown');
+  await t.shot('02a-usage-after-a-call');
+
+  await t.go('#/admin/requests', 'Request log');
+  await t.page.getByText(requestId).waitFor();
+  await t.shot('10a-request-log-after-a-call');
+});
+
 step('usage page renders (even while metering endpoints are missing)', async (t) => {
   await t.go('#/usage', 'My usage');
   await t.page.getByRole('heading', { name: 'Plan and balance' }).waitFor();

@@ -38,7 +38,7 @@ function drawSummary(card, user, res) {
     h('div', { class: 'meter-row' },
       h('progress', { max: 100, value: pct, 'aria-label': `${pct}% of this month's tokens used` }),
       h('span', { class: 'muted' }, `${pct}% used`)),
-    s.tokens_reserved ? h('p', { class: 'muted small' }, `${fmtInt(s.tokens_reserved)} tokens are reserved by calls in progress.`) : null);
+    ...(s.tokens_reserved ? [h('p', { class: 'muted small' }, `${fmtInt(s.tokens_reserved)} tokens are reserved by calls in progress.`)] : []));
 }
 
 function stat(label, value) {
