@@ -110,7 +110,13 @@ enum End {
 
 /// Sends one chat call and reads it to the end; streaming calls ask for usage
 /// so that `_usage_info` arrives in the usage chunk.
-async fn one_call(client: reqwest::Client, url: String, key: String, model: String, stream: bool) -> End {
+async fn one_call(
+    client: reqwest::Client,
+    url: String,
+    key: String,
+    model: String,
+    stream: bool,
+) -> End {
     let mut body = json!({"model": model, "max_tokens": 100, "messages": hi()});
     if stream {
         body["stream"] = json!(true);
@@ -197,7 +203,11 @@ async fn parallel_calls_never_overdraw_the_balance() {
     let quota = ends.iter().filter(|e| matches!(e, End::Quota)).count();
     assert_eq!(ok, 10, "exactly the calls the balance covers succeed");
     assert_eq!(quota, 90, "the rest are refused for quota");
-    assert_eq!(mock.generation_calls().len(), 10, "refused calls never reach the upstream");
+    assert_eq!(
+        mock.generation_calls().len(),
+        10,
+        "refused calls never reach the upstream"
+    );
     let b = s.state.metering.ledger.user(uid, &period(&s));
     assert_eq!(b.reserved, 0, "nothing left reserved");
     assert_eq!(b.used, tokens);
@@ -258,7 +268,10 @@ async fn failed_calls_under_load_charge_nothing() {
         .iter()
         .filter(|c| c.body["model"] == "usage:8:100")
         .count();
-    assert_eq!(good_upstream, ok, "every good call that went upstream succeeded");
+    assert_eq!(
+        good_upstream, ok,
+        "every good call that went upstream succeeded"
+    );
     let b = s.state.metering.ledger.user(uid, &period(&s));
     assert_eq!(b.reserved, 0);
     assert_eq!(b.used, tokens, "failures charged nothing");
@@ -292,7 +305,12 @@ async fn the_completion_cap_follows_the_balance() {
     let last_call = || mock.generation_calls().last().unwrap().body.clone();
 
     // The client's cap is lowered to what the balance holds, in the client's field.
-    let r = chat(&s, &key, json!({"model": "aiml/usage:8:10", "max_tokens": 1000, "messages": hi()})).await;
+    let r = chat(
+        &s,
+        &key,
+        json!({"model": "aiml/usage:8:10", "max_tokens": 1000, "messages": hi()}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(last_call()["max_tokens"], 500 - PROMPT_ESTIMATE);
     used += 18;
@@ -317,17 +335,30 @@ async fn the_completion_cap_follows_the_balance() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(last_call()["max_tokens"], (500 - used - PROMPT_ESTIMATE) / 3);
+    assert_eq!(
+        last_call()["max_tokens"],
+        (500 - used - PROMPT_ESTIMATE) / 3
+    );
     used += 18;
 
     // No client cap: the provider's cap_field, default_max_tokens lowered by the balance.
-    let r = chat(&s, &key, json!({"model": "aiml/usage:8:10", "messages": hi()})).await;
+    let r = chat(
+        &s,
+        &key,
+        json!({"model": "aiml/usage:8:10", "messages": hi()}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(last_call()["max_tokens"], 500 - used - PROMPT_ESTIMATE);
     used += 18;
 
     // A client's own small cap is sent as it is.
-    let r = chat(&s, &key, json!({"model": "aiml/usage:8:10", "max_tokens": 7, "messages": hi()})).await;
+    let r = chat(
+        &s,
+        &key,
+        json!({"model": "aiml/usage:8:10", "max_tokens": 7, "messages": hi()}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(last_call()["max_tokens"], 7);
     used += 18;
@@ -341,21 +372,44 @@ async fn a_cap_below_the_minimum_is_refused_without_calling_upstream() {
     // 20 tokens: 8 of prompt leave 12, below min_completion_tokens (16).
     create_plan(&s, "crumbs", 20, 1000, None).await;
     let (uid, _, key) = s.user_with_key("dan", Some("crumbs")).await;
-    let r = chat(&s, &key, json!({"model": "aiml/usage:8:5", "max_tokens": 100, "messages": hi()})).await;
+    let r = chat(
+        &s,
+        &key,
+        json!({"model": "aiml/usage:8:5", "max_tokens": 100, "messages": hi()}),
+    )
+    .await;
     assert_quota_refusal(r).await;
-    let r = chat(&s, &key, json!({"model": "aiml/usage:8:5", "messages": hi()})).await;
+    let r = chat(
+        &s,
+        &key,
+        json!({"model": "aiml/usage:8:5", "messages": hi()}),
+    )
+    .await;
     assert_quota_refusal(r).await;
-    assert!(mock.generation_calls().is_empty(), "the upstream was never called");
+    assert!(
+        mock.generation_calls().is_empty(),
+        "the upstream was never called"
+    );
 
     // A client's own cap of 5 fits and is sent unchanged.
-    let r = chat(&s, &key, json!({"model": "aiml/usage:8:5", "max_tokens": 5, "messages": hi()})).await;
+    let r = chat(
+        &s,
+        &key,
+        json!({"model": "aiml/usage:8:5", "max_tokens": 5, "messages": hi()}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["_usage_info"]["tokens_used"], 13);
     assert_eq!(v["_usage_info"]["remaining_tokens"], 7);
     assert_eq!(mock.generation_calls()[0].body["max_tokens"], 5);
     // 7 left: not even the prompt fits.
-    let r = chat(&s, &key, json!({"model": "aiml/usage:8:5", "max_tokens": 1, "messages": hi()})).await;
+    let r = chat(
+        &s,
+        &key,
+        json!({"model": "aiml/usage:8:5", "max_tokens": 1, "messages": hi()}),
+    )
+    .await;
     assert_quota_refusal(r).await;
     assert_eq!(mock.generation_calls().len(), 1);
     let b = s.state.metering.ledger.user(uid, &period(&s));
@@ -374,7 +428,9 @@ async fn a_cap_below_the_minimum_is_refused_without_calling_upstream() {
         .unwrap();
     let rows = v["data"].as_array().unwrap();
     assert_eq!(rows.len(), 3, "refusals are in the request log");
-    assert!(rows.iter().all(|r| r["http_status"] == 429 && r["total_tokens"] == 0));
+    assert!(rows
+        .iter()
+        .all(|r| r["http_status"] == 429 && r["total_tokens"] == 0));
 }
 
 #[tokio::test]
@@ -382,13 +438,19 @@ async fn a_key_limit_bounds_calls_made_with_that_key() {
     let (mock, s) = setup(|_| {}).await;
     let (uid, token, free_key) = s.user_with_key("erin", Some("pro")).await;
     let (kid, limited) = s
-        .create_key(&token, json!({"name": "limited", "monthly_token_limit": 120}))
+        .create_key(
+            &token,
+            json!({"name": "limited", "monthly_token_limit": 120}),
+        )
         .await;
     let body = json!({"model": "aiml/usage:8:100", "max_tokens": 100, "messages": hi()});
     let r = chat(&s, &limited, body.clone()).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["_usage_info"]["remaining_tokens"], 12, "the key's balance is the smaller");
+    assert_eq!(
+        v["_usage_info"]["remaining_tokens"], 12,
+        "the key's balance is the smaller"
+    );
     // 12 left on the key: refused, though the plan has plenty.
     assert_quota_refusal(chat(&s, &limited, body.clone()).await).await;
     assert_eq!(mock.generation_calls().len(), 1);
@@ -420,23 +482,52 @@ async fn models_outside_the_plan_or_key_are_forbidden() {
     let (mock, s) = setup(|_| {}).await;
     create_plan(&s, "aiml-only", 100_000, 1000, Some(json!(["aiml/*"]))).await;
     let (_, token, key) = s.user_with_key("fay", Some("aiml-only")).await;
-    let r = chat(&s, &key, json!({"model": "openrouter/usage:1:1", "messages": hi()})).await;
+    let r = chat(
+        &s,
+        &key,
+        json!({"model": "openrouter/usage:1:1", "messages": hi()}),
+    )
+    .await;
     let v = assert_error(r, 403).await;
     assert_eq!(v["error"]["type"], "permission_error");
-    let r = post(&s, "/llm/embeddings", &key, json!({"model": "openrouter/x", "input": "a"})).await;
+    let r = post(
+        &s,
+        "/llm/embeddings",
+        &key,
+        json!({"model": "openrouter/x", "input": "a"}),
+    )
+    .await;
     assert_error(r, 403).await;
     assert!(mock.generation_calls().is_empty());
-    let r = chat(&s, &key, json!({"model": "aiml/usage:1:1", "messages": hi()})).await;
+    let r = chat(
+        &s,
+        &key,
+        json!({"model": "aiml/usage:1:1", "messages": hi()}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
 
     let (_, narrow) = s
-        .create_key(&token, json!({"name": "narrow", "allowed_models": ["aiml/usage:1:*"]}))
+        .create_key(
+            &token,
+            json!({"name": "narrow", "allowed_models": ["aiml/usage:1:*"]}),
+        )
         .await;
-    let r = chat(&s, &narrow, json!({"model": "aiml/usage:2:2", "messages": hi()})).await;
+    let r = chat(
+        &s,
+        &narrow,
+        json!({"model": "aiml/usage:2:2", "messages": hi()}),
+    )
+    .await;
     let v = assert_error(r, 403).await;
     assert_eq!(v["error"]["type"], "permission_error");
     assert_eq!(mock.generation_calls().len(), 1);
-    let r = chat(&s, &narrow, json!({"model": "aiml/usage:1:5", "messages": hi()})).await;
+    let r = chat(
+        &s,
+        &narrow,
+        json!({"model": "aiml/usage:1:5", "messages": hi()}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(mock.generation_calls().len(), 2);
 }
@@ -535,7 +626,10 @@ async fn with_drain_a_disconnect_is_charged_exactly() {
     // Let the gateway notice the client is gone before the upstream goes on.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let p = period(&s);
-    assert!(s.state.metering.ledger.user(uid, &p).reserved > 0, "still reserved while draining");
+    assert!(
+        s.state.metering.ledger.user(uid, &p).reserved > 0,
+        "still reserved while draining"
+    );
     mock.state.gate.notify_one();
     wait_for("the upstream to finish", || {
         mock.state.finished_streams.load(Ordering::SeqCst) == 1
@@ -545,7 +639,11 @@ async fn with_drain_a_disconnect_is_charged_exactly() {
         s.state.metering.ledger.user(uid, &p).reserved == 0
     })
     .await;
-    assert_eq!(mock.state.dropped_streams.load(Ordering::SeqCst), 0, "drained, not cancelled");
+    assert_eq!(
+        mock.state.dropped_streams.load(Ordering::SeqCst),
+        0,
+        "drained, not cancelled"
+    );
     let b = s.state.metering.ledger.user(uid, &p);
     assert_eq!(b.used, 100, "exactly the upstream's usage");
     let rec = record_of(&s, &rid).await;
@@ -562,7 +660,13 @@ async fn embeddings_and_legacy_completions_are_metered() {
     let (uid, _, key) = s.user_with_key("ivy", Some("pro")).await;
     let p = period(&s);
 
-    let r = post(&s, "/llm/embeddings", &key, json!({"model": "aiml/usage:12", "input": ["abcd", "efgh"]})).await;
+    let r = post(
+        &s,
+        "/llm/embeddings",
+        &key,
+        json!({"model": "aiml/usage:12", "input": ["abcd", "efgh"]}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let rid_e = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     let v: Value = r.json().await.unwrap();
@@ -570,7 +674,13 @@ async fn embeddings_and_legacy_completions_are_metered() {
     assert_eq!(v["data"].as_array().unwrap().len(), 2);
     assert_eq!(s.state.metering.ledger.user(uid, &p).used, 12);
 
-    let r = post(&s, "/llm/completions", &key, json!({"model": "aiml/usage:5:7", "prompt": "Say hi"})).await;
+    let r = post(
+        &s,
+        "/llm/completions",
+        &key,
+        json!({"model": "aiml/usage:5:7", "prompt": "Say hi"}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let rid_c = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     let v: Value = r.json().await.unwrap();
@@ -588,7 +698,10 @@ async fn embeddings_and_legacy_completions_are_metered() {
     .await;
     assert_eq!(r.status(), 200);
     let chunks = sse_data(&r.text().await.unwrap());
-    let info = chunks.iter().find_map(|c| c.get("_usage_info")).expect("usage chunk");
+    let info = chunks
+        .iter()
+        .find_map(|c| c.get("_usage_info"))
+        .expect("usage chunk");
     assert_eq!(info["tokens_used"], 15);
     assert_eq!(s.state.metering.ledger.user(uid, &p).used, 39);
 
@@ -604,15 +717,24 @@ async fn embeddings_and_legacy_completions_are_metered() {
     let rid_s = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     let text = r.text().await.unwrap();
     let chunks = sse_data(&text);
-    let t: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    let t: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
     assert_eq!(t, "Hello world");
     let b = s.state.metering.ledger.user(uid, &p);
     assert_eq!((b.used, b.reserved), (47, 0));
 
     let e = record_of(&s, &rid_e).await;
-    assert_eq!((e["endpoint"].as_str(), e["total_tokens"].as_i64()), (Some("embeddings"), Some(12)));
+    assert_eq!(
+        (e["endpoint"].as_str(), e["total_tokens"].as_i64()),
+        (Some("embeddings"), Some(12))
+    );
     let c = record_of(&s, &rid_c).await;
-    assert_eq!((c["endpoint"].as_str(), c["total_tokens"].as_i64()), (Some("completions"), Some(12)));
+    assert_eq!(
+        (c["endpoint"].as_str(), c["total_tokens"].as_i64()),
+        (Some("completions"), Some(12))
+    );
     let st = record_of(&s, &rid_s).await;
     assert_eq!(st["total_tokens"], 8);
     assert_eq!(st["estimated"], false);
@@ -625,7 +747,13 @@ async fn an_embeddings_call_larger_than_the_balance_is_refused() {
     create_plan(&s, "crumbs", 5, 1000, None).await;
     let (_, _, key) = s.user_with_key("jay", Some("crumbs")).await;
     let long = "abcd".repeat(10);
-    let r = post(&s, "/llm/embeddings", &key, json!({"model": "aiml/usage:10", "input": long})).await;
+    let r = post(
+        &s,
+        "/llm/embeddings",
+        &key,
+        json!({"model": "aiml/usage:10", "input": long}),
+    )
+    .await;
     assert_quota_refusal(r).await;
     assert!(mock.generation_calls().is_empty());
 }
@@ -640,12 +768,20 @@ async fn the_rate_limit_counts_every_credential_of_a_user() {
         assert_eq!(chat(&s, cred, body.clone()).await.status(), 200);
     }
     let r = chat(&s, &token, body.clone()).await;
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=20).contains(&retry), "Retry-After {retry}");
     let v = assert_error(r, 429).await;
     assert_eq!(v["error"]["type"], "rate_limit_error");
     assert_eq!(v["error"]["code"], "rate_limit_exceeded");
-    assert_eq!(mock.generation_calls().len(), 3, "the refused call never went upstream");
+    assert_eq!(
+        mock.generation_calls().len(),
+        3,
+        "the refused call never went upstream"
+    );
 }
 
 #[tokio::test]
@@ -655,15 +791,31 @@ async fn after_retry_after_a_call_succeeds_again() {
     let body = json!({"model": "aiml/usage:1:1", "max_tokens": 10, "messages": hi()});
     let tasks: Vec<_> = (0..70)
         .map(|_| {
-            let (c, url, key, body) = (s.client.clone(), s.url("/llm/chat/completions"), key.clone(), body.clone());
-            tokio::spawn(async move { c.post(url).bearer_auth(key).json(&body).send().await.unwrap() })
+            let (c, url, key, body) = (
+                s.client.clone(),
+                s.url("/llm/chat/completions"),
+                key.clone(),
+                body.clone(),
+            );
+            tokio::spawn(async move {
+                c.post(url)
+                    .bearer_auth(key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut waits = Vec::new();
     for t in tasks {
         let r = t.await.unwrap();
         if r.status() == 429 {
-            let w: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            let w: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
             let v = assert_error(r, 429).await;
             assert_eq!(v["error"]["code"], "rate_limit_exceeded");
             waits.push(w);
@@ -757,4 +909,59 @@ async fn a_plan_in_use_cannot_be_deleted() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+}
+
+#[tokio::test]
+async fn streams_cut_at_the_end_of_the_grace_period_are_settled_and_recorded() {
+    let (mock, s) = setup(|cfg| cfg.server.shutdown_grace_secs = 1).await;
+    let (uid, _, key) = s.user_with_key("ola", Some("pro")).await;
+    let mut r = chat(
+        &s,
+        &key,
+        json!({"model": "aiml/endless", "stream": true, "max_tokens": 1000, "messages": hi()}),
+    )
+    .await;
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let mut got = String::new();
+    while !got.contains(" more") {
+        got.push_str(std::str::from_utf8(&r.chunk().await.unwrap().unwrap()).unwrap());
+    }
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(c)) = r.chunk().await {
+            got.push_str(&String::from_utf8_lossy(&c));
+        }
+        got
+    });
+    let state = s.state.clone();
+    let (dir, cfg) = s.stop().await;
+    assert_eq!(
+        state.metering.calls.live(),
+        0,
+        "every call settled before serve returned"
+    );
+    let p = tollgate::metering::period_of(state.clock.now());
+    let b = state.metering.ledger.user(uid, &p);
+    assert_eq!(b.reserved, 0);
+    assert!(
+        b.used > PROMPT_ESTIMATE,
+        "charged for what was generated: {b:?}"
+    );
+    let got = reader.await.unwrap();
+    let last = sse_data(&got).pop().unwrap();
+    assert_eq!(last["error"]["code"], "shutting_down", "{last}");
+    wait_for("the upstream to be cancelled", || {
+        mock.state.dropped_streams.load(Ordering::SeqCst) == 1
+    })
+    .await;
+
+    let s = TestServer::start_in(dir, cfg).await;
+    let rec = record_of(&s, &rid).await;
+    assert_eq!(rec["outcome"], "client_cancelled", "{rec}");
+    assert_eq!(rec["estimated"], true);
+    assert_eq!(rec["total_tokens"], b.used);
+    assert_eq!(
+        s.state.metering.ledger.user(uid, &p).used,
+        b.used,
+        "durable"
+    );
 }

@@ -37,7 +37,8 @@ async fn setup() -> (Mock, TestServer) {
 }
 
 async fn chat(s: &TestServer, key: &str, model: &str, stream: bool) -> reqwest::Response {
-    let mut body = json!({"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
+    let mut body =
+        json!({"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
     if stream {
         body["stream"] = json!(true);
     }
@@ -167,8 +168,17 @@ async fn usage_totals_match_what_the_upstream_reported() {
     assert_eq!(v["tokens_used"], 100);
     assert_eq!(v["requests_count"], 2);
     assert!(close(&v["cost_total"], 1.0), "{v}");
-    let v = get_json(s, t, "/subscriptions/usage", &[("provider", "aiml"), ("model", REPORTED)]).await;
-    assert_eq!((v["tokens_used"].as_i64(), v["requests_count"].as_i64()), (Some(0), Some(0)));
+    let v = get_json(
+        s,
+        t,
+        "/subscriptions/usage",
+        &[("provider", "aiml"), ("model", REPORTED)],
+    )
+    .await;
+    assert_eq!(
+        (v["tokens_used"].as_i64(), v["requests_count"].as_i64()),
+        (Some(0), Some(0))
+    );
     assert!(close(&v["average_tokens_per_request"], 0.0));
 
     // from inclusive, to exclusive; dates or RFC 3339.
@@ -178,7 +188,13 @@ async fn usage_totals_match_what_the_upstream_reported() {
     assert_eq!(v["tokens_used"], 400);
     assert_eq!(v["period_start"], format!("{d0}T00:00:00Z"));
     assert_eq!(v["period_end"], format!("{d1}T00:00:00Z"));
-    let v = get_json(s, t, "/subscriptions/usage", &[("from", &format!("{d0}T00:00:00Z"))]).await;
+    let v = get_json(
+        s,
+        t,
+        "/subscriptions/usage",
+        &[("from", &format!("{d0}T00:00:00Z"))],
+    )
+    .await;
     assert_eq!(v["tokens_used"], 400);
     let v = get_json(s, t, "/subscriptions/usage", &[("to", &d0)]).await;
     assert_eq!(v["tokens_used"], 0, "to is exclusive");
@@ -210,14 +226,26 @@ async fn daily_usage_has_one_row_per_day_provider_and_model() {
     );
     assert_eq!(aiml["date"], d0.as_str());
     assert_eq!(aiml["model"], PRICED);
-    assert_eq!((aiml["tokens"].as_i64(), aiml["requests"].as_i64()), (Some(300), Some(2)));
+    assert_eq!(
+        (aiml["tokens"].as_i64(), aiml["requests"].as_i64()),
+        (Some(300), Some(2))
+    );
     assert!(close(&aiml["cost_usd"], 2.0 * PRICED_COST));
     let or = days.iter().find(|d| d["provider"] == "openrouter").unwrap();
     assert_eq!(or["model"], REPORTED);
-    assert_eq!((or["tokens"].as_i64(), or["requests"].as_i64()), (Some(100), Some(2)));
+    assert_eq!(
+        (or["tokens"].as_i64(), or["requests"].as_i64()),
+        (Some(100), Some(2))
+    );
     assert!(close(&or["cost_usd"], 1.0));
 
-    let v = get_json(s, t, "/subscriptions/usage/daily", &[("provider", "openrouter")]).await;
+    let v = get_json(
+        s,
+        t,
+        "/subscriptions/usage/daily",
+        &[("provider", "openrouter")],
+    )
+    .await;
     assert_eq!(v["days"].as_array().unwrap().len(), 1);
     assert_eq!(v["days"][0]["tokens"], 100);
     let v = get_json(s, t, "/subscriptions/usage/daily", &[("model", PRICED)]).await;
@@ -272,7 +300,13 @@ async fn admin_usage_groups_by_day_user_provider_and_model() {
     let v = get_json(s, &admin, "/admin/usage", &[("group_by", "day")]).await;
     assert_eq!(v["rows"].as_array().unwrap().len(), 1);
     approx(row(&v, &d0), (550, 5, 3.0 * PRICED_COST + 1.0));
-    let v = get_json(s, &admin, "/admin/usage", &[("group_by", "day"), ("to", &d0)]).await;
+    let v = get_json(
+        s,
+        &admin,
+        "/admin/usage",
+        &[("group_by", "day"), ("to", &d0)],
+    )
+    .await;
     assert!(v["rows"].as_array().unwrap().is_empty());
 
     let r = get(s, &admin, "/admin/usage", &[("group_by", "key")]).await;
@@ -330,7 +364,11 @@ async fn the_request_log_filters_and_pages() {
     assert_eq!(first["upstream_model"], "usage:100:50");
     assert_eq!(first["endpoint"], "chat/completions");
     assert_eq!(
-        (first["prompt_tokens"].as_i64(), first["completion_tokens"].as_i64(), first["total_tokens"].as_i64()),
+        (
+            first["prompt_tokens"].as_i64(),
+            first["completion_tokens"].as_i64(),
+            first["total_tokens"].as_i64()
+        ),
         (Some(100), Some(50), Some(150))
     );
     assert!(close(&first["cost_usd"], PRICED_COST));
@@ -341,7 +379,13 @@ async fn the_request_log_filters_and_pages() {
 
     let by_name = get_json(s, &admin, "/admin/requests", &[("user", "uma")]).await;
     assert_eq!(by_name["data"].as_array().unwrap().len(), 5);
-    let by_id = get_json(s, &admin, "/admin/requests", &[("user", &f.vic.to_string())]).await;
+    let by_id = get_json(
+        s,
+        &admin,
+        "/admin/requests",
+        &[("user", &f.vic.to_string())],
+    )
+    .await;
     let vic_rows = by_id["data"].as_array().unwrap();
     assert_eq!(vic_rows.len(), 1);
     assert_eq!(vic_rows[0]["username"], "vic");
@@ -350,23 +394,53 @@ async fn the_request_log_filters_and_pages() {
     let or = get_json(s, &admin, "/admin/requests", &[("provider", "openrouter")]).await;
     let or = or["data"].as_array().unwrap();
     assert_eq!(or.len(), 2);
-    assert!(or.iter().all(|r| close(&r["cost_usd"], 0.5) && r["total_tokens"] == 50));
-    let failed = get_json(s, &admin, "/admin/requests", &[("status", "upstream_error")]).await;
+    assert!(or
+        .iter()
+        .all(|r| close(&r["cost_usd"], 0.5) && r["total_tokens"] == 50));
+    let failed = get_json(
+        s,
+        &admin,
+        "/admin/requests",
+        &[("status", "upstream_error")],
+    )
+    .await;
     let failed = failed["data"].as_array().unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["http_status"], 400);
     assert_eq!(failed[0]["total_tokens"], 0);
-    let ok = get_json(s, &admin, "/admin/requests", &[("status", "ok"), ("user", "uma")]).await;
+    let ok = get_json(
+        s,
+        &admin,
+        "/admin/requests",
+        &[("status", "ok"), ("user", "uma")],
+    )
+    .await;
     assert_eq!(ok["data"].as_array().unwrap().len(), 4);
 
     // Pages of 4 then 2; the last page says there is no next one.
     let p1 = get_json(s, &admin, "/admin/requests", &[("limit", "4")]).await;
-    let p1_ids: Vec<i64> = p1["data"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let p1_ids: Vec<i64> = p1["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(p1_ids, ids[..4]);
     let before = p1["next_before"].as_i64().expect("next_before");
     assert_eq!(before, ids[3]);
-    let p2 = get_json(s, &admin, "/admin/requests", &[("limit", "4"), ("before", &before.to_string())]).await;
-    let p2_ids: Vec<i64> = p2["data"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let p2 = get_json(
+        s,
+        &admin,
+        "/admin/requests",
+        &[("limit", "4"), ("before", &before.to_string())],
+    )
+    .await;
+    let p2_ids: Vec<i64> = p2["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(p2_ids, ids[4..]);
     assert_eq!(p2["next_before"], Value::Null);
     // A page that exactly fills the limit with nothing after it has no next page either.
@@ -376,7 +450,13 @@ async fn the_request_log_filters_and_pages() {
     let p = get_json(s, &admin, "/admin/requests", &[("limit", "500")]).await;
     assert_eq!(p["data"].as_array().unwrap().len(), 6);
 
-    for bad in [("limit", "501"), ("limit", "0"), ("limit", "x"), ("before", "x"), ("status", "great")] {
+    for bad in [
+        ("limit", "501"),
+        ("limit", "0"),
+        ("limit", "x"),
+        ("before", "x"),
+        ("status", "great"),
+    ] {
         let r = get(s, &admin, "/admin/requests", &[bad]).await;
         let e = assert_error(r, 400).await;
         assert_eq!(e["error"]["param"], bad.0);
@@ -395,7 +475,13 @@ async fn me_and_plans_have_their_shapes() {
     for p in plans {
         assert_eq!(
             keys_of(p),
-            set(&["name", "monthly_tokens", "requests_per_minute", "price_usd_month", "allowed_models"])
+            set(&[
+                "name",
+                "monthly_tokens",
+                "requests_per_minute",
+                "price_usd_month",
+                "allowed_models"
+            ])
         );
         assert_eq!(p["requests_per_minute"], 60);
         assert_eq!(p["allowed_models"], json!(["*"]));
@@ -419,7 +505,10 @@ async fn me_and_plans_have_their_shapes() {
     );
     assert_eq!(me["plan"], "free");
     assert_eq!(me["monthly_tokens"], 10_000);
-    assert_eq!((me["tokens_used"].as_i64(), me["tokens_reserved"].as_i64()), (Some(0), Some(0)));
+    assert_eq!(
+        (me["tokens_used"].as_i64(), me["tokens_reserved"].as_i64()),
+        (Some(0), Some(0))
+    );
     assert_eq!(me["remaining_tokens"], 10_000);
     let (start, end) = tollgate::metering::period_bounds(chrono::Utc::now());
     assert_eq!(me["period_start"], tollgate::db::ts(start));
@@ -459,7 +548,13 @@ async fn a_new_month_starts_from_zero_without_a_restart() {
     let d = get_json(&s, &key, "/subscriptions/usage/daily", &[]).await;
     assert!(d["days"].as_array().unwrap().is_empty(), "{d}");
     // The old month is still there when asked for.
-    let u = get_json(&s, &key, "/subscriptions/usage", &[("from", &old_start), ("to", &old_end)]).await;
+    let u = get_json(
+        &s,
+        &key,
+        "/subscriptions/usage",
+        &[("from", &old_start), ("to", &old_end)],
+    )
+    .await;
     assert_eq!(u["tokens_used"], 150);
 
     // A call now is charged to the new month.
@@ -469,7 +564,10 @@ async fn a_new_month_starts_from_zero_without_a_restart() {
     let me = get_json(&s, &key, "/subscriptions/me", &[]).await;
     assert_eq!(me["tokens_used"], 10);
     let u = get_json(&s, &key, "/subscriptions/usage", &[]).await;
-    assert_eq!((u["tokens_used"].as_i64(), u["requests_count"].as_i64()), (Some(10), Some(1)));
+    assert_eq!(
+        (u["tokens_used"].as_i64(), u["requests_count"].as_i64()),
+        (Some(10), Some(1))
+    );
     let d = get_json(&s, &key, "/subscriptions/usage/daily", &[]).await;
     assert_eq!(d["days"].as_array().unwrap().len(), 1);
     assert_eq!(
@@ -489,7 +587,10 @@ async fn a_restart_keeps_the_period_usage() {
     let (mock, s) = setup().await;
     let (_, token, key) = s.user_with_key("yan", Some("free")).await;
     let (kid, limited) = s
-        .create_key(&token, json!({"name": "limited", "monthly_token_limit": 1000}))
+        .create_key(
+            &token,
+            json!({"name": "limited", "monthly_token_limit": 1000}),
+        )
         .await;
     ok_call(&s, &key, PRICED, false).await;
     ok_call(&s, &limited, PRICED, true).await;
@@ -503,10 +604,17 @@ async fn a_restart_keeps_the_period_usage() {
     assert_eq!(me, before, "the same balance after a restart");
     assert_eq!(me["tokens_reserved"], 0);
     let p = tollgate::metering::period_of(s.state.clock.now());
-    assert_eq!(s.state.metering.ledger.key(kid, &p).used, 157, "key totals survive too");
+    assert_eq!(
+        s.state.metering.ledger.key(kid, &p).used,
+        157,
+        "key totals survive too"
+    );
     let me = get_json(&s, &limited, "/subscriptions/me", &[]).await;
     assert_eq!(me["remaining_tokens"], 1000 - 157);
     let u = get_json(&s, &token, "/subscriptions/usage", &[]).await;
-    assert_eq!((u["tokens_used"].as_i64(), u["requests_count"].as_i64()), (Some(307), Some(3)));
+    assert_eq!(
+        (u["tokens_used"].as_i64(), u["requests_count"].as_i64()),
+        (Some(307), Some(3))
+    );
     drop(mock);
 }
