@@ -116,6 +116,7 @@ pub fn build_state(
             ledger: metering::ledger::Ledger::new(&period, &totals),
             writer: metering::writer::UsageWriter::spawn(pool_for_writer, retention_days),
             limits: Default::default(),
+            calls: Default::default(),
         },
     }));
     Ok((state, report))
@@ -153,22 +154,36 @@ pub async fn serve(
     tokio::pin!(server);
     let grace = std::time::Duration::from_secs(state.config.server.shutdown_grace_secs);
     let mut stop_rx2 = stop_rx.clone();
+    let mut grace_over = false;
     let result = tokio::select! {
         r = &mut server => r,
         _ = async {
             let _ = stop_rx2.wait_for(|s| *s).await;
             tokio::time::sleep(grace).await;
         } => {
-            tracing::warn!("grace period over: ending the calls still in flight");
+            grace_over = true;
             Ok(())
         }
     };
+    // Calls can outlive their connection (a stream drained after its client
+    // left): they get the grace period too. Then whatever still runs is ended
+    // and awaited, so that its record is queued before the final flush.
+    let calls = &state.metering.calls;
+    if grace_over || !calls.wait_idle(grace).await {
+        tracing::warn!(
+            calls = calls.live(),
+            "grace period over: ending the calls still in flight"
+        );
+        calls.stop();
+        if !calls.wait_idle(std::time::Duration::from_secs(5)).await {
+            tracing::error!(calls = calls.live(), "calls did not settle at shutdown");
+        }
+    }
     drop(stop_rx);
     poller.abort();
     flusher.abort();
     refresher.abort();
-    // Streams still running settle as they are dropped; then everything queued is written.
-    tokio::task::yield_now().await;
+    // Everything queued is written.
     state.metering.writer.flush().await;
     if let Err(e) = state.creds.flush_last_used().await {
         tracing::warn!(error = %e, "cannot record key last-use times at shutdown");

@@ -6,7 +6,9 @@ use crate::auth::jwt::JwtKeys;
 use crate::auth::throttle::LoginThrottle;
 use crate::config::Config;
 use crate::db::Pool;
-use crate::metering::{ledger::Ledger, limits::RateLimits, writer::UsageWriter};
+use crate::metering::{
+    calls::CallTracker, ledger::Ledger, limits::RateLimits, writer::UsageWriter,
+};
 use crate::upstream::{catalog::Catalog, health::Health, providers::Providers};
 use std::net::IpAddr;
 use std::ops::Deref;
@@ -37,6 +39,8 @@ pub struct Metering {
     pub ledger: Ledger,
     pub writer: UsageWriter,
     pub limits: RateLimits,
+    /// Calls in flight, ended and awaited at shutdown.
+    pub calls: CallTracker,
 }
 
 impl Deref for AppState {

@@ -89,7 +89,7 @@ pub async fn requests(
     st.metering.writer.flush().await;
     let user = q.user.filter(|s| !s.is_empty());
     let provider = q.provider.filter(|s| !s.is_empty());
-    let rows = db::run(&st.pool, move |c| {
+    let mut rows = db::run(&st.pool, move |c| {
         let user_id = match user {
             None => None,
             Some(u) => match u.parse::<i64>() {
@@ -107,12 +107,14 @@ pub async fn requests(
                 provider,
                 outcome,
                 before,
-                limit,
+                // One more than asked, to know whether another page follows.
+                limit: limit + 1,
             },
         )
     })
     .await?;
-    let next_before = if rows.len() as i64 == limit {
+    let next_before = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
         rows.last().map(|r| r.id)
     } else {
         None

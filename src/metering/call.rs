@@ -117,6 +117,7 @@ impl CallMeter {
         prompt_estimate: i64,
         price: Option<Price>,
     ) -> Self {
+        st.metering.calls.enter();
         CallMeter {
             st,
             account,
@@ -245,6 +246,8 @@ impl Drop for CallMeter {
             // 499: the client closed the request (nginx's convention).
             self.finish(Outcome::ClientCancelled, 499, None);
         }
+        // Settled and queued: shutdown may now flush the writer.
+        self.st.metering.calls.leave();
     }
 }
 

@@ -1,9 +1,10 @@
 //! Metering: the in-memory balance ledger (`ledger`), the per-call guard that
 //! reserves before and settles after by construction (`call`), the background
-//! usage writer (`writer`), prices (`pricing`), token estimates (`estimate`)
+//! usage writer (`writer`), the calls in flight (`calls`), prices (`pricing`), token estimates (`estimate`)
 //! and requests-per-minute limits (`limits`).
 
 pub mod call;
+pub mod calls;
 pub mod estimate;
 pub mod ledger;
 pub mod limits;

@@ -70,10 +70,26 @@ pub async fn handle(
     ep: Endpoint,
     raw: Bytes,
 ) -> Response {
-    match run(st, p, request_id, ep, raw).await {
+    let tracker = st.clone();
+    // At the end of the shutdown grace period a call still waiting for its
+    // upstream is dropped, which settles it (see `CallMeter`'s `Drop`).
+    let result = tokio::select! {
+        r = run(st, p, request_id, ep, raw) => r,
+        _ = tracker.metering.calls.stopped() => Err(shutting_down()),
+    };
+    match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "api_error",
+        Some("shutting_down"),
+        "The server is shutting down; the call was ended.",
+    )
 }
 
 fn field_error(param: &str, msg: impl Into<String>) -> ApiError {
@@ -886,17 +902,19 @@ async fn pump(
         object: None,
     };
     let mut client_gone = false;
+    // Set when shutdown ends the call: charged like a cancel, never drained.
+    let mut cut = false;
     let mut first_byte = true;
     loop {
-        let next = if client_gone {
-            upstream.next().await
-        } else {
-            tokio::select! {
-                n = upstream.next() => n,
-                _ = tx.closed() => {
-                    client_gone = true;
-                    if drain { continue } else { break }
-                }
+        let next = tokio::select! {
+            n = upstream.next() => n,
+            _ = tx.closed(), if !client_gone => {
+                client_gone = true;
+                if drain { continue } else { break }
+            }
+            _ = st.metering.calls.stopped() => {
+                cut = true;
+                break;
             }
         };
         let ended = match next {
@@ -958,14 +976,20 @@ async fn pump(
     if let Some(e) = &p.failed {
         status = e.status.as_u16();
         meter.finish(Outcome::UpstreamError, status, None);
-    } else if client_gone {
+    } else if client_gone || cut {
         status = 499;
+        let exact = drain && !cut;
         if !meter.is_finished() {
             meter.finish(
                 Outcome::ClientCancelled,
-                if drain { 200 } else { 499 },
-                if drain { p.usage } else { None },
+                if exact { 200 } else { 499 },
+                if exact { p.usage } else { None },
             );
+        }
+        if cut && !client_gone {
+            let mut out = BytesMut::new();
+            sse_error(&mut out, &shutting_down());
+            let _ = tx.try_send(out.freeze());
         }
     } else if !p.saw_done && !p.saw_finish && p.usage.is_none() {
         let e = ApiError::upstream(format!(

@@ -1,0 +1,386 @@
+//! The real binary under load, killed with SIGKILL and stopped with SIGTERM,
+//! then restarted on the same database: no reservation survives, the database
+//! is intact, and the calls that ended are recorded (SPEC §6).
+
+mod common;
+use common::mock::Mock;
+use common::ADMIN_PASSWORD;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running `tollgate serve`; killed if the test ends early.
+struct Server {
+    child: Option<Child>,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, mock: &Mock) -> PathBuf {
+    let path = dir.join("config.toml");
+    let text = format!(
+        "[server]\nshutdown_grace_secs = 2\n\n[providers.aiml]\nbase_url = \"{}\"\napi_key = \"sk-test-aiml-secret\"\n",
+        mock.base("aiml")
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn start(dir: &Path, config: &Path) -> Server {
+    let port = free_port();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--db")
+        .arg(dir.join("tollgate.db"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .current_dir(dir)
+        .env("TOLLGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    for var in [
+        "OPENROUTER_API_KEY",
+        "GLAMA_API_KEY",
+        "REQUESTY_API_KEY",
+        "AIML_API_KEY",
+        "TOLLGATE_LISTEN",
+        "TOLLGATE_DB",
+        "TOLLGATE_JWT_SECRET",
+    ] {
+        cmd.env_remove(var);
+    }
+    let child = cmd.spawn().expect("start tollgate");
+    let server = Server {
+        child: Some(child),
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("{}/health", server.url)).send().await {
+            if r.status() == 200 {
+                return server;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "tollgate did not start: {}",
+        std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+    );
+}
+
+async fn login(c: &reqwest::Client, url: &str, user: &str, pw: &str) -> String {
+    let v: Value = c
+        .post(format!("{url}/auth/login"))
+        .json(&json!({"username": user, "password": pw}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["access_token"].as_str().expect("a token").to_owned()
+}
+
+/// Creates user `load` on enterprise and a key; returns (admin token, user token, key).
+async fn prepare(url: &str) -> (String, String, String) {
+    let c = reqwest::Client::new();
+    let admin = login(&c, url, "admin", ADMIN_PASSWORD).await;
+    let r = c
+        .post(format!("{url}/admin/users"))
+        .bearer_auth(&admin)
+        .json(&json!({"username": "load", "password": "load-password-1", "plan": "enterprise"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let token = login(&c, url, "load", "load-password-1").await;
+    let v: Value = c
+        .post(format!("{url}/api/keys"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "load"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (admin, token, v["api_key"].as_str().unwrap().to_owned())
+}
+
+/// What the load produced: calls the client saw end (request id → when),
+/// and the endless streams that were open.
+#[derive(Default)]
+struct Load {
+    done: Mutex<Vec<(String, Instant)>>,
+    endless: Mutex<Vec<String>>,
+}
+
+/// One complete call; `Some(request id)` when the client got the whole answer.
+async fn call(c: &reqwest::Client, url: &str, key: &str, stream: bool) -> Option<String> {
+    let body = json!({"model": "aiml/usage:5:5", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    let r = c
+        .post(format!("{url}/llm/chat/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    let rid = r.headers()["x-request-id"].to_str().ok()?.to_owned();
+    let text = r.text().await.ok()?;
+    let complete = if stream {
+        text.ends_with("data: [DONE]\n\n") && !text.contains("\"error\"")
+    } else {
+        serde_json::from_str::<Value>(&text).is_ok_and(|v| v["_usage_info"]["tokens_used"] == 10)
+    };
+    complete.then_some(rid)
+}
+
+/// Starts `clients` loops of calls and `endless` open streams.
+fn drive(
+    url: &str,
+    key: &str,
+    clients: usize,
+    endless: usize,
+) -> (Arc<Load>, Arc<AtomicBool>, Vec<tokio::task::JoinHandle<()>>) {
+    let load = Arc::new(Load::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let (load, stop, url, key) = (load.clone(), stop.clone(), url.to_owned(), key.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                match call(&c, &url, &key, (i + n) % 2 == 0).await {
+                    Some(rid) => load.done.lock().unwrap().push((rid, Instant::now())),
+                    None => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }));
+    }
+    for _ in 0..endless {
+        let (load, url, key) = (load.clone(), url.to_owned(), key.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            let body = json!({"model": "aiml/endless", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+            let Ok(mut r) = c
+                .post(format!("{url}/llm/chat/completions"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+            else {
+                return;
+            };
+            if r.status() != 200 {
+                return;
+            }
+            load.endless
+                .lock()
+                .unwrap()
+                .push(r.headers()["x-request-id"].to_str().unwrap().to_owned());
+            while let Ok(Some(_)) = r.chunk().await {}
+        }));
+    }
+    (load, stop, tasks)
+}
+
+/// Every record, by request id.
+async fn records(url: &str) -> HashMap<String, Value> {
+    let c = reqwest::Client::new();
+    let admin = login(&c, url, "admin", ADMIN_PASSWORD).await;
+    let mut out = HashMap::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let mut q = vec![("limit", "500".to_owned())];
+        if let Some(b) = before {
+            q.push(("before", b.to_string()));
+        }
+        let v: Value = c
+            .get(format!("{url}/admin/requests"))
+            .bearer_auth(&admin)
+            .query(&q)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for r in v["data"].as_array().unwrap() {
+            let prev = out.insert(r["request_id"].as_str().unwrap().to_owned(), r.clone());
+            assert!(prev.is_none(), "two records for one request: {r}");
+        }
+        match v["next_before"].as_i64() {
+            Some(b) if !v["data"].as_array().unwrap().is_empty() => before = Some(b),
+            _ => return out,
+        }
+    }
+}
+
+fn integrity_ok(db: &Path) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let r: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(r, "ok");
+}
+
+/// After a restart: nothing reserved, and the balance is the records' sum.
+async fn check_balance(url: &str, token: &str, recs: &HashMap<String, Value>) {
+    let me: Value = reqwest::Client::new()
+        .get(format!("{url}/subscriptions/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["tokens_reserved"], 0, "{me}");
+    let charged: i64 = recs
+        .values()
+        .filter(|r| r["username"] == "load")
+        .map(|r| r["total_tokens"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        me["tokens_used"], charged,
+        "the balance is what the records say"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_loses_no_ended_call_and_leaks_no_reservation() {
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &mock);
+    let mut server = start(dir.path(), &config).await;
+    let (_, token, key) = prepare(&server.url).await;
+    let (load, stop, tasks) = drive(&server.url, &key, 4, 2);
+    // Let the load run, with the endless streams open.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed_at = Instant::now();
+    let mut child = server.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    let done = load.done.lock().unwrap().clone();
+    let endless = load.endless.lock().unwrap().clone();
+    assert!(done.len() >= 10, "the load made calls: {}", done.len());
+    assert_eq!(
+        endless.len(),
+        2,
+        "the endless streams were open at the kill"
+    );
+    integrity_ok(&dir.path().join("tollgate.db"));
+
+    let server = start(dir.path(), &config).await;
+    let recs = records(&server.url).await;
+    check_balance(&server.url, &token, &recs).await;
+    let mut checked = 0;
+    for (rid, ended) in &done {
+        if *ended + Duration::from_millis(100) < killed_at {
+            checked += 1;
+            let r = recs
+                .get(rid)
+                .unwrap_or_else(|| panic!("call {rid} ended before the kill but has no record"));
+            assert_eq!(r["outcome"], "ok");
+            assert_eq!(r["total_tokens"], 10);
+        }
+    }
+    assert!(checked >= 10, "{checked} calls checked");
+    for rid in &endless {
+        assert!(
+            !recs.contains_key(rid),
+            "a call in flight at SIGKILL is not charged"
+        );
+    }
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_loses_nothing_and_exits_zero() {
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &mock);
+    let mut server = start(dir.path(), &config).await;
+    let (_, token, key) = prepare(&server.url).await;
+    let (load, stop, tasks) = drive(&server.url, &key, 4, 2);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut child = server.child.take().unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The grace period is 2 s; the endless streams hold the server until then.
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    let done = load.done.lock().unwrap().clone();
+    let endless = load.endless.lock().unwrap().clone();
+    assert!(done.len() >= 10, "the load made calls: {}", done.len());
+    assert_eq!(endless.len(), 2);
+    integrity_ok(&dir.path().join("tollgate.db"));
+
+    let server = start(dir.path(), &config).await;
+    let recs = records(&server.url).await;
+    check_balance(&server.url, &token, &recs).await;
+    for (rid, _) in &done {
+        let r = recs
+            .get(rid)
+            .unwrap_or_else(|| panic!("completed call {rid} has no record after SIGTERM"));
+        assert_eq!(r["outcome"], "ok");
+    }
+    // The streams cut at the end of the grace period are recorded too, charged
+    // for what they generated.
+    for rid in &endless {
+        let r = recs
+            .get(rid)
+            .unwrap_or_else(|| panic!("stream {rid} cut at shutdown has no record"));
+        assert_eq!(r["outcome"], "client_cancelled", "{r}");
+        assert!(r["total_tokens"].as_i64().unwrap() > 0, "{r}");
+    }
+    drop(server);
+}
