@@ -17,7 +17,12 @@ fn ledger_rate(threads: usize, per_thread: usize) -> f64 {
         .map(|t| {
             let l = ledger.clone();
             std::thread::spawn(move || {
-                let a = Account { user_id: 1, user_limit: i64::MAX / 4, key_id: Some(t as i64), key_limit: None };
+                let a = Account {
+                    user_id: 1,
+                    user_limit: i64::MAX / 4,
+                    key_id: Some(t as i64),
+                    key_limit: None,
+                };
                 for _ in 0..per_thread {
                     let (amount, _) = l
                         .reserve::<(), ()>(&a, "2026-11", |avail| Ok((4096.min(avail), ())))
@@ -72,10 +77,19 @@ fn writer_rate(total: usize, batch: usize) -> f64 {
 }
 
 fn main() {
-    println!("ledger reserve+settle, 1 thread:  {:>12.0} calls/s", ledger_rate(1, 2_000_000));
-    println!("ledger reserve+settle, 2 threads: {:>12.0} calls/s", ledger_rate(2, 1_000_000));
+    println!(
+        "ledger reserve+settle, 1 thread:  {:>12.0} calls/s",
+        ledger_rate(1, 2_000_000)
+    );
+    println!(
+        "ledger reserve+settle, 2 threads: {:>12.0} calls/s",
+        ledger_rate(2, 1_000_000)
+    );
     for batch in [1, 50, 500] {
         let total = if batch == 1 { 2_000 } else { 50_000 };
-        println!("usage writer, batches of {batch:>3}:   {:>12.0} records/s", writer_rate(total, batch));
+        println!(
+            "usage writer, batches of {batch:>3}:   {:>12.0} records/s",
+            writer_rate(total, batch)
+        );
     }
 }

@@ -3,12 +3,11 @@
 //! check the request → route it → refuse early (model not allowed, provider
 //! inactive, rate, quota) → reserve through a [`CallMeter`] → send with retries
 //! and fallbacks → answer: whole JSON with `_usage_info`, or an SSE stream
-//! pumped chunk by chunk by its own task, which also notices the client leaving.
+//! pumped chunk by chunk by its own task (`stream`), which also notices the client leaving.
 //! The request body is kept as the client sent it; only `model`, the completion
 //! cap and `stream_options.include_usage` are changed.
 
 use crate::auth::Principal;
-use crate::config::OnDisconnect;
 use crate::error::ApiError;
 use crate::metering::call::{record_refusal, CallInfo, CallMeter, Outcome, Usage};
 use crate::metering::estimate;
@@ -19,12 +18,9 @@ use crate::telemetry;
 use crate::upstream::client::{self, SendError};
 use crate::upstream::errors::{self, Normalized};
 use crate::upstream::routing::Route;
-use crate::upstream::sse::{Event, SseReader};
-use axum::body::Body;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
@@ -83,7 +79,7 @@ pub async fn handle(
     }
 }
 
-fn shutting_down() -> ApiError {
+pub(super) fn shutting_down() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "api_error",
@@ -416,7 +412,7 @@ async fn run(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     if req.stream && is_sse {
-        return Ok(stream_response(
+        return Ok(super::stream::stream_response(
             st,
             meter,
             resp,
@@ -598,7 +594,7 @@ fn finish_error(last: Option<ApiError>, attempts: u32) -> ApiError {
     }
 }
 
-fn generated_text(choice: &Value, mut f: impl FnMut(&str)) {
+pub(super) fn generated_text(choice: &Value, mut f: impl FnMut(&str)) {
     for path in [
         &["message", "content"][..],
         &["delta", "content"],
@@ -694,330 +690,4 @@ async fn whole_response(
         serde_json::to_value(info).unwrap_or(Value::Null),
     );
     Ok(axum::Json(Value::Object(body)).into_response())
-}
-
-fn sse_error(out: &mut BytesMut, e: &ApiError) {
-    out.put_slice(b"data: ");
-    let _ = serde_json::to_writer((&mut *out).writer(), &e.body());
-    out.put_slice(b"\n\n");
-}
-
-/// State of one stream being pumped.
-struct Pump {
-    client_model: String,
-    wants_usage: bool,
-    usage: Option<Usage>,
-    usage_sent: bool,
-    saw_done: bool,
-    saw_finish: bool,
-    failed: Option<ApiError>,
-    /// The upstream's completion id and creation time, for a synthesised usage chunk.
-    id: Option<Value>,
-    created: Option<Value>,
-    object: Option<Value>,
-}
-
-impl Pump {
-    /// Rewrites the events read so far into bytes for the client.
-    fn process(
-        &mut self,
-        events: &mut Vec<Event>,
-        meter: &mut CallMeter,
-        prov_name: &str,
-        secret: &str,
-    ) -> BytesMut {
-        let mut out = BytesMut::new();
-        for ev in events.drain(..) {
-            if self.failed.is_some() || self.saw_done {
-                break;
-            }
-            match ev {
-                Event::Comment(c) => {
-                    out.put_slice(b":");
-                    out.put_slice(c.as_bytes());
-                    out.put_slice(b"\n\n");
-                }
-                Event::Data(d) if d.trim() == "[DONE]" => self.saw_done = true,
-                Event::Data(d) => {
-                    let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(&d) else {
-                        out.put_slice(b"data: ");
-                        out.put_slice(d.as_bytes());
-                        out.put_slice(b"\n\n");
-                        continue;
-                    };
-                    if obj.contains_key("error") {
-                        if let Some(n) =
-                            errors::from_json_error(prov_name, &Value::Object(obj), secret)
-                        {
-                            let e = api_error(n);
-                            sse_error(&mut out, &e);
-                            self.failed = Some(e);
-                        }
-                        break;
-                    }
-                    let chunk_usage = obj.get("usage").and_then(Usage::from_json);
-                    if chunk_usage.is_some() {
-                        self.usage = chunk_usage;
-                    }
-                    let mut empty_choices = false;
-                    if let Some(Value::Array(choices)) = obj.get("choices") {
-                        empty_choices = choices.is_empty();
-                        for c in choices {
-                            generated_text(c, |s| {
-                                if !s.is_empty() {
-                                    meter.first_token();
-                                    meter.add_generated(s);
-                                }
-                            });
-                            if c.get("finish_reason").is_some_and(|f| !f.is_null()) {
-                                self.saw_finish = true;
-                            }
-                        }
-                    }
-                    if self.id.is_none() {
-                        self.id = obj.get("id").cloned();
-                        self.created = obj.get("created").cloned();
-                        self.object = obj.get("object").cloned();
-                    }
-                    if obj.contains_key("model") {
-                        obj.insert("model".into(), Value::String(self.client_model.clone()));
-                    }
-                    if self.wants_usage {
-                        if chunk_usage.is_some() && !meter.is_finished() {
-                            let info = meter.finish(Outcome::Ok, 200, chunk_usage);
-                            obj.insert(
-                                "_usage_info".into(),
-                                serde_json::to_value(info).unwrap_or(Value::Null),
-                            );
-                            self.usage_sent = true;
-                        }
-                    } else {
-                        obj.remove("usage");
-                        if empty_choices {
-                            continue;
-                        }
-                    }
-                    out.put_slice(b"data: ");
-                    let _ = serde_json::to_writer((&mut out).writer(), &obj);
-                    out.put_slice(b"\n\n");
-                }
-            }
-        }
-        out
-    }
-
-    /// The usage chunk a client asked for when the upstream sent none.
-    fn synthesised_usage(&self, meter: &mut CallMeter) -> BytesMut {
-        let info = meter.finish(Outcome::Ok, 200, self.usage);
-        let chunk = json!({
-            "id": self.id.clone().unwrap_or(Value::Null),
-            "object": self.object.clone().unwrap_or_else(|| json!("chat.completion.chunk")),
-            "created": self.created.clone().unwrap_or(json!(0)),
-            "model": self.client_model,
-            "choices": [],
-            "usage": {
-                "prompt_tokens": info.prompt_tokens,
-                "completion_tokens": info.completion_tokens,
-                "total_tokens": info.tokens_used,
-            },
-            "_usage_info": info,
-        });
-        let mut out = BytesMut::new();
-        out.put_slice(b"data: ");
-        let _ = serde_json::to_writer((&mut out).writer(), &chunk);
-        out.put_slice(b"\n\n");
-        out
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn stream_response(
-    st: AppState,
-    meter: CallMeter,
-    resp: reqwest::Response,
-    target: Route,
-    client_model: String,
-    wants_usage: bool,
-    ep: Endpoint,
-    started: std::time::Instant,
-) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    tokio::spawn(pump(
-        st,
-        meter,
-        resp,
-        target,
-        client_model,
-        wants_usage,
-        ep,
-        started,
-        tx,
-    ));
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
-    });
-    let mut r = Response::new(Body::from_stream(body));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r
-}
-
-/// Reads the upstream stream and forwards each network read's events as soon
-/// as they arrive; settles the call however the stream ends.
-#[allow(clippy::too_many_arguments)]
-async fn pump(
-    st: AppState,
-    mut meter: CallMeter,
-    resp: reqwest::Response,
-    target: Route,
-    client_model: String,
-    wants_usage: bool,
-    ep: Endpoint,
-    started: std::time::Instant,
-    tx: tokio::sync::mpsc::Sender<Bytes>,
-) {
-    let prov = target.provider.clone();
-    let secret = prov.api_key.expose().to_owned();
-    let drain = st.config.metering.on_disconnect == OnDisconnect::Drain;
-    let mut upstream = resp.bytes_stream();
-    let mut reader = SseReader::new();
-    let mut events = Vec::new();
-    let mut p = Pump {
-        client_model,
-        wants_usage,
-        usage: None,
-        usage_sent: false,
-        saw_done: false,
-        saw_finish: false,
-        failed: None,
-        id: None,
-        created: None,
-        object: None,
-    };
-    let mut client_gone = false;
-    // Set when shutdown ends the call: charged like a cancel, never drained.
-    let mut cut = false;
-    let mut first_byte = true;
-    loop {
-        let next = tokio::select! {
-            n = upstream.next() => n,
-            _ = tx.closed(), if !client_gone => {
-                client_gone = true;
-                if drain { continue } else { break }
-            }
-            _ = st.metering.calls.stopped() => {
-                cut = true;
-                break;
-            }
-        };
-        let ended = match next {
-            Some(Ok(chunk)) => {
-                reader.push(&chunk, &mut events);
-                false
-            }
-            Some(Err(e)) => {
-                p.failed = Some(if e.is_timeout() {
-                    ApiError::upstream_timeout(format!("{}: the stream timed out.", prov.name))
-                } else {
-                    ApiError::upstream(format!(
-                        "{}: the stream broke off: {}",
-                        prov.name,
-                        client::describe(&e)
-                    ))
-                });
-                true
-            }
-            None => {
-                reader.finish(&mut events);
-                true
-            }
-        };
-        let failed_before = p.failed.is_some();
-        let mut out = p.process(&mut events, &mut meter, &prov.name, &secret);
-        if failed_before && !client_gone {
-            sse_error(
-                &mut out,
-                p.failed
-                    .as_ref()
-                    .unwrap_or(&ApiError::upstream("stream failed")),
-            );
-        }
-        if !out.is_empty() && !client_gone {
-            if first_byte {
-                first_byte = false;
-                telemetry::record_ttft(
-                    &prov.id,
-                    &meter.info.metric_model,
-                    ep.name(),
-                    started.elapsed().as_secs_f64(),
-                );
-            }
-            if tx.send(out.freeze()).await.is_err() {
-                client_gone = true;
-                if !drain {
-                    break;
-                }
-            }
-        }
-        if ended || p.failed.is_some() || p.saw_done {
-            break;
-        }
-    }
-    // Cancel the upstream before settling: dropping the body closes the connection.
-    drop(upstream);
-    let status;
-    if let Some(e) = &p.failed {
-        status = e.status.as_u16();
-        meter.finish(Outcome::UpstreamError, status, None);
-    } else if client_gone || cut {
-        status = 499;
-        let exact = drain && !cut;
-        if !meter.is_finished() {
-            meter.finish(
-                Outcome::ClientCancelled,
-                if exact { 200 } else { 499 },
-                if exact { p.usage } else { None },
-            );
-        }
-        if cut && !client_gone {
-            let mut out = BytesMut::new();
-            sse_error(&mut out, &shutting_down());
-            let _ = tx.try_send(out.freeze());
-        }
-    } else if !p.saw_done && !p.saw_finish && p.usage.is_none() {
-        let e = ApiError::upstream(format!(
-            "{}: the provider closed the stream before it finished.",
-            prov.name
-        ));
-        status = 502;
-        let mut out = BytesMut::new();
-        sse_error(&mut out, &e);
-        let _ = tx.send(out.freeze()).await;
-        meter.finish(Outcome::UpstreamError, 502, None);
-        st.health.record(&prov.id, false);
-    } else {
-        status = 200;
-        let mut out = BytesMut::new();
-        if p.wants_usage && !p.usage_sent {
-            out = p.synthesised_usage(&mut meter);
-        } else if !meter.is_finished() {
-            meter.finish(Outcome::Ok, 200, p.usage);
-        }
-        out.put_slice(b"data: [DONE]\n\n");
-        let _ = tx.send(out.freeze()).await;
-    }
-    telemetry::record_request(
-        &prov.id,
-        &meter.info.metric_model,
-        ep.name(),
-        status,
-        started.elapsed().as_secs_f64(),
-    );
 }
