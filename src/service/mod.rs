@@ -1,4 +1,5 @@
 //! Logic shared by the HTTP handlers and the CLI; it calls `db` and never `http`.
 
 pub mod accounts;
+pub mod oauth;
 pub mod proxy;
