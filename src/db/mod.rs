@@ -5,6 +5,7 @@
 //! what they do, so another backend can be added without touching handlers.
 
 pub mod api_keys;
+pub mod oauth_states;
 pub mod plans;
 pub mod settings;
 pub mod usage;

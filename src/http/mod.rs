@@ -9,6 +9,7 @@ pub mod auth;
 pub mod extract;
 pub mod keys;
 pub mod llm;
+pub mod oauth;
 pub mod subscriptions;
 pub mod views;
 pub mod web;
@@ -44,6 +45,8 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/register", post(auth::register))
         .route("/auth/login", post(auth::login))
         .route("/auth/providers", get(auth::providers))
+        .route("/auth/{provider}/login", get(oauth::login))
+        .route("/auth/{provider}/callback", get(oauth::callback))
         .merge(web::router());
     if state.config.server.metrics == MetricsAccess::Public {
         public = public.route("/metrics", get(metrics_text));

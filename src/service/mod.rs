@@ -1,5 +1,6 @@
 //! Logic shared by the HTTP handlers and the CLI; it calls `db` and never `http`.
 
 pub mod accounts;
+pub mod oauth;
 pub mod proxy;
 pub mod stream;
