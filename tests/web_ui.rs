@@ -114,7 +114,10 @@ fn web_page_end_to_end_in_chromium() {
     std::fs::write(
         dir.path().join("config.toml"),
         format!(
-            "[providers.aiml]\nbase_url = \"{}\"\napi_key = \"sk-e2e-provider-key\"\n",
+            "[providers.aiml]\nbase_url = \"{}\"\napi_key = \"sk-e2e-provider-key\"\n\n\
+             [oauth.corp]\nname = \"Corp SSO\"\nclient_id = \"e2e\"\nclient_secret = \"e2e-secret\"\n\
+             auth_url = \"{0}/oauth/authorize\"\ntoken_url = \"{0}/oauth/token\"\n\
+             userinfo_url = \"{0}/oauth/userinfo\"\n",
             mock.base("aiml")
         ),
     )

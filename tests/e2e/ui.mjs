@@ -115,6 +115,10 @@ step('sign-in page renders, registration off is explained', async (t) => {
   await reg.getByLabel('Password').fill('a-long-password');
   await reg.getByRole('button', { name: 'Create account' }).click();
   await reg.getByText('Self-service sign-up is turned off').waitFor();
+  // Each enabled OAuth provider gets a button to its login route.
+  const sso = page.getByRole('link', { name: 'Continue with Corp SSO' });
+  await sso.waitFor();
+  assert.equal(await sso.getAttribute('href'), '/auth/corp/login');
   await t.shot('01-sign-in');
 });
 
