@@ -479,99 +479,15 @@ fn parse_retry_after(value: &str, now: i64) -> Option<u64> {
 /// Parses an HTTP-date (RFC 9110): IMF-fixdate `Sun, 06 Nov 1994 08:49:37 GMT`, the obsolete
 /// RFC 850 `Sunday, 06-Nov-94 08:49:37 GMT` and asctime `Sun Nov  6 08:49:37 1994`.
 fn parse_http_date(s: &str) -> Option<i64> {
-    let mut tokens: Vec<&str> = s.split_whitespace().collect();
-    if let Some(first) = tokens.first() {
-        let word = first.trim_end_matches(',');
-        if !word.is_empty()
-            && word.chars().all(|c| c.is_ascii_alphabetic())
-            && month_number(word).is_none()
-        {
-            tokens.remove(0);
-        }
+    use chrono::{DateTime, NaiveDateTime};
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc2822(s) {
+        return Some(t.timestamp());
     }
-    if matches!(
-        tokens.last(),
-        Some(&("GMT" | "UTC" | "gmt" | "utc" | "+0000" | "Z"))
-    ) {
-        tokens.pop();
-    }
-    let (day, month, year, time) = match tokens.as_slice() {
-        [dmy, time] if dmy.contains('-') => {
-            let mut parts = dmy.split('-');
-            let day = parts.next()?.parse::<i64>().ok()?;
-            let month = month_number(parts.next()?)?;
-            let yy = parts.next()?.parse::<i64>().ok()?;
-            let year = match yy {
-                0..=69 => 2000 + yy,
-                70..=99 => 1900 + yy,
-                _ => yy,
-            };
-            (day, month, year, *time)
-        }
-        [mon, day, time, year] if month_number(mon).is_some() => (
-            day.parse::<i64>().ok()?,
-            month_number(mon)?,
-            year.parse::<i64>().ok()?,
-            *time,
-        ),
-        [day, mon, year, time] => (
-            day.parse::<i64>().ok()?,
-            month_number(mon)?,
-            year.parse::<i64>().ok()?,
-            *time,
-        ),
-        _ => return None,
-    };
-    let mut hms = time.split(':').map(|p| p.parse::<i64>().ok());
-    let (Some(Some(h)), Some(Some(mi)), Some(Some(se)), None) =
-        (hms.next(), hms.next(), hms.next(), hms.next())
-    else {
-        return None;
-    };
-    if !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-        || !(0..24).contains(&h)
-        || !(0..60).contains(&mi)
-        || !(0..=60).contains(&se)
-    {
-        return None;
-    }
-    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + mi * 60 + se)
-}
-
-fn month_number(name: &str) -> Option<i64> {
-    const MONTHS: [&str; 12] = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
-    if name.len() != 3 {
-        return None;
-    }
-    let lower = name.to_ascii_lowercase();
-    MONTHS
+    ["%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"]
         .iter()
-        .position(|m| *m == lower)
-        .and_then(|i| i64::try_from(i + 1).ok())
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+        .map(|t| t.and_utc().timestamp())
 }
 
 #[cfg(test)]
@@ -774,38 +690,14 @@ mod tests {
         );
         assert_eq!(got.retry_after, Some(1));
         // A date ~30 s from now.
-        let future = now_unix() + 30;
-        let days = future.div_euclid(86_400);
-        let secs = future.rem_euclid(86_400);
-        let (y, m, d) = civil_from_days(days);
-        const MONTHS: [&str; 12] = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ];
-        let header = format!(
-            "Mon, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
-            MONTHS[usize::try_from(m - 1).unwrap()],
-            secs / 3600,
-            secs % 3600 / 60,
-            secs % 60
-        );
+        let future = chrono::DateTime::from_timestamp(now_unix() + 30, 0).unwrap();
+        let header = future.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
         let got = normalize("Custom", 429, Some(&header), b"", "");
         let ra = got.retry_after.unwrap();
         assert!((25..=30).contains(&ra), "{header} -> {ra}");
         // Unparseable: 1.
         let got = normalize("Custom", 429, Some("soon-ish"), b"", "");
         assert_eq!(got.retry_after, Some(1));
-    }
-
-    fn civil_from_days(z: i64) -> (i64, i64, i64) {
-        let z = z + 719_468;
-        let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        (yoe + era * 400 + i64::from(m <= 2), m, d)
     }
 
     #[test]

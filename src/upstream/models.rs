@@ -308,98 +308,40 @@ fn parse_timestamp(v: &Value) -> Option<i64> {
     })
 }
 
-/// Hand-parses `YYYY-MM-DD[(T| )HH:MM[:SS[.fff]]][Z|±HH[:]MM]` into unix seconds (UTC when no zone).
+/// Parses `YYYY-MM-DD[(T| )HH:MM[:SS[.fff]]][Z|±HH[:]MM]` into unix seconds (UTC when no zone).
 fn parse_iso_datetime(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    let year = digits(b, 0, 4)?;
-    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
-        return None;
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp());
     }
-    let month = digits(b, 5, 2)?;
-    let day = digits(b, 8, 2)?;
-    let mut secs_of_day = 0;
-    let mut offset = 0;
-    if b.len() > 10 {
-        if !matches!(b[10], b'T' | b't' | b' ') {
-            return None;
-        }
-        let t = &b[11..];
-        let hour = digits(t, 0, 2)?;
-        if t.get(2) != Some(&b':') {
-            return None;
-        }
-        let minute = digits(t, 3, 2)?;
-        let mut i = 5;
-        let mut second = 0;
-        if t.get(5) == Some(&b':') {
-            second = digits(t, 6, 2)?;
-            i = 8;
-        }
-        if matches!(t.get(i), Some(b'.' | b',')) {
-            i += 1;
-            while t.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
-        }
-        offset = match &t[i..] {
-            [] | [b'Z' | b'z'] => 0,
-            [sign @ (b'+' | b'-'), rest @ ..] => {
-                let oh = digits(rest, 0, 2)?;
-                let om = match &rest[2..] {
-                    [] => 0,
-                    [b':', ..] if rest.len() == 5 => digits(rest, 3, 2)?,
-                    _ if rest.len() == 4 => digits(rest, 2, 2)?,
-                    _ => return None,
-                };
-                if oh > 23 || om > 59 {
-                    return None;
-                }
-                let o = oh * 3600 + om * 60;
-                if *sign == b'-' {
-                    -o
-                } else {
-                    o
-                }
-            }
-            _ => return None,
-        };
-        if hour > 23 || minute > 59 || second > 60 {
-            return None;
-        }
-        secs_of_day = hour * 3600 + minute * 60 + second;
+    let zoned = [
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+        "%Y-%m-%dT%H:%M:%S%z",
+    ];
+    if let Some(t) = zoned
+        .iter()
+        .find_map(|f| DateTime::parse_from_str(s, f).ok())
+    {
+        return Some(t.timestamp());
     }
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return None;
+    let s = s.strip_suffix(['Z', 'z']).unwrap_or(s);
+    let naive = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ];
+    if let Some(t) = naive
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    {
+        return Some(t.and_utc().timestamp());
     }
-    Some(days_from_civil(year, month, day) * 86_400 + secs_of_day - offset)
-}
-
-/// `len` ASCII digits at `start`, as a number.
-fn digits(b: &[u8], start: usize, len: usize) -> Option<i64> {
-    let slice = b.get(start..start + len)?;
-    slice.iter().try_fold(0i64, |acc, c| {
-        c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
-    })
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp())
 }
 
 #[cfg(test)]
