@@ -412,16 +412,16 @@ async fn run(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     if req.stream && is_sse {
-        return Ok(super::stream::stream_response(
+        return Ok(super::stream::stream_response(super::stream::StreamCall {
             st,
             meter,
             resp,
             target,
-            req.model,
+            client_model: req.model,
             wants_usage,
             ep,
             started,
-        ));
+        }));
     }
     let result = whole_response(&st, &mut meter, resp, &target, &req.model).await;
     let status = match &result {

@@ -154,29 +154,22 @@ impl Pump {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn stream_response(
-    st: AppState,
-    meter: CallMeter,
-    resp: reqwest::Response,
-    target: Route,
-    client_model: String,
-    wants_usage: bool,
-    ep: Endpoint,
-    started: std::time::Instant,
-) -> Response {
+/// A call whose upstream answered with a stream, ready to be pumped.
+pub(super) struct StreamCall {
+    pub st: AppState,
+    pub meter: CallMeter,
+    pub resp: reqwest::Response,
+    pub target: Route,
+    pub client_model: String,
+    pub wants_usage: bool,
+    pub ep: Endpoint,
+    pub started: std::time::Instant,
+}
+
+/// Starts the pump and answers with its output as the response body.
+pub(super) fn stream_response(call: StreamCall) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    tokio::spawn(pump(
-        st,
-        meter,
-        resp,
-        target,
-        client_model,
-        wants_usage,
-        ep,
-        started,
-        tx,
-    ));
+    tokio::spawn(pump(call, tx));
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
@@ -195,18 +188,17 @@ pub(super) fn stream_response(
 
 /// Reads the upstream stream and forwards each network read's events as soon
 /// as they arrive; settles the call however the stream ends.
-#[allow(clippy::too_many_arguments)]
-async fn pump(
-    st: AppState,
-    mut meter: CallMeter,
-    resp: reqwest::Response,
-    target: Route,
-    client_model: String,
-    wants_usage: bool,
-    ep: Endpoint,
-    started: std::time::Instant,
-    tx: tokio::sync::mpsc::Sender<Bytes>,
-) {
+async fn pump(call: StreamCall, tx: tokio::sync::mpsc::Sender<Bytes>) {
+    let StreamCall {
+        st,
+        mut meter,
+        resp,
+        target,
+        client_model,
+        wants_usage,
+        ep,
+        started,
+    } = call;
     let prov = target.provider.clone();
     let secret = prov.api_key.expose().to_owned();
     let drain = st.config.metering.on_disconnect == OnDisconnect::Drain;
