@@ -4,6 +4,7 @@
 use super::DbResult;
 use rusqlite::{params, params_from_iter, Connection, Row};
 use serde::Serialize;
+use std::collections::HashMap;
 
 /// One call, as recorded (SPEC §6) and as `/admin/requests` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -28,6 +29,16 @@ pub struct UsageRecord {
     pub latency_ms: i64,
     pub ttft_ms: Option<i64>,
     pub created_at: String,
+}
+
+#[derive(Default)]
+struct DayTotals {
+    tokens: i64,
+    prompt: i64,
+    completion: i64,
+    requests: i64,
+    ok_tokens: i64,
+    cost: f64,
 }
 
 /// Writes a batch of records with their roll-ups in one transaction.
@@ -56,6 +67,8 @@ pub fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> DbResult<
             "INSERT INTO usage_period (period, user_id, key_id, tokens) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (period, user_id, key_id) DO UPDATE SET tokens = tokens + excluded.tokens",
         )?;
+        let mut days: HashMap<(&str, i64, &str, &str), DayTotals> = HashMap::new();
+        let mut periods: HashMap<(&str, i64, i64), i64> = HashMap::new();
         for r in records {
             ins.execute(params![
                 r.request_id,
@@ -78,29 +91,46 @@ pub fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> DbResult<
                 r.ttft_ms,
                 r.created_at
             ])?;
+            // Roll-ups are summed in memory first: one upsert per group per batch.
             if r.total_tokens > 0 || r.outcome == "ok" {
                 let ok = r.outcome == "ok";
-                daily.execute(params![
-                    &r.created_at[..10],
-                    r.user_id,
-                    r.provider,
-                    r.model,
-                    r.total_tokens,
-                    r.prompt_tokens,
-                    r.completion_tokens,
-                    ok as i64,
-                    if ok { r.total_tokens } else { 0 },
-                    r.cost_usd
-                ])?;
+                let d = days
+                    .entry((
+                        &r.created_at[..10],
+                        r.user_id,
+                        r.provider.as_str(),
+                        r.model.as_str(),
+                    ))
+                    .or_default();
+                d.tokens += r.total_tokens;
+                d.prompt += r.prompt_tokens;
+                d.completion += r.completion_tokens;
+                d.requests += ok as i64;
+                d.ok_tokens += if ok { r.total_tokens } else { 0 };
+                d.cost += r.cost_usd;
             }
             if r.total_tokens > 0 {
-                period.execute(params![
-                    &r.created_at[..7],
-                    r.user_id,
-                    r.key_id.unwrap_or(0),
-                    r.total_tokens
-                ])?;
+                *periods
+                    .entry((&r.created_at[..7], r.user_id, r.key_id.unwrap_or(0)))
+                    .or_default() += r.total_tokens;
             }
+        }
+        for ((day, user, provider, model), d) in &days {
+            daily.execute(params![
+                day,
+                user,
+                provider,
+                model,
+                d.tokens,
+                d.prompt,
+                d.completion,
+                d.requests,
+                d.ok_tokens,
+                d.cost
+            ])?;
+        }
+        for ((p, user, key), tokens) in &periods {
+            period.execute(params![p, user, key, tokens])?;
         }
     }
     tx.commit()?;
