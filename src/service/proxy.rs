@@ -622,6 +622,40 @@ pub(super) fn generated_text(choice: &Value, mut f: impl FnMut(&str)) {
 
 /// A non-streaming answer: the upstream body with `model` as the client named
 /// it and `_usage_info` added.
+/// The common case without building a tree: a valid JSON object with `usage`
+/// and no `error` gets `model` renamed and `_usage_info` appended in its text.
+/// `None` sends the answer down the general path.
+fn whole_response_fast(
+    meter: &mut CallMeter,
+    bytes: &[u8],
+    client_model: &str,
+) -> Option<Response> {
+    use crate::upstream::json_edit;
+    let text = std::str::from_utf8(bytes).ok()?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
+    if json_edit::find(text, "error").is_some() {
+        return None;
+    }
+    let usage_field = json_edit::find(text, "usage")?;
+    let usage = serde_json::from_str::<Value>(json_edit::value(text, &usage_field))
+        .ok()
+        .as_ref()
+        .and_then(Usage::from_json)?;
+    let model_json = serde_json::to_string(client_model).ok()?;
+    let renamed;
+    let text = match json_edit::find(text, "model") {
+        Some(f) if json_edit::value(text, &f) != model_json => {
+            renamed = json_edit::replace(text, &f, &model_json);
+            renamed.as_str()
+        }
+        _ => text,
+    };
+    meter.first_token();
+    let info = meter.finish(Outcome::Ok, 200, Some(usage));
+    let out = json_edit::append(text, "_usage_info", &serde_json::to_string(&info).ok()?)?;
+    Some(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
 async fn whole_response(
     st: &AppState,
     meter: &mut CallMeter,
@@ -649,6 +683,9 @@ async fn whole_response(
             return Err(err);
         }
     };
+    if let Some(resp) = whole_response_fast(meter, &bytes, client_model) {
+        return Ok(resp);
+    }
     let mut body = match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => m,
         _ => {

@@ -11,6 +11,7 @@ use crate::state::AppState;
 use crate::telemetry;
 use crate::upstream::client;
 use crate::upstream::errors;
+use crate::upstream::json_edit;
 use crate::upstream::routing::Route;
 use crate::upstream::sse::{Event, SseReader};
 use axum::body::Body;
@@ -18,7 +19,10 @@ use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 fn sse_error(out: &mut BytesMut, e: &ApiError) {
     out.put_slice(b"data: ");
@@ -35,10 +39,62 @@ struct Pump {
     saw_done: bool,
     saw_finish: bool,
     failed: Option<ApiError>,
-    /// The upstream's completion id and creation time, for a synthesised usage chunk.
-    id: Option<Value>,
-    created: Option<Value>,
-    object: Option<Value>,
+    /// The client's model name as a JSON string, for renaming in place.
+    client_model_json: String,
+    /// The upstream's completion id, creation time and object (JSON texts), for
+    /// a synthesised usage chunk.
+    id: Option<String>,
+    created: Option<String>,
+    object: Option<String>,
+}
+
+/// What the pump needs to know of an ordinary chunk, read without building a tree.
+#[derive(Deserialize)]
+struct ChunkView<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<ChoiceView<'a>>>,
+    #[serde(default)]
+    usage: Option<IgnoredAny>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(borrow, default)]
+    delta: Option<DeltaView<'a>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default)]
+    finish_reason: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct DeltaView<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCallView<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallView<'a> {
+    #[serde(borrow, default)]
+    function: Option<FunctionView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionView<'a> {
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+fn put_data(out: &mut BytesMut, text: &str) {
+    out.put_slice(b"data: ");
+    out.put_slice(text.as_bytes());
+    out.put_slice(b"\n\n");
 }
 
 impl Pump {
@@ -63,6 +119,9 @@ impl Pump {
                 }
                 Event::Data(d) if d.trim() == "[DONE]" => self.saw_done = true,
                 Event::Data(d) => {
+                    if self.fast_chunk(&d, meter, &mut out) {
+                        continue;
+                    }
                     let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(&d) else {
                         out.put_slice(b"data: ");
                         out.put_slice(d.as_bytes());
@@ -99,9 +158,9 @@ impl Pump {
                         }
                     }
                     if self.id.is_none() {
-                        self.id = obj.get("id").cloned();
-                        self.created = obj.get("created").cloned();
-                        self.object = obj.get("object").cloned();
+                        self.id = obj.get("id").map(Value::to_string);
+                        self.created = obj.get("created").map(Value::to_string);
+                        self.object = obj.get("object").map(Value::to_string);
                     }
                     if obj.contains_key("model") {
                         obj.insert("model".into(), Value::String(self.client_model.clone()));
@@ -130,13 +189,77 @@ impl Pump {
         out
     }
 
+    /// An ordinary chunk (no usage, no error): counts its text and forwards it
+    /// with `model` renamed and `usage: null` dropped, editing its text in place.
+    /// `false` when the chunk needs the general path.
+    fn fast_chunk(&mut self, d: &str, meter: &mut CallMeter, out: &mut BytesMut) -> bool {
+        let Ok(view) = serde_json::from_str::<ChunkView>(d) else {
+            return false;
+        };
+        if view.error.is_some() || view.usage.is_some() {
+            return false;
+        }
+        let mut empty = false;
+        if let Some(choices) = &view.choices {
+            empty = choices.is_empty();
+            for c in choices {
+                let delta = c.delta.as_ref();
+                let calls = delta.and_then(|d| d.tool_calls.as_ref());
+                let texts = [
+                    delta.and_then(|d| d.content.as_deref()),
+                    delta.and_then(|d| d.reasoning.as_deref()),
+                    c.text.as_deref(),
+                ];
+                let args = calls
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.function.as_ref()?.arguments.as_deref());
+                for t in texts.into_iter().flatten().chain(args) {
+                    if !t.is_empty() {
+                        meter.first_token();
+                        meter.add_generated(t);
+                    }
+                }
+                if c.finish_reason.is_some() {
+                    self.saw_finish = true;
+                }
+            }
+        }
+        if self.id.is_none() {
+            let raw = |k: &str| json_edit::find(d, k).map(|f| json_edit::value(d, &f).to_owned());
+            self.id = raw("id");
+            self.created = raw("created");
+            self.object = raw("object");
+        }
+        if empty && !self.wants_usage {
+            return true;
+        }
+        let mut text = Cow::Borrowed(d);
+        if let Some(f) = json_edit::find(&text, "model") {
+            if json_edit::value(&text, &f) != self.client_model_json {
+                text = Cow::Owned(json_edit::replace(&text, &f, &self.client_model_json));
+            }
+        }
+        if !self.wants_usage {
+            if let Some(f) = json_edit::find(&text, "usage") {
+                text = Cow::Owned(json_edit::remove(&text, &f));
+            }
+        }
+        put_data(out, &text);
+        true
+    }
+
     /// The usage chunk a client asked for when the upstream sent none.
     fn synthesised_usage(&self, meter: &mut CallMeter) -> BytesMut {
         let info = meter.finish(Outcome::Ok, 200, self.usage);
+        let raw = |v: &Option<String>| {
+            v.as_deref()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        };
         let chunk = json!({
-            "id": self.id.clone().unwrap_or(Value::Null),
-            "object": self.object.clone().unwrap_or_else(|| json!("chat.completion.chunk")),
-            "created": self.created.clone().unwrap_or(json!(0)),
+            "id": raw(&self.id).unwrap_or(Value::Null),
+            "object": raw(&self.object).unwrap_or_else(|| json!("chat.completion.chunk")),
+            "created": raw(&self.created).unwrap_or(json!(0)),
             "model": self.client_model,
             "choices": [],
             "usage": {
@@ -206,6 +329,7 @@ async fn pump(call: StreamCall, tx: tokio::sync::mpsc::Sender<Bytes>) {
     let mut reader = SseReader::new();
     let mut events = Vec::new();
     let mut p = Pump {
+        client_model_json: serde_json::to_string(&client_model).unwrap_or_else(|_| "\"\"".into()),
         client_model,
         wants_usage,
         usage: None,

@@ -9,6 +9,8 @@ use std::time::Duration;
 pub fn build_client() -> reqwest::Client {
     reqwest::Client::builder()
         .use_rustls_tls()
+        // An API answer is never a redirect to follow; skipping the policy layer saves work per call.
+        .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(512)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
@@ -87,8 +89,11 @@ pub async fn post_json(
     body: Bytes,
     stream: bool,
 ) -> Result<reqwest::Response, SendError> {
-    let mut req = client
-        .post(format!("{}{}", p.base_url, path))
+    let req = match p.endpoint_url(path) {
+        Some(url) => client.post(url.clone()),
+        None => client.post(format!("{}{}", p.base_url, path)),
+    };
+    let mut req = req
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .timeout(p.timeout)
         .body(body);

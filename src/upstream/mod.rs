@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod client;
 pub mod errors;
 pub mod health;
+pub mod json_edit;
 pub mod models;
 pub mod providers;
 pub mod routing;

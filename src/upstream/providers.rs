@@ -29,9 +29,22 @@ pub struct Provider {
     pub models_ttl: Duration,
     pub cap_field: String,
     pub is_default: bool,
+    /// `<base_url><path>` for each generation endpoint, parsed once.
+    pub endpoint_urls: Vec<(&'static str, reqwest::Url)>,
 }
 
+/// The generation endpoints, relative to a provider's base URL.
+pub const ENDPOINT_PATHS: [&str; 3] = ["/chat/completions", "/completions", "/embeddings"];
+
 impl Provider {
+    /// The parsed URL of `path` (one of [`ENDPOINT_PATHS`]).
+    pub fn endpoint_url(&self, path: &str) -> Option<&reqwest::Url> {
+        self.endpoint_urls
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, u)| u)
+    }
+
     pub fn builtin(&self) -> bool {
         self.kind != Kind::Custom
     }
@@ -121,13 +134,21 @@ impl Providers {
                 ],
                 None => vec![],
             };
+            let endpoint_urls = ENDPOINT_PATHS
+                .iter()
+                .filter_map(|path| {
+                    Some((
+                        *path,
+                        reqwest::Url::parse(&format!("{base_url}{path}")).ok()?,
+                    ))
+                })
+                .collect();
             list.push(Arc::new(Provider {
                 name: section
                     .name
                     .clone()
                     .unwrap_or_else(|| builtin.map(|b| b.1.to_string()).unwrap_or(id.clone())),
                 kind,
-                base_url,
                 api_key: section.api_key.clone(),
                 timeout: Duration::from_secs(section.timeout_secs.unwrap_or(600)),
                 headers,
@@ -138,6 +159,8 @@ impl Providers {
                     .clone()
                     .unwrap_or_else(|| "max_tokens".into()),
                 is_default: id == cfg.routing.default_provider,
+                endpoint_urls,
+                base_url,
                 id,
             }));
         }

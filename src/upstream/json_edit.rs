@@ -1,0 +1,206 @@
+//! Edits of one top-level field of a JSON object, in place in its text, so the
+//! proxy can rename `model`, drop `usage` or append `_usage_info` without
+//! parsing a whole answer into a tree and printing it again. The text must be
+//! valid JSON (callers check that first, e.g. with `serde::de::IgnoredAny`).
+
+/// Where a top-level field sits: from its key's opening quote to its value's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    pub key_start: usize,
+    pub value_start: usize,
+    pub value_end: usize,
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the string that opens at `i`.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+/// The index just past the value that starts at `i`.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                j += 1;
+            }
+            Some(j)
+        }
+    }
+}
+
+/// Finds the top-level field `key` of the object `json`.
+pub fn find(json: &str, key: &str) -> Option<Field> {
+    let b = json.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(b, i);
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_start = i;
+        let key_end = string_end(b, i)?;
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let value_start = skip_ws(b, i + 1);
+        let end = value_end(b, value_start)?;
+        if &json[key_start + 1..key_end - 1] == key {
+            return Some(Field {
+                key_start,
+                value_start,
+                value_end: end,
+            });
+        }
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i += 1,
+            _ => return None,
+        }
+    }
+}
+
+/// The field's value text.
+pub fn value<'a>(json: &'a str, f: &Field) -> &'a str {
+    &json[f.value_start..f.value_end]
+}
+
+/// `json` with the field's value replaced by `new_value` (JSON text).
+pub fn replace(json: &str, f: &Field, new_value: &str) -> String {
+    let mut out = String::with_capacity(json.len() + new_value.len());
+    out.push_str(&json[..f.value_start]);
+    out.push_str(new_value);
+    out.push_str(&json[f.value_end..]);
+    out
+}
+
+/// `json` without the field (and the comma that separated it).
+pub fn remove(json: &str, f: &Field) -> String {
+    let b = json.as_bytes();
+    let after = skip_ws(b, f.value_end);
+    let (start, end) = if b.get(after) == Some(&b',') {
+        (f.key_start, skip_ws(b, after + 1))
+    } else {
+        // The last field: take the comma before it instead.
+        let mut s = f.key_start;
+        while s > 0 && matches!(b[s - 1], b' ' | b'\t' | b'\n' | b'\r') {
+            s -= 1;
+        }
+        if s > 0 && b[s - 1] == b',' {
+            s -= 1;
+        }
+        (s, f.value_end)
+    };
+    let mut out = String::with_capacity(json.len());
+    out.push_str(&json[..start]);
+    out.push_str(&json[end..]);
+    out
+}
+
+/// `json` (an object) with `"key": value_json` added as its last field.
+pub fn append(json: &str, key: &str, value_json: &str) -> Option<String> {
+    let close = json.rfind('}')?;
+    let before = json[..close].trim_end();
+    let empty = before.ends_with('{');
+    let mut out = String::with_capacity(json.len() + key.len() + value_json.len() + 4);
+    out.push_str(before);
+    if !empty {
+        out.push(',');
+    }
+    out.push('"');
+    out.push_str(key);
+    out.push_str("\":");
+    out.push_str(value_json);
+    out.push_str(&json[close..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    const CHUNK: &str = r#"{"id":"c1","model":"gpt-4","choices":[{"delta":{"content":"say \"model\": \"x\" {"},"finish_reason":null}],"nested":{"model":"no"},"usage":null}"#;
+
+    #[test]
+    fn finds_only_top_level_keys() {
+        let f = find(CHUNK, "model").unwrap();
+        assert_eq!(value(CHUNK, &f), "\"gpt-4\"");
+        assert_eq!(value(CHUNK, &find(CHUNK, "usage").unwrap()), "null");
+        assert!(find(CHUNK, "delta").is_none());
+        assert!(find(CHUNK, "content").is_none());
+        assert!(find("[1]", "a").is_none());
+        assert_eq!(
+            value(
+                r#" { "a" : [1, {"b": "]"}] , "b" : 2 }"#,
+                &find(r#" { "a" : [1, {"b": "]"}] , "b" : 2 }"#, "b").unwrap()
+            ),
+            "2"
+        );
+    }
+
+    #[test]
+    fn edits_keep_valid_json() {
+        let f = find(CHUNK, "model").unwrap();
+        let renamed: Value = serde_json::from_str(&replace(CHUNK, &f, "\"aiml/gpt-4\"")).unwrap();
+        assert_eq!(renamed["model"], "aiml/gpt-4");
+        assert_eq!(renamed["nested"]["model"], "no");
+        let removed = remove(CHUNK, &find(CHUNK, "usage").unwrap());
+        let v: Value = serde_json::from_str(&removed).unwrap();
+        assert!(v.get("usage").is_none());
+        let first = r#"{"usage": null, "a": 1}"#;
+        let v: Value =
+            serde_json::from_str(&remove(first, &find(first, "usage").unwrap())).unwrap();
+        assert_eq!(v, json!({"a": 1}));
+        let only = r#"{"usage":{"x":1}}"#;
+        assert_eq!(remove(only, &find(only, "usage").unwrap()), "{}");
+        let v: Value =
+            serde_json::from_str(&append(CHUNK, "_usage_info", r#"{"n":1}"#).unwrap()).unwrap();
+        assert_eq!(v["_usage_info"], json!({"n": 1}));
+        assert_eq!(append("{ }", "k", "1").unwrap(), r#"{"k":1}"#);
+    }
+}
