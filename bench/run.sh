@@ -69,6 +69,7 @@ while [[ $TG_PORT = "$MOCK_PORT" || $TG_PORT = "$PROXY_PORT" ]]; do TG_PORT=$(fr
 while [[ $SLOW_PORT = "$MOCK_PORT" || $SLOW_PORT = "$PROXY_PORT" || $SLOW_PORT = "$TG_PORT" ]]; do SLOW_PORT=$(free_port); done
 
 RES=$TMP/results.tsv; : >"$RES"
+LOADAVG0=$(cut -d" " -f1-3 /proc/loadavg)   # other work on the machine skews every figure
 rec() { printf '%s\t%s\n' "$1" "$2" >>"$RES"; }
 
 # ---------------------------------------------------------------- mock upstream bodies
@@ -205,7 +206,7 @@ rec startup.listening_ms "$(( (t_up - t_start) / 1000 ))e-3"
 log "tollgate (pid $TG_PID) listening on 127.0.0.1:$TG_PORT after $(( (t_up - t_start) / 1000000 )) ms"
 
 status_kb() { awk -v k="$1:" '$1==k {print $2}' "/proc/$TG_PID/status"; }
-cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$TG_PID/stat"; }  # utime+stime
+cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12, $13}' "/proc/$TG_PID/stat"; }  # utime stime
 CLK_TCK=$(getconf CLK_TCK)
 sleep 1
 rec rss.idle_mb "$(awk -v kb="$(status_kb VmRSS)" 'BEGIN{printf "%.1f", kb/1024}')"
@@ -240,7 +241,10 @@ run_wrk() { # name url script conns threads
         rec "$name.latency_us.p$p" "$(to_us "$(awk -v p="$p%" '$1==p {print $2}' "$f")")"
     done
     if [[ $name = tollgate* ]]; then
-        rec "$name.cpu_us_per_request" "$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN{printf "%.2f", d/hz*1e6/n}')"
+        read -r u0 s0 <<<"$before"; read -r u1 s1 <<<"$after"
+        rec "$name.cpu_us_per_request" "$(awk -v d=$((u1 + s1 - u0 - s0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN{printf "%.2f", d/hz*1e6/n}')"
+        rec "$name.cpu_user_us_per_request" "$(awk -v d=$((u1 - u0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN{printf "%.2f", d/hz*1e6/n}')"
+        rec "$name.cpu_sys_us_per_request" "$(awk -v d=$((s1 - s0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN{printf "%.2f", d/hz*1e6/n}')"
     fi
     log "$name: $(awk '/^Requests\/sec:/ {print $2}' "$f") req/s  p50 $(awk '$1=="50%" {print $2}' "$f")  p99 $(awk '$1=="99%" {print $2}' "$f")"
 }
@@ -265,8 +269,8 @@ run_wrk tollgate_c1 "$TGURL/chat/completions" plain 1 1
 # ---------------------------------------------------------------- streaming time to first byte
 ttfb() { # name url: TTFB of TTFB_N sequential streaming requests on one kept-alive connection
     local urls=() i
-    for ((i = 0; i < TTFB_N; i++)); do urls+=("$2"); done
-    curl -s -o /dev/null --max-time 120 -w '%{time_starttransfer}\n' -H "Authorization: Bearer $KEY" \
+    for ((i = 0; i < TTFB_N; i++)); do urls+=(-o /dev/null "$2"); done
+    curl -s --max-time 120 -w '%{time_starttransfer}\n' -H "Authorization: Bearer $KEY" \
         -H 'Content-Type: application/json' --data-binary "@$TMP/sse.body" "${urls[@]}" >"$TMP/ttfb-$1.txt"
     sort -g "$TMP/ttfb-$1.txt" | awk -v name="$1" '{a[NR]=$1*1e6} END{
         printf "%s.ttfb_us.p50\t%.1f\n%s.ttfb_us.p90\t%.1f\n%s.ttfb_us.p99\t%.1f\n", name, a[int(NR*.5)+1], name, a[int(NR*.9)+1], name, a[int(NR*.99)+1]}' >>"$RES"
@@ -348,6 +352,8 @@ rec machine.wrk "$(wrk -v 2>&1 | awk 'NR==1 {print $2}')"
 rec run.duration_s "$DUR"
 rec run.connections "$CONNS"
 rec run.ttfb_requests "$TTFB_N"
+rec run.loadavg_before "$LOADAVG0"
+rec run.loadavg_after "$(cut -d" " -f1-3 /proc/loadavg)"
 rec run.date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 rec run.tollgate_commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
@@ -375,7 +381,8 @@ for kind, sec in (("plain", "plain"), ("sse", "streaming"), ("c1", "one_connecti
         n = f"{who}_{kind}"
         d = {"rps": g(n + ".rps"), "requests": g(n + ".requests"), "errors": g(n + ".errors"),
              "latency_us": {p: g(f"{n}.latency_us.{p}") for p in ("p50", "p75", "p90", "p99")}}
-        if who == "tollgate": d["cpu_us_per_request"] = g(n + ".cpu_us_per_request")
+        if who == "tollgate":
+            for c in ("cpu_us_per_request", "cpu_user_us_per_request", "cpu_sys_us_per_request"): d[c] = g(f"{n}.{c}")
         if kind == "sse": d["ttfb_us"] = {p: g(f"{n}.ttfb_us.{p}") for p in ("p50", "p90", "p99")}
         r[sec]["bare_proxy" if who == "proxy" else who] = d
     s = r[sec]
@@ -395,7 +402,8 @@ budget = [
     ("Throughput streaming, tollgate/direct", r["streaming"]["ratio_tollgate_to_direct"], ">=", 0.25),
     ("Added latency at 1 connection p50 (µs)", c1["added_latency_us"]["p50"], "<=", 60),
     ("Added latency at 1 connection p99 (µs)", c1["added_latency_us"]["p99"], "<=", 1000),
-    ("Streaming chunk max lag (ms, upstream gap %d ms)" % pt["gap_ms"], pt["max_lag_ms"], "<", pt["gap_ms"] / 4),
+    # held back = kept until the next chunk comes: a lag of a whole gap or more
+    ("Streaming chunks never held back: max lag (ms) < upstream gap", pt["max_lag_ms"], "<", pt["gap_ms"]),
     ("Peak RSS under load (MB)", r["rss"]["peak_mb"], "<=", 100),
     ("Idle RSS (MB)", r["rss"]["idle_mb"], "<=", 30),
     ("Start to listening (ms)", r["startup"]["listening_ms"], "<=", 200),
@@ -418,7 +426,7 @@ for sec, label in (("plain", "plain req/s"), ("streaming", "streaming req/s"), (
         print(f"{'  latency ' + p + ' (µs)':28}" + "".join(f"{s[w]['latency_us'][p]:>12.0f}" for w in ("direct", "bare_proxy", "tollgate")))
 for p in ("p50", "p90", "p99"):
     print(f"{'stream TTFB ' + p + ' (µs)':28}" + "".join(f"{st[w]['ttfb_us'][p]:>12.0f}" for w in ("direct", "bare_proxy", "tollgate")))
-print(f"CPU µs/request: plain {r['plain']['tollgate']['cpu_us_per_request']}, streaming {r['streaming']['tollgate']['cpu_us_per_request']}, 1 conn {c1['tollgate']['cpu_us_per_request']}")
+print(f"CPU µs/request: plain {r['plain']['tollgate']['cpu_us_per_request']} (user {r['plain']['tollgate']['cpu_user_us_per_request']}, sys {r['plain']['tollgate']['cpu_sys_us_per_request']}), streaming {r['streaming']['tollgate']['cpu_us_per_request']}, 1 conn {c1['tollgate']['cpu_us_per_request']}")
 print(f"added latency at 1 conn (µs): {c1['added_latency_us']}; stream TTFB added (µs): {st['ttfb_added_us']}")
 print(f"RSS idle {r['rss']['idle_mb']} MB, peak {r['rss']['peak_mb']} MB; start to listening {r['startup']['listening_ms']} ms; errors {r['errors_total']}")
 print("\nbudget:")
