@@ -3,7 +3,7 @@
 # worker) directly, through nginx as a bare reverse proxy, and through tollgate
 # (auth, metering and usage logging on, as always). Loopback only, bounded in time.
 #
-#   bash bench/run.sh                      # ~3.5 minutes with the default 10 s runs
+#   bash bench/run.sh                      # ~1 min 40 s with the default 10 s runs
 #   BENCH_DURATION=3 bash bench/run.sh     # shorter runs
 #
 # Environment: BENCH_DURATION (seconds per wrk run, default 10), BENCH_CONNECTIONS
