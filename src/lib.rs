@@ -146,6 +146,14 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
+    // Small writes (SSE chunks, short answers) go out at once: without
+    // TCP_NODELAY, Nagle's algorithm holds them for the peer's delayed ACK (~40 ms).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::trace!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
