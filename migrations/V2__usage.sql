@@ -24,7 +24,6 @@ CREATE TABLE requests (
     created_at        TEXT NOT NULL
 );
 CREATE INDEX requests_user ON requests (user_id, id);
-CREATE INDEX requests_created ON requests (created_at);
 
 CREATE TABLE usage_daily (
     day               TEXT NOT NULL,         -- YYYY-MM-DD (UTC)

@@ -11,6 +11,12 @@ use tollgate::db::{self, api_keys, plans, users};
 use tollgate::service::accounts;
 use tollgate::upstream::providers::Providers;
 
+// mimalloc: the request path allocates and frees small buffers on every call,
+// often on different threads (workers and the usage writer); glibc's malloc
+// spent about a fifth of the instructions of a call there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     init_tracing();

@@ -11,6 +11,9 @@ pub fn build_client() -> reqwest::Client {
         .use_rustls_tls()
         // An API answer is never a redirect to follow; skipping the policy layer saves work per call.
         .redirect(reqwest::redirect::Policy::none())
+        // Upstreams are reached directly: no per-call proxy matching (which
+        // re-parses the URL) and no surprise from HTTP_PROXY in the environment.
+        .no_proxy()
         .pool_max_idle_per_host(512)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
