@@ -759,3 +759,61 @@ async fn metrics_are_labelled_and_guarded() {
         200
     );
 }
+
+#[tokio::test]
+async fn prices_and_limits_come_from_the_provider_list_when_the_config_names_none() {
+    let (mock, s, key) = setup(|_, _| {}).await;
+    // Fill the catalogue first, as any client listing models would.
+    let r = s
+        .client
+        .get(s.url("/llm/models?provider=openrouter"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = chat(
+        &s,
+        &key,
+        json!({"model": "openrouter/openai/gpt-4o", "messages": []}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    // 10 prompt + 20 completion tokens at 2.5 and 10 USD per million (the list's per-token strings).
+    let cost = v["_usage_info"]["cost_usd"].as_f64().unwrap();
+    assert!((cost - 0.000225).abs() < 1e-12, "{cost}");
+    let sent = &mock.generation_calls()[0];
+    assert_eq!(
+        sent.body["max_tokens"], 16384,
+        "the model's own completion limit from the list"
+    );
+    // A model the list does not know costs 0 and is marked unpriced in the request log.
+    let v: Value = chat(
+        &s,
+        &key,
+        json!({"model": "openrouter/unlisted", "messages": []}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(v["_usage_info"]["cost_usd"], 0.0);
+    let admin = s.admin_token().await;
+    s.state.metering.writer.flush().await;
+    let log: Value = s
+        .client
+        .get(s.url("/admin/requests?provider=openrouter"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = log["data"].as_array().unwrap();
+    assert_eq!(rows[0]["model"], "openrouter/unlisted");
+    assert_eq!(rows[0]["priced"], false);
+    assert_eq!(rows[1]["priced"], true);
+}
