@@ -3,8 +3,10 @@
 //! provider, model, endpoint and status only — never a user or a key — and
 //! the proxy folds model names nobody configured into `other`.
 
+use hashbrown::{Equivalent, HashMap};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock, RwLock};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -38,24 +40,100 @@ pub fn render() -> String {
         .unwrap_or_default()
 }
 
-pub fn record_request(provider: &str, model: &str, endpoint: &str, status: u16, secs: f64) {
-    let labels = [
-        ("provider", provider.to_owned()),
-        ("model", model.to_owned()),
-        ("endpoint", endpoint.to_owned()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("tollgate_requests_total", &labels).increment(1);
-    metrics::histogram!("tollgate_request_duration_seconds", &labels).record(secs);
+/// Metric handles resolved once per label set: building labels and finding
+/// them in the registry cost more than the update itself on every call.
+/// Looked up with borrowed labels (no allocation) through `Equivalent`.
+#[derive(Hash, PartialEq, Eq)]
+struct LabelsOwned {
+    provider: String,
+    model: String,
+    endpoint: &'static str,
+    status: u16,
 }
 
-pub fn record_ttft(provider: &str, model: &str, endpoint: &str, secs: f64) {
-    let labels = [
-        ("provider", provider.to_owned()),
-        ("model", model.to_owned()),
-        ("endpoint", endpoint.to_owned()),
-    ];
-    metrics::histogram!("tollgate_time_to_first_token_seconds", &labels).record(secs);
+#[derive(Hash)]
+struct LabelsRef<'a> {
+    provider: &'a str,
+    model: &'a str,
+    endpoint: &'a str,
+    status: u16,
+}
+
+impl Equivalent<LabelsOwned> for LabelsRef<'_> {
+    fn equivalent(&self, k: &LabelsOwned) -> bool {
+        self.provider == k.provider
+            && self.model == k.model
+            && self.endpoint == k.endpoint
+            && self.status == k.status
+    }
+}
+
+type Cache<V> = LazyLock<RwLock<HashMap<LabelsOwned, V>>>;
+
+static REQUESTS: Cache<(Counter, Histogram)> = LazyLock::new(Default::default);
+static TTFT: Cache<Histogram> = LazyLock::new(Default::default);
+static TOKENS: Cache<(Counter, Counter, Counter)> = LazyLock::new(Default::default);
+
+/// The cached handles of a label set, registering them on first use.
+fn handles<V: Clone>(
+    cache: &Cache<V>,
+    key: LabelsRef<'_>,
+    endpoint: &'static str,
+    make: impl FnOnce() -> V,
+) -> V {
+    if let Some(v) = cache.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return v.clone();
+    }
+    let owned = LabelsOwned {
+        provider: key.provider.to_owned(),
+        model: key.model.to_owned(),
+        endpoint,
+        status: key.status,
+    };
+    let mut w = cache.write().unwrap_or_else(|e| e.into_inner());
+    // Label sets stay few: models are folded into `other` unless configured or listed.
+    w.entry(owned).or_insert_with(make).clone()
+}
+
+pub fn record_request(provider: &str, model: &str, endpoint: &'static str, status: u16, secs: f64) {
+    let key = LabelsRef {
+        provider,
+        model,
+        endpoint,
+        status,
+    };
+    let (count, duration) = handles(&REQUESTS, key, endpoint, || {
+        let labels = [
+            ("provider", provider.to_owned()),
+            ("model", model.to_owned()),
+            ("endpoint", endpoint.to_owned()),
+            ("status", status.to_string()),
+        ];
+        (
+            metrics::counter!("tollgate_requests_total", &labels),
+            metrics::histogram!("tollgate_request_duration_seconds", &labels),
+        )
+    });
+    count.increment(1);
+    duration.record(secs);
+}
+
+pub fn record_ttft(provider: &str, model: &str, endpoint: &'static str, secs: f64) {
+    let key = LabelsRef {
+        provider,
+        model,
+        endpoint,
+        status: 0,
+    };
+    let h = handles(&TTFT, key, endpoint, || {
+        let labels = [
+            ("provider", provider.to_owned()),
+            ("model", model.to_owned()),
+            ("endpoint", endpoint.to_owned()),
+        ];
+        metrics::histogram!("tollgate_time_to_first_token_seconds", &labels)
+    });
+    h.record(secs);
 }
 
 pub fn record_upstream_error(provider: &str, model: &str, endpoint: &str, status: u16) {
@@ -78,14 +156,25 @@ pub fn record_retry(provider: &str, model: &str, endpoint: &str) {
 }
 
 pub fn record_tokens(provider: &str, model: &str, prompt: i64, completion: i64, cost_usd: f64) {
-    let labels = [
-        ("provider", provider.to_owned()),
-        ("model", model.to_owned()),
-    ];
-    metrics::counter!("tollgate_prompt_tokens_total", &labels).increment(prompt.max(0) as u64);
-    metrics::counter!("tollgate_completion_tokens_total", &labels)
-        .increment(completion.max(0) as u64);
-    // Counters are integers: cost is counted in micro-dollars.
-    metrics::counter!("tollgate_cost_usd_micros_total", &labels)
-        .increment((cost_usd * 1e6).round().max(0.0) as u64);
+    let key = LabelsRef {
+        provider,
+        model,
+        endpoint: "",
+        status: 0,
+    };
+    let (p, c, usd) = handles(&TOKENS, key, "", || {
+        let labels = [
+            ("provider", provider.to_owned()),
+            ("model", model.to_owned()),
+        ];
+        (
+            metrics::counter!("tollgate_prompt_tokens_total", &labels),
+            metrics::counter!("tollgate_completion_tokens_total", &labels),
+            // Counters are integers: cost is counted in micro-dollars.
+            metrics::counter!("tollgate_cost_usd_micros_total", &labels),
+        )
+    });
+    p.increment(prompt.max(0) as u64);
+    c.increment(completion.max(0) as u64);
+    usd.increment((cost_usd * 1e6).round().max(0.0) as u64);
 }
