@@ -10,8 +10,8 @@ use crate::service::proxy::{self, Endpoint};
 use crate::state::AppState;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, MethodRouter};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -20,52 +20,27 @@ use serde_json::{json, Value};
 /// The LLM routes, to be mounted at `/llm`, `/v1` and the root.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/chat/completions", post(chat))
-        .route("/completions", post(completions))
-        .route("/embeddings", post(embeddings))
+        .route("/chat/completions", generation(Endpoint::Chat))
+        .route("/completions", generation(Endpoint::Completions))
+        .route("/embeddings", generation(Endpoint::Embeddings))
         .route("/models", get(models))
         .route("/models/{*id}", get(model))
         .route("/providers", get(providers))
 }
 
-async fn call(
-    st: AppState,
-    p: Principal,
-    rid: RequestId,
-    ep: Endpoint,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match body {
-        Ok(b) => proxy::handle(st, p, rid.0, ep, b).await,
-        Err(r) => ApiError::from(r).into_response(),
-    }
-}
-
-async fn chat(
-    State(st): State<AppState>,
-    CurrentUser(p): CurrentUser,
-    Extension(rid): Extension<RequestId>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    call(st, p, rid, Endpoint::Chat, body).await
-}
-
-async fn completions(
-    State(st): State<AppState>,
-    CurrentUser(p): CurrentUser,
-    Extension(rid): Extension<RequestId>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    call(st, p, rid, Endpoint::Completions, body).await
-}
-
-async fn embeddings(
-    State(st): State<AppState>,
-    CurrentUser(p): CurrentUser,
-    Extension(rid): Extension<RequestId>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    call(st, p, rid, Endpoint::Embeddings, body).await
+/// The POST route of one generation endpoint, handed to the proxy.
+fn generation(ep: Endpoint) -> MethodRouter<AppState> {
+    post(
+        move |State(st): State<AppState>,
+              CurrentUser(p): CurrentUser,
+              Extension(rid): Extension<RequestId>,
+              body: Result<Bytes, BytesRejection>| async move {
+            match body {
+                Ok(b) => proxy::handle(st, p, rid.0, ep, b).await,
+                Err(r) => ApiError::from(r).into_response(),
+            }
+        },
+    )
 }
 
 #[derive(Deserialize)]

@@ -67,6 +67,8 @@ pub fn sign_in(
 ) -> ApiResult<users::UserRow> {
     let tx = conn.transaction().map_err(crate::db::DbError::from)?;
     let existing = users::find_by_identity(&tx, provider, &identity.subject)?;
+    let existing_owner = existing.as_ref().map(|u| u.id);
+    // A new link is made whenever the identity had no owner yet.
     let user = match (link_to, existing) {
         (Some(target), Some(owner)) if owner.id == target => owner,
         (Some(_), Some(_)) => {
@@ -74,26 +76,14 @@ pub fn sign_in(
                 "This sign-in is already linked to another account.",
             ))
         }
-        (Some(target), None) => {
-            let user = users::find_by_id(&tx, target)?.ok_or_else(|| {
-                ApiError::invalid_api_key("The account to link no longer exists.")
-            })?;
-            users::link_identity(
-                &tx,
-                user.id,
-                provider,
-                &identity.subject,
-                identity.email.as_deref(),
-                now,
-            )?;
-            user
-        }
+        (Some(target), None) => users::find_by_id(&tx, target)?
+            .ok_or_else(|| ApiError::invalid_api_key("The account to link no longer exists."))?,
         (None, Some(owner)) => owner,
         (None, None) => {
             let username = free_username(&tx, provider, identity.username.as_deref())?;
             let plan =
                 plans::default_plan(&tx)?.ok_or_else(|| ApiError::internal("no plan exists"))?;
-            let user = users::insert(
+            users::insert(
                 &tx,
                 &users::NewUser {
                     username: &username,
@@ -103,18 +93,19 @@ pub fn sign_in(
                     plan: &plan,
                 },
                 now,
-            )?;
-            users::link_identity(
-                &tx,
-                user.id,
-                provider,
-                &identity.subject,
-                identity.email.as_deref(),
-                now,
-            )?;
-            user
+            )?
         }
     };
+    if existing_owner.is_none() {
+        users::link_identity(
+            &tx,
+            user.id,
+            provider,
+            &identity.subject,
+            identity.email.as_deref(),
+            now,
+        )?;
+    }
     tx.commit().map_err(crate::db::DbError::from)?;
     Ok(user)
 }
