@@ -3,99 +3,143 @@
 //! the thread is free, after lingering 20 ms for more, so it is durable within
 //! a few tens of milliseconds of its call ending. It also trims the raw
 //! log to `usage_retention_days` once an hour.
+//!
+//! Records are queued in a mutex-guarded vector rather than a channel: the
+//! thread is woken only when the queue goes from empty to non-empty (or on a
+//! flush), so under load one wake-up carries a whole batch instead of costing
+//! two futex calls and a context switch per record.
 
 use crate::db::{self, usage::UsageRecord, Pool};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-enum Msg {
-    Record(Box<UsageRecord>),
-    Flush(std::sync::mpsc::SyncSender<()>),
+#[derive(Default)]
+struct Queue {
+    records: Vec<UsageRecord>,
+    acks: Vec<std::sync::mpsc::SyncSender<()>>,
+    /// The thread waits for a first record and must be woken.
+    idle: bool,
+    /// Every handle is gone: write what is left and stop.
+    closed: bool,
+}
+
+struct Shared {
+    q: Mutex<Queue>,
+    cv: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding the lock cannot leave the queue half-updated
+        // (pushes and takes are single operations), so poisoning is ignored.
+        self.q.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Closes the queue when the last `UsageWriter` clone is dropped.
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.cv.notify_one();
+    }
 }
 
 #[derive(Clone)]
 pub struct UsageWriter {
-    tx: mpsc::Sender<Msg>,
+    h: Arc<Handle>,
 }
 
 const MAX_BATCH: usize = 2000;
 /// How long the writer waits for more records before writing a batch; well
 /// inside the 100 ms in which a finished call's record must be durable.
 const LINGER: Duration = Duration::from_millis(20);
+const TRIM_EVERY: Duration = Duration::from_secs(3600);
 
 impl UsageWriter {
     /// Starts the writer thread.
     pub fn spawn(pool: Pool, retention_days: u64) -> UsageWriter {
-        let (tx, rx) = mpsc::channel::<Msg>();
+        let shared = Arc::new(Shared {
+            q: Mutex::new(Queue::default()),
+            cv: Condvar::new(),
+        });
+        let for_thread = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("usage-writer".into())
-            .spawn(move || run(pool, rx, retention_days));
+            .spawn(move || run(pool, for_thread, retention_days));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the usage writer");
         }
-        UsageWriter { tx }
+        UsageWriter {
+            h: Arc::new(Handle(shared)),
+        }
     }
 
-    /// Queues a record; never blocks.
+    /// Queues a record; never blocks on the database.
     pub fn send(&self, r: UsageRecord) {
-        if self.tx.send(Msg::Record(Box::new(r))).is_err() {
-            tracing::error!("usage writer is gone; a usage record was lost");
+        let s = &self.h.0;
+        let mut q = s.lock();
+        q.records.push(r);
+        let wake = q.idle || q.records.len() == MAX_BATCH;
+        q.idle = false;
+        drop(q);
+        if wake {
+            s.cv.notify_one();
         }
     }
 
     /// Waits until everything queued so far is written (shutdown, tests).
     pub async fn flush(&self) {
         let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
-        if self.tx.send(Msg::Flush(ack_tx)).is_err() {
-            return;
+        {
+            let s = &self.h.0;
+            s.lock().acks.push(ack_tx);
+            s.cv.notify_one();
         }
         let _ =
             tokio::task::spawn_blocking(move || ack_rx.recv_timeout(Duration::from_secs(30))).await;
     }
 }
 
-fn run(pool: Pool, rx: mpsc::Receiver<Msg>, retention_days: u64) {
+fn run(pool: Pool, s: Arc<Shared>, retention_days: u64) {
     let mut last_trim: Option<Instant> = None;
     loop {
-        if last_trim.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
+        if last_trim.is_none_or(|t| t.elapsed() > TRIM_EVERY) {
             trim(&pool, retention_days);
             last_trim = Some(Instant::now());
         }
-        let first = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        // Linger briefly after the first record so that, under load, one
-        // transaction (one WAL append) carries many records; a flush request
-        // ends the wait at once.
-        let deadline = Instant::now() + LINGER;
-        let mut batch = Vec::new();
-        let mut acks = Vec::new();
-        let mut m = first;
-        loop {
-            match m {
-                Msg::Record(r) => batch.push(*r),
-                Msg::Flush(a) => acks.push(a),
+        let mut q = s.lock();
+        if q.records.is_empty() && q.acks.is_empty() {
+            if q.closed {
+                return;
             }
-            if batch.len() >= MAX_BATCH {
-                break;
+            q.idle = true;
+            let (g, _) = s
+                .cv
+                .wait_timeout_while(q, Duration::from_secs(60), |q| {
+                    q.records.is_empty() && q.acks.is_empty() && !q.closed
+                })
+                .unwrap_or_else(|p| p.into_inner());
+            q = g;
+            q.idle = false;
+            if q.records.is_empty() && q.acks.is_empty() {
+                continue; // timed out (trim check) or closed
             }
-            let wait = if acks.is_empty() {
-                deadline.saturating_duration_since(Instant::now())
-            } else {
-                Duration::ZERO
-            };
-            let next = if wait.is_zero() {
-                rx.try_recv().ok()
-            } else {
-                rx.recv_timeout(wait).ok()
-            };
-            match next {
-                Some(n) => m = n,
-                None => break,
-            }
+            // Linger after the first record so that, under load, one
+            // transaction (one WAL append) carries many records; a flush, a
+            // full batch or shutdown ends the wait at once.
+            let (g, _) = s
+                .cv
+                .wait_timeout_while(q, LINGER, |q| {
+                    q.acks.is_empty() && q.records.len() < MAX_BATCH && !q.closed
+                })
+                .unwrap_or_else(|p| p.into_inner());
+            q = g;
         }
+        let batch = std::mem::take(&mut q.records);
+        let acks = std::mem::take(&mut q.acks);
+        drop(q);
         if !batch.is_empty() {
             write(&pool, &batch);
         }
