@@ -63,6 +63,9 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     pub metrics: MetricsAccess,
     pub shutdown_grace_secs: u64,
+    /// Threads serving connections, each with its own event loop and upstream
+    /// connection pool; 0 means one per CPU.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +79,7 @@ impl Default for ServerConfig {
             trusted_proxies: vec![],
             metrics: MetricsAccess::Admin,
             shutdown_grace_secs: 30,
+            workers: 0,
         }
     }
 }

@@ -255,6 +255,14 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static(if retry { "true" } else { "false" }),
             );
         }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is not read: say the connection ends, so
+            // that the client does not send its next request on it.
+            headers.insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+        }
         resp
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod glob;
 pub mod http;
 pub mod metering;
+pub mod server;
 pub mod service;
 pub mod state;
 pub mod telemetry;
@@ -24,8 +25,7 @@ use auth::jwt::JwtKeys;
 use config::{Config, ConfigError};
 use service::accounts::{self, Bootstrap};
 use state::{AppState, Clock, Inner, Metering};
-use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,7 @@ pub fn build_state(
         clock: Clock::default(),
         trusted_proxies,
         http: upstream::client::build_client(),
+        upstream: upstream::client::Upstream::new(),
         oauth_http: auth::oauth::build_http_client(),
         providers: Arc::new(upstream::providers::Providers::from_config(&cfg_ref)),
         catalog: Default::default(),
@@ -141,39 +142,34 @@ pub async fn serve(
     let app = http::router(state.clone());
     // Stop accepting on the signal, then give calls in flight (streams
     // included) up to the grace period to finish.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let signalled = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    };
-    // Small writes (SSE chunks, short answers) go out at once: without
-    // TCP_NODELAY, Nagle's algorithm holds them for the peer's delayed ACK (~40 ms).
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::trace!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signalled)
-    .into_future();
-    tokio::pin!(server);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let n = server::worker_count(state.config.server.workers);
+    let mut workers = server::Workers::start(n, app, stop_rx.clone())?;
+    tracing::debug!(workers = n, "serving threads started");
     let grace = std::time::Duration::from_secs(state.config.server.shutdown_grace_secs);
-    let mut stop_rx2 = stop_rx.clone();
-    let mut grace_over = false;
-    let result = tokio::select! {
-        r = &mut server => r,
-        _ = async {
-            let _ = stop_rx2.wait_for(|s| *s).await;
-            tokio::time::sleep(grace).await;
-        } => {
-            grace_over = true;
-            Ok(())
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => workers.dispatch(stream, peer),
+                Err(e) if server::is_connection_error(&e) => {}
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::error!(error = %e, "cannot accept a connection; retrying in 1 s");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
         }
-    };
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let _ = stop_rx.borrow_and_update();
+    let conns = workers.conns.clone();
+    let grace_over = tokio::time::timeout(grace, conns.wait_zero())
+        .await
+        .is_err();
+    let result: std::io::Result<()> = Ok(());
     // Calls can outlive their connection (a stream drained after its client
     // left): they get the grace period too. Then whatever still runs is ended
     // and awaited, so that its record is queued before the final flush.
@@ -187,6 +183,11 @@ pub async fn serve(
         if !calls.wait_idle(std::time::Duration::from_secs(5)).await {
             tracing::error!(calls = calls.live(), "calls did not settle at shutdown");
         }
+    }
+    // The serving threads end; whatever still ran there is dropped, which
+    // settles its calls, before the final flush.
+    if let Err(e) = tokio::task::spawn_blocking(move || workers.join()).await {
+        tracing::error!(error = %e, "cannot stop the serving threads");
     }
     drop(stop_rx);
     poller.abort();

@@ -281,7 +281,9 @@ fn providers(cfg: &Config, probe: bool) -> Result<()> {
 }
 
 fn serve(cfg: Config) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // This thread accepts connections and runs the background jobs; the
+    // serving threads (`[server] workers`) each run their own event loop.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {

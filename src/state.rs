@@ -28,6 +28,8 @@ pub struct Inner {
     pub trusted_proxies: Vec<IpAddr>,
     /// The one pooled HTTP client for every upstream.
     pub http: reqwest::Client,
+    /// Generation calls (serving threads use their own, see `client::for_thread`).
+    pub upstream: crate::upstream::client::Upstream,
     /// The client for OAuth token and userinfo calls (follows no redirects).
     pub oauth_http: reqwest::Client,
     pub providers: Arc<Providers>,

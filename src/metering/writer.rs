@@ -115,9 +115,8 @@ fn run(pool: Pool, s: Arc<Shared>, retention_days: u64) {
                 return;
             }
             q.idle = true;
-            let (g, _) = s
-                .cv
-                .wait_timeout_while(q, Duration::from_secs(60), |q| {
+            let (g, _) =
+                s.cv.wait_timeout_while(q, Duration::from_secs(60), |q| {
                     q.records.is_empty() && q.acks.is_empty() && !q.closed
                 })
                 .unwrap_or_else(|p| p.into_inner());
@@ -129,9 +128,8 @@ fn run(pool: Pool, s: Arc<Shared>, retention_days: u64) {
             // Linger after the first record so that, under load, one
             // transaction (one WAL append) carries many records; a flush, a
             // full batch or shutdown ends the wait at once.
-            let (g, _) = s
-                .cv
-                .wait_timeout_while(q, LINGER, |q| {
+            let (g, _) =
+                s.cv.wait_timeout_while(q, LINGER, |q| {
                     q.acks.is_empty() && q.records.len() < MAX_BATCH && !q.closed
                 })
                 .unwrap_or_else(|p| p.into_inner());

@@ -447,7 +447,7 @@ async fn send(
     ep: Endpoint,
     cap: Option<i64>,
     targets: &[Route],
-) -> Result<(reqwest::Response, Route), ApiError> {
+) -> Result<(client::UpResponse, Route), ApiError> {
     let retries = st.config.routing.retries;
     let mut last: Option<ApiError> = None;
     let mut attempts = 0u32;
@@ -500,7 +500,15 @@ async fn send(
                     .await;
             }
             attempts += 1;
-            match client::post_json(&st.http, prov, ep.path(), bytes.clone(), req.stream).await {
+            match client::post_json(
+                &client::for_thread(&st.upstream),
+                prov,
+                ep.path(),
+                bytes.clone(),
+                req.stream,
+            )
+            .await
+            {
                 Ok(resp) if resp.status().is_success() => {
                     st.health.record(&prov.id, true);
                     return Ok((resp, target.clone()));
@@ -659,7 +667,7 @@ fn whole_response_fast(
 async fn whole_response(
     st: &AppState,
     meter: &mut CallMeter,
-    resp: reqwest::Response,
+    resp: client::UpResponse,
     target: &Route,
     client_model: &str,
 ) -> Result<Response, ApiError> {
@@ -673,11 +681,7 @@ async fn whole_response(
                     prov.name
                 ))
             } else {
-                ApiError::upstream(format!(
-                    "{}: the answer broke off: {}",
-                    prov.name,
-                    client::describe(&e)
-                ))
+                ApiError::upstream(format!("{}: the answer broke off: {e}", prov.name))
             };
             meter.finish(Outcome::UpstreamError, err.status.as_u16(), None);
             return Err(err);

@@ -9,7 +9,6 @@ use crate::error::ApiError;
 use crate::metering::call::{CallMeter, Outcome, Usage};
 use crate::state::AppState;
 use crate::telemetry;
-use crate::upstream::client;
 use crate::upstream::errors;
 use crate::upstream::json_edit;
 use crate::upstream::routing::Route;
@@ -281,7 +280,7 @@ impl Pump {
 pub(super) struct StreamCall {
     pub st: AppState,
     pub meter: CallMeter,
-    pub resp: reqwest::Response,
+    pub resp: crate::upstream::client::UpResponse,
     pub target: Route,
     pub client_model: String,
     pub wants_usage: bool,
@@ -366,11 +365,7 @@ async fn pump(call: StreamCall, tx: tokio::sync::mpsc::Sender<Bytes>) {
                 p.failed = Some(if e.is_timeout() {
                     ApiError::upstream_timeout(format!("{}: the stream timed out.", prov.name))
                 } else {
-                    ApiError::upstream(format!(
-                        "{}: the stream broke off: {}",
-                        prov.name,
-                        client::describe(&e)
-                    ))
+                    ApiError::upstream(format!("{}: the stream broke off: {e}", prov.name))
                 });
                 true
             }

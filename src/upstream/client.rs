@@ -1,6 +1,11 @@
-//! The one pooled HTTP client shared by every provider (rustls; HTTP/1.1
-//! keep-alive, HTTP/2 where the upstream offers it through ALPN), and the
-//! requests the gateway makes with it.
+//! The HTTP clients the gateway calls providers with (rustls; HTTP/1.1
+//! keep-alive, HTTP/2 where the upstream offers it through ALPN).
+//!
+//! Generation calls, the hot path, go through [`Upstream`]: hyper's pooled
+//! client with prebuilt URIs and headers, so a call parses no URL and runs no
+//! redirect or proxy layer (reqwest's stack cost ~25k instructions a call).
+//! Each serving thread has its own (see [`for_thread`]) so that its pooled
+//! connections are driven by its own event loop. Model lists use reqwest.
 
 use super::providers::Provider;
 use bytes::Bytes;
@@ -22,6 +27,200 @@ pub fn build_client() -> reqwest::Client {
         .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
         .build()
         .unwrap_or_default()
+}
+
+type HyperClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<Bytes>,
+>;
+
+/// The pooled client for generation calls.
+#[derive(Clone)]
+pub struct Upstream {
+    http: HyperClient,
+}
+
+impl Upstream {
+    pub fn new() -> Upstream {
+        use hyper_util::client::legacy::connect::HttpConnector;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(30)));
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        use hyper_rustls::ConfigBuilderExt;
+        let tls_config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_webpki_roots().with_no_client_auth())
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "using rustls' default TLS settings for upstream calls");
+            rustls::ClientConfig::builder()
+                .with_webpki_roots()
+                .with_no_client_auth()
+        });
+        let tls = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config);
+        let connector = tls
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(512)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .build(connector);
+        Upstream { http }
+    }
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream::new()
+    }
+}
+
+thread_local! {
+    static THREAD_CLIENT: std::cell::OnceCell<Upstream> = const { std::cell::OnceCell::new() };
+}
+
+/// Gives the calling thread (a serving worker) its own client, so that its
+/// upstream connections are driven by its own event loop.
+pub fn init_thread_client() {
+    THREAD_CLIENT.with(|c| {
+        let _ = c.set(Upstream::new());
+    });
+}
+
+/// The calling thread's client if it has one, else `shared`.
+pub fn for_thread(shared: &Upstream) -> Upstream {
+    THREAD_CLIENT
+        .with(|c| c.get().cloned())
+        .unwrap_or_else(|| shared.clone())
+}
+
+/// An upstream's answer to a generation call; its body must arrive before the
+/// call's deadline (the provider's `timeout_secs`, counted from the send).
+pub struct UpResponse {
+    inner: hyper::Response<hyper::body::Incoming>,
+    deadline: tokio::time::Instant,
+}
+
+/// Why an answer's body could not be read.
+#[derive(Debug)]
+pub struct BodyError {
+    timeout: bool,
+    message: String,
+}
+
+impl BodyError {
+    pub fn is_timeout(&self) -> bool {
+        self.timeout
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut src = e.source();
+    while let Some(s) = src {
+        parts.push(s.to_string());
+        src = s.source();
+    }
+    parts.join(": ")
+}
+
+impl UpResponse {
+    pub fn status(&self) -> axum::http::StatusCode {
+        self.inner.status()
+    }
+
+    pub fn headers(&self) -> &axum::http::HeaderMap {
+        self.inner.headers()
+    }
+
+    /// The whole body.
+    pub async fn bytes(self) -> Result<Bytes, BodyError> {
+        use http_body_util::BodyExt;
+        match tokio::time::timeout_at(self.deadline, self.inner.into_body().collect()).await {
+            Ok(Ok(c)) => Ok(c.to_bytes()),
+            Ok(Err(e)) => Err(BodyError {
+                timeout: false,
+                message: chain(&e),
+            }),
+            Err(_) => Err(BodyError {
+                timeout: true,
+                message: "timed out".into(),
+            }),
+        }
+    }
+
+    /// The body as it arrives, one network read at a time.
+    pub fn bytes_stream(self) -> BodyStream {
+        BodyStream {
+            body: self.inner.into_body(),
+            timer: Box::pin(tokio::time::sleep_until(self.deadline)),
+            done: false,
+        }
+    }
+}
+
+pub struct BodyStream {
+    body: hyper::body::Incoming,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl futures_util::Stream for BodyStream {
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use http_body::Body as _;
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    // trailers: nothing to forward
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(BodyError {
+                        timeout: false,
+                        message: chain(&e),
+                    })));
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => break,
+            }
+        }
+        if std::future::Future::poll(self.timer.as_mut(), cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(Some(Err(BodyError {
+                timeout: true,
+                message: "timed out".into(),
+            })));
+        }
+        Poll::Pending
+    }
 }
 
 /// Why a request got no HTTP answer.
@@ -86,27 +285,43 @@ fn authorised(mut req: reqwest::RequestBuilder, p: &Provider) -> reqwest::Reques
 
 /// POSTs a JSON body to `<base_url><path>`.
 pub async fn post_json(
-    client: &reqwest::Client,
+    up: &Upstream,
     p: &Provider,
     path: &str,
     body: Bytes,
     stream: bool,
-) -> Result<reqwest::Response, SendError> {
-    let req = match p.endpoint_url(path) {
-        Some(url) => client.post(url.clone()),
-        None => client.post(format!("{}{}", p.base_url, path)),
+) -> Result<UpResponse, SendError> {
+    let uri = match p.endpoint_url(path) {
+        Some(u) => u.clone(),
+        None => format!("{}{}", p.base_url, path)
+            .parse()
+            .map_err(|_| SendError::Connect("the provider's base_url is not a valid URL".into()))?,
     };
-    let mut req = req
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .timeout(p.timeout)
-        .body(body);
+    let mut req = hyper::Request::new(http_body_util::Full::new(body));
+    *req.method_mut() = axum::http::Method::POST;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = p.request_headers.clone();
     if stream {
-        req = req.header(reqwest::header::ACCEPT, "text/event-stream");
+        req.headers_mut().insert(
+            axum::http::header::ACCEPT,
+            axum::http::HeaderValue::from_static("text/event-stream"),
+        );
     }
-    authorised(req, p)
-        .send()
-        .await
-        .map_err(SendError::from_reqwest)
+    let deadline = tokio::time::Instant::now() + p.timeout;
+    match tokio::time::timeout_at(deadline, up.http.request(req)).await {
+        Ok(Ok(inner)) => Ok(UpResponse { inner, deadline }),
+        Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(upstream_error(&e))),
+        Ok(Err(e)) => Err(SendError::Broken(upstream_error(&e))),
+        Err(_) => Err(SendError::Timeout),
+    }
+}
+
+/// A client error's causes, without the generic outer message.
+fn upstream_error(e: &hyper_util::client::legacy::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(s) => chain(s),
+        None => e.to_string(),
+    }
 }
 
 /// GETs the provider's model list; its body on success, a reason otherwise.

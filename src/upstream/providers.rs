@@ -30,7 +30,10 @@ pub struct Provider {
     pub cap_field: String,
     pub is_default: bool,
     /// `<base_url><path>` for each generation endpoint, parsed once.
-    pub endpoint_urls: Vec<(&'static str, reqwest::Url)>,
+    pub endpoint_urls: Vec<(&'static str, axum::http::Uri)>,
+    /// The headers every generation call carries (content type, user agent,
+    /// the key as a sensitive bearer token, `headers`), built once.
+    pub request_headers: axum::http::HeaderMap,
 }
 
 /// The generation endpoints, relative to a provider's base URL.
@@ -38,7 +41,7 @@ pub const ENDPOINT_PATHS: [&str; 3] = ["/chat/completions", "/completions", "/em
 
 impl Provider {
     /// The parsed URL of `path` (one of [`ENDPOINT_PATHS`]).
-    pub fn endpoint_url(&self, path: &str) -> Option<&reqwest::Url> {
+    pub fn endpoint_url(&self, path: &str) -> Option<&axum::http::Uri> {
         self.endpoint_urls
             .iter()
             .find(|(p, _)| *p == path)
@@ -139,10 +142,13 @@ impl Providers {
                 .filter_map(|path| {
                     Some((
                         *path,
-                        reqwest::Url::parse(&format!("{base_url}{path}")).ok()?,
+                        format!("{base_url}{path}")
+                            .parse::<axum::http::Uri>()
+                            .ok()?,
                     ))
                 })
                 .collect();
+            let request_headers = request_headers(&section.api_key, &headers);
             list.push(Arc::new(Provider {
                 name: section
                     .name
@@ -160,6 +166,7 @@ impl Providers {
                     .unwrap_or_else(|| "max_tokens".into()),
                 is_default: id == cfg.routing.default_provider,
                 endpoint_urls,
+                request_headers,
                 base_url,
                 id,
             }));
@@ -180,4 +187,38 @@ impl Providers {
         // validate() guarantees the default names a provider.
         self.by_id.get(&self.default_id).unwrap_or(&self.list[0])
     }
+}
+
+fn request_headers(key: &Secret, extra: &[(String, String)]) -> axum::http::HeaderMap {
+    use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static(concat!("tollgate/", env!("CARGO_PKG_VERSION"))),
+    );
+    if !key.is_empty() {
+        match HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                h.insert(header::AUTHORIZATION, v);
+            }
+            Err(_) => tracing::warn!("a provider key holds characters a header cannot carry"),
+        }
+    }
+    for (k, v) in extra {
+        match (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            (Ok(k), Ok(v)) => {
+                h.append(k, v);
+            }
+            _ => tracing::warn!(header = %k, "skipping a provider header that is not valid HTTP"),
+        }
+    }
+    h
 }
