@@ -18,14 +18,26 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// The LLM routes, to be mounted at `/llm`, `/v1` and the root.
-pub fn routes() -> Router<AppState> {
+/// The LLM routes under `prefix` ("/llm", "/v1" or "" for the root). Routes
+/// are registered with their full paths rather than nested: a nested router
+/// rebuilds the request's URI to strip the prefix on every call.
+pub fn routes(prefix: &str) -> Router<AppState> {
     Router::new()
-        .route("/chat/completions", generation(Endpoint::Chat))
-        .route("/completions", generation(Endpoint::Completions))
-        .route("/embeddings", generation(Endpoint::Embeddings))
-        .route("/models", get(models))
-        .route("/models/{*id}", get(model))
-        .route("/providers", get(providers))
+        .route(
+            &format!("{prefix}/chat/completions"),
+            generation(Endpoint::Chat),
+        )
+        .route(
+            &format!("{prefix}/completions"),
+            generation(Endpoint::Completions),
+        )
+        .route(
+            &format!("{prefix}/embeddings"),
+            generation(Endpoint::Embeddings),
+        )
+        .route(&format!("{prefix}/models"), get(models))
+        .route(&format!("{prefix}/models/{{*id}}"), get(model))
+        .route(&format!("{prefix}/providers"), get(providers))
 }
 
 /// The POST route of one generation endpoint, handed to the proxy.

@@ -81,9 +81,9 @@ pub fn router(state: AppState) -> Router {
         .route("/subscriptions/me", get(subscriptions::me))
         .route("/subscriptions/usage", get(subscriptions::usage))
         .route("/subscriptions/usage/daily", get(subscriptions::daily))
-        .nest("/llm", llm::routes())
-        .nest("/v1", llm::routes())
-        .merge(llm::routes());
+        .merge(llm::routes("/llm"))
+        .merge(llm::routes("/v1"))
+        .merge(llm::routes(""));
     let protected = match state.config.server.metrics {
         MetricsAccess::Admin => protected.route("/metrics", get(metrics_admin)),
         _ => protected,

@@ -630,9 +630,10 @@ pub(super) fn generated_text(choice: &Value, mut f: impl FnMut(&str)) {
 
 /// A non-streaming answer: the upstream body with `model` as the client named
 /// it and `_usage_info` added.
-/// The common case without building a tree: a valid JSON object with `usage`
-/// and no `error` gets `model` renamed and `_usage_info` appended in its text.
-/// `None` sends the answer down the general path.
+/// The common case without building a tree: an object with `usage` and no
+/// `error`, checked for structure in one pass over its top-level fields
+/// (`json_edit::fields`), gets `model` renamed and `_usage_info` appended in
+/// its text. `None` sends the answer down the general path, which parses it.
 fn whole_response_fast(
     meter: &mut CallMeter,
     bytes: &[u8],
@@ -640,20 +641,20 @@ fn whole_response_fast(
 ) -> Option<Response> {
     use crate::upstream::json_edit;
     let text = std::str::from_utf8(bytes).ok()?;
-    serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
-    if json_edit::find(text, "error").is_some() {
+    let fields = json_edit::fields(text)?;
+    let field = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, f)| f);
+    if field("error").is_some() {
         return None;
     }
-    let usage_field = json_edit::find(text, "usage")?;
-    let usage = serde_json::from_str::<Value>(json_edit::value(text, &usage_field))
+    let usage = serde_json::from_str::<Value>(json_edit::value(text, field("usage")?))
         .ok()
         .as_ref()
         .and_then(Usage::from_json)?;
     let model_json = serde_json::to_string(client_model).ok()?;
     let renamed;
-    let text = match json_edit::find(text, "model") {
-        Some(f) if json_edit::value(text, &f) != model_json => {
-            renamed = json_edit::replace(text, &f, &model_json);
+    let text = match field("model") {
+        Some(f) if json_edit::value(text, f) != model_json => {
+            renamed = json_edit::replace(text, f, &model_json);
             renamed.as_str()
         }
         _ => text,

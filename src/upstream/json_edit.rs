@@ -104,6 +104,52 @@ pub fn find(json: &str, key: &str) -> Option<Field> {
     }
 }
 
+/// Every top-level field of the object `json`, in order, walking it to its
+/// closing brace (only whitespace may follow). A structural check — strings
+/// closed, brackets balanced, fields separated — rather than a full parse.
+pub fn fields(json: &str) -> Option<Vec<(&str, Field)>> {
+    let b = json.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    let mut out = Vec::with_capacity(8);
+    if b.get(i) == Some(&b'}') {
+        return (skip_ws(b, i + 1) == b.len()).then_some(out);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_start = i;
+        let key_end = string_end(b, i)?;
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let value_start = skip_ws(b, i + 1);
+        let end = value_end(b, value_start)?;
+        if end == value_start {
+            return None;
+        }
+        out.push((
+            &json[key_start + 1..key_end - 1],
+            Field {
+                key_start,
+                value_start,
+                value_end: end,
+            },
+        ));
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return (skip_ws(b, i + 1) == b.len()).then_some(out),
+            _ => return None,
+        }
+    }
+}
+
 /// The field's value text.
 pub fn value<'a>(json: &'a str, f: &Field) -> &'a str {
     &json[f.value_start..f.value_end]
@@ -181,6 +227,29 @@ mod tests {
             ),
             "2"
         );
+    }
+
+    #[test]
+    fn lists_top_level_fields_and_checks_structure() {
+        let f = fields(CHUNK).unwrap();
+        let keys: Vec<&str> = f.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["id", "model", "choices", "nested", "usage"]);
+        assert_eq!(value(CHUNK, &f[1].1), "\"gpt-4\"");
+        assert_eq!(fields(" { } ").unwrap().len(), 0);
+        for bad in [
+            "",
+            "[1]",
+            r#"{"a":1"#,
+            r#"{"a":1}x"#,
+            r#"{"a":[1,2}"#,
+            r#"{"a":"unterminated}"#,
+            r#"{"a":}"#,
+            r#"{"a" 1}"#,
+            r#"{"a":1,}"#,
+            "<html>",
+        ] {
+            assert!(fields(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]
