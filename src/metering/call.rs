@@ -155,6 +155,11 @@ impl CallMeter {
         self.generated_chars += text.chars().count();
     }
 
+    /// Counts `n` characters of generated text.
+    pub fn add_generated_chars(&mut self, n: usize) {
+        self.generated_chars += n;
+    }
+
     pub fn elapsed_ms(&self) -> i64 {
         self.started.elapsed().as_millis() as i64
     }

@@ -18,10 +18,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use serde::de::IgnoredAny;
-use serde::Deserialize;
 use serde_json::{json, Value};
-use std::borrow::Cow;
 
 fn sse_error(out: &mut BytesMut, e: &ApiError) {
     out.put_slice(b"data: ");
@@ -47,53 +44,59 @@ struct Pump {
     object: Option<String>,
 }
 
-/// What the pump needs to know of an ordinary chunk, read without building a tree.
-#[derive(Deserialize)]
-struct ChunkView<'a> {
-    #[serde(borrow, default)]
-    choices: Option<Vec<ChoiceView<'a>>>,
-    #[serde(default)]
-    usage: Option<IgnoredAny>,
-    #[serde(default)]
-    error: Option<IgnoredAny>,
+/// The characters of generated text in one choice of a chunk (`delta.content`,
+/// `delta.reasoning`, `text`, tool-call arguments), counted in the JSON text,
+/// and whether it carries a `finish_reason`. `None` if the choice is not an object.
+fn choice_text(c: &str) -> Option<(usize, bool)> {
+    let fields = json_edit::fields(c)?;
+    let mut n = 0;
+    let mut finished = false;
+    let chars = |f: &json_edit::Field| json_edit::string_chars(json_edit::value(c, f)).unwrap_or(0);
+    for (k, f) in &fields {
+        match *k {
+            "text" => n += chars(f),
+            "finish_reason" => finished = json_edit::value(c, f) != "null",
+            "delta" => {
+                let d = json_edit::value(c, f);
+                let Some(df) = json_edit::fields(d) else {
+                    continue;
+                };
+                for (k, f) in &df {
+                    match *k {
+                        "content" | "reasoning" => {
+                            n += json_edit::string_chars(json_edit::value(d, f)).unwrap_or(0)
+                        }
+                        "tool_calls" => n += tool_call_chars(json_edit::value(d, f)),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((n, finished))
 }
 
-#[derive(Deserialize)]
-struct ChoiceView<'a> {
-    #[serde(borrow, default)]
-    delta: Option<DeltaView<'a>>,
-    #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
-    #[serde(default)]
-    finish_reason: Option<IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-struct DeltaView<'a> {
-    #[serde(borrow, default)]
-    content: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    reasoning: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Vec<ToolCallView<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct ToolCallView<'a> {
-    #[serde(borrow, default)]
-    function: Option<FunctionView<'a>>,
-}
-
-#[derive(Deserialize)]
-struct FunctionView<'a> {
-    #[serde(borrow, default)]
-    arguments: Option<Cow<'a, str>>,
-}
-
-fn put_data(out: &mut BytesMut, text: &str) {
-    out.put_slice(b"data: ");
-    out.put_slice(text.as_bytes());
-    out.put_slice(b"\n\n");
+fn tool_call_chars(calls: &str) -> usize {
+    let Some(items) = json_edit::elements(calls) else {
+        return 0;
+    };
+    let mut n = 0;
+    for (s, e) in items {
+        let call = &calls[s..e];
+        let Some(func) = json_edit::fields(call)
+            .and_then(|f| f.into_iter().find(|(k, _)| *k == "function"))
+            .map(|(_, f)| json_edit::value(call, &f))
+        else {
+            continue;
+        };
+        if let Some((_, a)) =
+            json_edit::fields(func).and_then(|f| f.into_iter().find(|(k, _)| *k == "arguments"))
+        {
+            n += json_edit::string_chars(json_edit::value(func, &a)).unwrap_or(0);
+        }
+    }
+    n
 }
 
 impl Pump {
@@ -189,43 +192,43 @@ impl Pump {
     }
 
     /// An ordinary chunk (no usage, no error): counts its text and forwards it
-    /// with `model` renamed and `usage: null` dropped, editing its text in place.
-    /// `false` when the chunk needs the general path.
+    /// with `model` renamed and `usage: null` dropped, editing its text as it
+    /// is copied out. One structural pass over its fields, no tree, no
+    /// allocation but the field list. `false` when the chunk needs the general path.
     fn fast_chunk(&mut self, d: &str, meter: &mut CallMeter, out: &mut BytesMut) -> bool {
-        let Ok(view) = serde_json::from_str::<ChunkView>(d) else {
+        let Some(fields) = json_edit::fields(d) else {
             return false;
         };
-        if view.error.is_some() || view.usage.is_some() {
+        let field = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, f)| *f);
+        let present =
+            |f: Option<json_edit::Field>| f.is_some_and(|f| json_edit::value(d, &f) != "null");
+        if present(field("error")) {
+            return false;
+        }
+        let usage = field("usage");
+        if present(usage) {
             return false;
         }
         let mut empty = false;
-        if let Some(choices) = &view.choices {
-            empty = choices.is_empty();
-            for c in choices {
-                let delta = c.delta.as_ref();
-                let calls = delta.and_then(|d| d.tool_calls.as_ref());
-                let texts = [
-                    delta.and_then(|d| d.content.as_deref()),
-                    delta.and_then(|d| d.reasoning.as_deref()),
-                    c.text.as_deref(),
-                ];
-                let args = calls
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.function.as_ref()?.arguments.as_deref());
-                for t in texts.into_iter().flatten().chain(args) {
-                    if !t.is_empty() {
-                        meter.first_token();
-                        meter.add_generated(t);
-                    }
+        if let Some(f) = field("choices") {
+            let arr = json_edit::value(d, &f);
+            let Some(items) = json_edit::elements(arr) else {
+                return false;
+            };
+            empty = items.is_empty();
+            for (s, e) in items {
+                let Some((n, finished)) = choice_text(&arr[s..e]) else {
+                    return false;
+                };
+                if n > 0 {
+                    meter.first_token();
+                    meter.add_generated_chars(n);
                 }
-                if c.finish_reason.is_some() {
-                    self.saw_finish = true;
-                }
+                self.saw_finish |= finished;
             }
         }
         if self.id.is_none() {
-            let raw = |k: &str| json_edit::find(d, k).map(|f| json_edit::value(d, &f).to_owned());
+            let raw = |k: &str| field(k).map(|f| json_edit::value(d, &f).to_owned());
             self.id = raw("id");
             self.created = raw("created");
             self.object = raw("object");
@@ -233,18 +236,31 @@ impl Pump {
         if empty && !self.wants_usage {
             return true;
         }
-        let mut text = Cow::Borrowed(d);
-        if let Some(f) = json_edit::find(&text, "model") {
-            if json_edit::value(&text, &f) != self.client_model_json {
-                text = Cow::Owned(json_edit::replace(&text, &f, &self.client_model_json));
+        // Edits in text order: the new model name, `usage: null` taken out.
+        let mut edits: [(usize, usize, &str); 2] = [(usize::MAX, usize::MAX, ""); 2];
+        if let Some(f) = field("model") {
+            if json_edit::value(d, &f) != self.client_model_json {
+                edits[0] = (f.value_start, f.value_end, self.client_model_json.as_str());
             }
         }
-        if !self.wants_usage {
-            if let Some(f) = json_edit::find(&text, "usage") {
-                text = Cow::Owned(json_edit::remove(&text, &f));
-            }
+        if let (Some(f), false) = (usage, self.wants_usage) {
+            let (s, e) = json_edit::removal_range(d, &f);
+            edits[1] = (s, e, "");
         }
-        put_data(out, &text);
+        edits.sort_unstable_by_key(|e| e.0);
+        out.reserve(d.len() + self.client_model_json.len() + 8);
+        out.put_slice(b"data: ");
+        let mut at = 0;
+        for (s, e, with) in edits {
+            if s == usize::MAX || s < at {
+                continue;
+            }
+            out.put_slice(&d.as_bytes()[at..s]);
+            out.put_slice(with.as_bytes());
+            at = e;
+        }
+        out.put_slice(&d.as_bytes()[at..]);
+        out.put_slice(b"\n\n");
         true
     }
 

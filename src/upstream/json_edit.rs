@@ -21,14 +21,13 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// The index just past the string that opens at `i`.
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
-    while j < b.len() {
-        match b[j] {
-            b'\\' => j += 2,
-            b'"' => return Some(j + 1),
-            _ => j += 1,
+    loop {
+        j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        if b[j] == b'"' {
+            return Some(j + 1);
         }
+        j += 2;
     }
-    None
 }
 
 /// The index just past the value that starts at `i`.
@@ -164,11 +163,12 @@ pub fn replace(json: &str, f: &Field, new_value: &str) -> String {
     out
 }
 
-/// `json` without the field (and the comma that separated it).
-pub fn remove(json: &str, f: &Field) -> String {
+/// The byte range that removing the field takes out: the field and the comma
+/// that separated it from its neighbour.
+pub fn removal_range(json: &str, f: &Field) -> (usize, usize) {
     let b = json.as_bytes();
     let after = skip_ws(b, f.value_end);
-    let (start, end) = if b.get(after) == Some(&b',') {
+    if b.get(after) == Some(&b',') {
         (f.key_start, skip_ws(b, after + 1))
     } else {
         // The last field: take the comma before it instead.
@@ -180,11 +180,83 @@ pub fn remove(json: &str, f: &Field) -> String {
             s -= 1;
         }
         (s, f.value_end)
-    };
+    }
+}
+
+/// `json` without the field (and the comma that separated it).
+pub fn remove(json: &str, f: &Field) -> String {
+    let (start, end) = removal_range(json, f);
     let mut out = String::with_capacity(json.len());
     out.push_str(&json[..start]);
     out.push_str(&json[end..]);
     out
+}
+
+/// The elements of the array `json` (its text, brackets included), as byte
+/// ranges of their values; `None` if it is not a well-formed array.
+pub fn elements(json: &str) -> Option<Vec<(usize, usize)>> {
+    let b = json.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'[') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    let mut out = Vec::new();
+    if b.get(i) == Some(&b']') {
+        return (skip_ws(b, i + 1) == b.len()).then_some(out);
+    }
+    loop {
+        let end = value_end(b, i)?;
+        if end == i {
+            return None;
+        }
+        out.push((i, end));
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b']') => return (skip_ws(b, i + 1) == b.len()).then_some(out),
+            _ => return None,
+        }
+    }
+}
+
+/// The number of characters a JSON string literal (`raw`, quotes included)
+/// decodes to, counted without decoding it; `None` if `raw` is not a string.
+pub fn string_chars(raw: &str) -> Option<usize> {
+    let b = raw.as_bytes();
+    if b.len() < 2 || b[0] != b'"' || b[b.len() - 1] != b'"' {
+        return None;
+    }
+    let body = &b[1..b.len() - 1];
+    let mut n = 0;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'\\' if body.get(i + 1) == Some(&b'u') => {
+                // A surrogate pair (two escapes) is one character.
+                let high = std::str::from_utf8(body.get(i + 2..i + 6)?)
+                    .ok()
+                    .and_then(|h| u16::from_str_radix(h, 16).ok())?;
+                i += 6;
+                if (0xD800..0xDC00).contains(&high) && body.get(i..i + 2) == Some(b"\\u") {
+                    i += 6;
+                }
+                n += 1;
+            }
+            b'\\' => {
+                i += 2;
+                n += 1;
+            }
+            c => {
+                // Count UTF-8 lead bytes, not continuation bytes.
+                if c & 0xC0 != 0x80 {
+                    n += 1;
+                }
+                i += 1;
+            }
+        }
+    }
+    Some(n)
 }
 
 /// `json` (an object) with `"key": value_json` added as its last field.
@@ -250,6 +322,34 @@ mod tests {
         ] {
             assert!(fields(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn walks_arrays_and_counts_string_characters() {
+        let a = r#"[1, {"a":[2]}, "x]" ]"#;
+        let e = elements(a).unwrap();
+        let vals: Vec<&str> = e.iter().map(|(s, t)| &a[*s..*t]).collect();
+        assert_eq!(vals, ["1", r#"{"a":[2]}"#, r#""x]""#]);
+        assert_eq!(elements("[]").unwrap().len(), 0);
+        for bad in ["[1,", "[1 2]", "{}", "[1,]"] {
+            assert!(elements(bad).is_none(), "{bad}");
+        }
+        for s in [
+            "",
+            "abc",
+            "é😀",
+            "a\"b\\c\n",
+            "\u{e9}\u{1f600}x",
+            "tab\there",
+        ] {
+            let raw = serde_json::to_string(s).unwrap();
+            assert_eq!(string_chars(&raw), Some(s.chars().count()), "{raw}");
+        }
+        let escaped = r#""\u00e9\ud83d\ude00""#;
+        let decoded: String = serde_json::from_str(escaped).unwrap();
+        assert_eq!(string_chars(escaped), Some(decoded.chars().count()));
+        assert_eq!(string_chars("null"), None);
+        assert_eq!(string_chars("12"), None);
     }
 
     #[test]

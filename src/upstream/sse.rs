@@ -35,8 +35,18 @@ impl SseReader {
                 bytes = rest;
             }
         }
-        while let Some(pos) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
-            self.line.extend_from_slice(&bytes[..pos]);
+        while let Some(pos) = memchr::memchr2(b'\n', b'\r', bytes) {
+            if self.line.is_empty() {
+                // The whole line is in this read: no copy.
+                self.end_line(&bytes[..pos], out);
+            } else {
+                self.line.extend_from_slice(&bytes[..pos]);
+                let line = std::mem::take(&mut self.line);
+                self.end_line(&line, out);
+                // Keep the buffer's capacity for the next partial line.
+                self.line = line;
+                self.line.clear();
+            }
             let was_cr = bytes[pos] == b'\r';
             bytes = &bytes[pos + 1..];
             if was_cr {
@@ -46,26 +56,27 @@ impl SseReader {
                     bytes = &bytes[1..];
                 }
             }
-            self.end_line(out);
         }
         self.line.extend_from_slice(bytes);
     }
 
-    /// The stream ended: an event without its final blank line still counts.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         if !self.line.is_empty() {
-            self.end_line(out);
+            let line = std::mem::take(&mut self.line);
+            self.end_line(&line, out);
         }
         self.dispatch(out);
     }
 
-    fn end_line(&mut self, out: &mut Vec<Event>) {
-        let line = std::mem::take(&mut self.line);
+    fn end_line(&mut self, line: &[u8], out: &mut Vec<Event>) {
         if line.is_empty() {
             self.dispatch(out);
             return;
         }
-        let text = String::from_utf8_lossy(&line);
+        let text = match std::str::from_utf8(line) {
+            Ok(t) => std::borrow::Cow::Borrowed(t),
+            Err(_) => String::from_utf8_lossy(line),
+        };
         if let Some(comment) = text.strip_prefix(':') {
             let c = self.comment.get_or_insert_with(String::new);
             if !c.is_empty() {
@@ -79,11 +90,13 @@ impl SseReader {
             None => (text.as_ref(), ""),
         };
         if field == "data" {
-            let d = self.data.get_or_insert_with(String::new);
-            if !d.is_empty() {
-                d.push('\n');
+            match &mut self.data {
+                None => self.data = Some(value.to_owned()),
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
             }
-            d.push_str(value);
         }
         // `event:`, `id:` and `retry:` carry nothing the gateway forwards.
     }
