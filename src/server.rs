@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Notify};
-use tower::Service;
 
 type Conn = (std::net::TcpStream, SocketAddr);
 
@@ -196,7 +195,8 @@ async fn connection(
     }
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
-        app.clone().call(req)
+        let app = app.clone();
+        async move { Ok::<_, std::convert::Infallible>(crate::http::dispatch(app, req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);

@@ -1,4 +1,4 @@
-//! Authentication on the request path. `require_auth` (a middleware on every
+//! Authentication on the request path. [`RequireAuthLayer`] (on every
 //! non-public route) resolves `X-API-Key`, `Authorization: Bearer sk_live_…` or
 //! `Authorization: Bearer <JWT>` against the in-memory cache and stores the
 //! [`Principal`]; handlers take [`CurrentUser`] or [`AdminUser`].
@@ -7,12 +7,14 @@ use super::api_key;
 use super::cache::{KeyEntry, PlanEntry, Role, UserEntry};
 use crate::error::ApiError;
 use crate::state::AppState;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 /// Who is calling, and with which key (none for a JWT).
 #[derive(Debug, Clone)]
@@ -104,13 +106,49 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, 
 }
 
 /// Middleware for every route that needs a credential (deny by default).
-pub async fn require_auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    match authenticate(&state, req.headers()) {
-        Ok(p) => {
-            req.extensions_mut().insert(p);
-            next.run(req).await
+/// Denies by default: every route under this layer needs a credential. The
+/// check is synchronous (an in-memory lookup), so the layer adds no boxed
+/// future and no service clone per request, unlike a `from_fn` middleware.
+#[derive(Clone)]
+pub struct RequireAuthLayer(pub AppState);
+
+impl<S> tower::Layer<S> for RequireAuthLayer {
+    type Service = RequireAuth<S>;
+
+    fn layer(&self, inner: S) -> RequireAuth<S> {
+        RequireAuth {
+            inner,
+            state: self.0.clone(),
         }
-        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Clone)]
+pub struct RequireAuth<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> tower::Service<Request> for RequireAuth<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<std::future::Ready<Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        match authenticate(&self.state, req.headers()) {
+            Ok(p) => {
+                req.extensions_mut().insert(p);
+                Either::Right(self.inner.call(req))
+            }
+            Err(e) => Either::Left(std::future::ready(Ok(e.into_response()))),
+        }
     }
 }
 

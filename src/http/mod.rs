@@ -1,5 +1,6 @@
-//! The HTTP surface: one route table, the middleware stack (request id and
-//! logging, CORS, body limit, authentication) and the 404/405 fallbacks.
+//! The HTTP surface: one route table, its layers (CORS, body limit,
+//! authentication), the 404/405 fallbacks, and [`dispatch`], which runs each
+//! request through it with an id, a log line and a panic guard.
 
 pub mod admin_keys;
 pub mod admin_plans;
@@ -14,13 +15,12 @@ pub mod subscriptions;
 pub mod views;
 pub mod web;
 
-use crate::auth::extract::require_auth;
+use crate::auth::extract::RequireAuthLayer;
 use crate::config::MetricsAccess;
 use crate::error::ApiError;
 use crate::state::AppState;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
@@ -88,8 +88,7 @@ pub fn router(state: AppState) -> Router {
         MetricsAccess::Admin => protected.route("/metrics", get(metrics_admin)),
         _ => protected,
     };
-    let protected =
-        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    let protected = protected.route_layer(RequireAuthLayer(state.clone()));
 
     let mut app = Router::new()
         .merge(public)
@@ -100,16 +99,10 @@ pub fn router(state: AppState) -> Router {
     if let Some(cors) = cors_layer(&state) {
         app = app.layer(cors);
     }
-    // A panicking handler answers a JSON 500 instead of dropping the connection;
-    // metering guards settle while it unwinds.
-    app.layer(tower_http::catch_panic::CatchPanicLayer::custom(
-        panic_response,
-    ))
-    .layer(middleware::from_fn(request_id_and_log))
-    .with_state(state)
+    app.with_state(state)
 }
 
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+fn panic_response() -> Response {
     ApiError::internal("a request handler panicked").into_response()
 }
 
@@ -146,23 +139,53 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Gives every request an id (`x-request-id` on the answer) and logs it, path
-/// only: query strings can carry OAuth codes and never reach the log.
-async fn request_id_and_log(mut req: Request, next: Next) -> Response {
+/// Runs one request through `app`: gives it an id (`x-request-id` on the
+/// answer) and logs it, path only (query strings can carry OAuth codes and
+/// never reach the log). A panicking handler answers a JSON 500 instead of
+/// dropping the connection; metering guards settle while it unwinds.
+pub async fn dispatch<B>(mut app: Router, mut req: axum::http::Request<B>) -> Response
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    use futures_util::FutureExt;
+    use std::panic::AssertUnwindSafe;
+    use tower::Service;
     let id = new_request_id();
     let start = Instant::now();
+    let id_header = HeaderValue::from_str(&id).ok();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let mut resp = next.run(req).await;
+    let uri = req.uri().clone();
+    req.extensions_mut().insert(RequestId(id));
+    let resp = match std::panic::catch_unwind(AssertUnwindSafe(|| app.call(req))) {
+        Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+        Err(p) => Err(p),
+    };
+    let mut resp = match resp {
+        Ok(Ok(r)) => r,
+        Ok(Err(never)) => match never {},
+        Err(_) => panic_response(),
+    };
     let status = resp.status();
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Some(v) = id_header {
         resp.headers_mut().insert("x-request-id", v);
     }
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let path = uri.path();
     if status.is_server_error() {
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        let id = resp
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         tracing::warn!(request_id = %id, %method, %path, status = status.as_u16(), ms, "request failed");
-    } else {
+    } else if tracing::enabled!(tracing::Level::DEBUG) {
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        let id = resp
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         tracing::debug!(request_id = %id, %method, %path, status = status.as_u16(), ms, "request");
     }
     resp
