@@ -125,3 +125,54 @@ pub fn json_list(v: &[String]) -> String {
 pub fn parse_json_list(s: &str) -> Vec<String> {
     serde_json::from_str(s).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod migration_tests {
+    use super::embedded;
+    use rusqlite::Connection;
+
+    const INSERT: &str = "INSERT INTO requests (request_id, user_id, username, key_id, provider, model,
+        upstream_model, endpoint, prompt_tokens, completion_tokens, total_tokens, cost_usd, estimated,
+        priced, http_status, outcome, latency_ms, ttft_ms, created_at)
+        VALUES (?1, 1, 'u', NULL, 'p', 'm', 'm', 'chat/completions', 1, 2, 3, 0.5, 0, 1, 200, ?2, 7, NULL,
+        '2026-11-26T00:00:00Z')";
+
+    #[test]
+    fn v4_keeps_records_and_the_outcome_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(3))
+            .run(&mut conn)
+            .unwrap();
+        conn.execute(INSERT, ["req_old", "ok"]).unwrap();
+        embedded::migrations::runner().run(&mut conn).unwrap();
+        let (rid, tokens): (String, i64) = conn
+            .query_row("SELECT request_id, total_tokens FROM requests", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((rid.as_str(), tokens), ("req_old", 3));
+        for ok in ["ok", "upstream_error", "client_cancelled", "refused"] {
+            conn.execute(INSERT, ["req_new", ok]).unwrap();
+        }
+        assert!(conn.execute(INSERT, ["req_bad", "maybe"]).is_err());
+        // The check no longer builds a temporary index per insert.
+        let ops: Vec<String> = conn
+            .prepare(&format!("EXPLAIN {INSERT}"))
+            .unwrap()
+            .query_map(["x", "ok"], |r| r.get::<_, String>(1))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(!ops.iter().any(|o| o == "OpenEphemeral"), "{ops:?}");
+        let index: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'requests_user'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 1);
+    }
+}
