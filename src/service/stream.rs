@@ -44,58 +44,107 @@ struct Pump {
     object: Option<String>,
 }
 
-/// The characters of generated text in one choice of a chunk (`delta.content`,
-/// `delta.reasoning`, `text`, tool-call arguments), counted in the JSON text,
-/// and whether it carries a `finish_reason`. `None` if the choice is not an object.
-fn choice_text(c: &str) -> Option<(usize, bool)> {
-    let fields = json_edit::fields(c)?;
-    let mut n = 0;
-    let mut finished = false;
-    let chars = |f: &json_edit::Field| json_edit::string_chars(json_edit::value(c, f)).unwrap_or(0);
-    for (k, f) in &fields {
-        match *k {
-            "text" => n += chars(f),
-            "finish_reason" => finished = json_edit::value(c, f) != "null",
-            "delta" => {
-                let d = json_edit::value(c, f);
-                let Some(df) = json_edit::fields(d) else {
-                    continue;
-                };
-                for (k, f) in &df {
-                    match *k {
-                        "content" | "reasoning" => {
-                            n += json_edit::string_chars(json_edit::value(d, f)).unwrap_or(0)
-                        }
-                        "tool_calls" => n += tool_call_chars(json_edit::value(d, f)),
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Some((n, finished))
+/// What the pump needs of an ordinary chunk, found in one pass over its text.
+#[derive(Default)]
+struct ChunkScan {
+    model: Option<json_edit::Field>,
+    usage: Option<json_edit::Field>,
+    id: Option<json_edit::Field>,
+    created: Option<json_edit::Field>,
+    object: Option<json_edit::Field>,
+    /// `error` or `usage` with a value other than null: the general path.
+    special: bool,
+    /// Characters of generated text: `delta.content`, `delta.reasoning`,
+    /// `text` and tool-call arguments, counted in the JSON text.
+    chars: usize,
+    finished: bool,
+    /// `choices` is present and empty.
+    no_choices: bool,
 }
 
-fn tool_call_chars(calls: &str) -> usize {
-    let Some(items) = json_edit::elements(calls) else {
-        return 0;
-    };
-    let mut n = 0;
-    for (s, e) in items {
-        let call = &calls[s..e];
-        let Some(func) = json_edit::fields(call)
-            .and_then(|f| f.into_iter().find(|(k, _)| *k == "function"))
-            .map(|(_, f)| json_edit::value(call, &f))
-        else {
-            continue;
-        };
-        if let Some((_, a)) =
-            json_edit::fields(func).and_then(|f| f.into_iter().find(|(k, _)| *k == "arguments"))
-        {
-            n += json_edit::string_chars(json_edit::value(func, &a)).unwrap_or(0);
+/// Scans a chunk: one walk over its fields, descending only into `choices`
+/// and each choice's `delta`; no tree, no allocation. `None` if the chunk is
+/// not an object of that shape (the general path then parses it).
+fn scan_chunk(d: &str) -> Option<ChunkScan> {
+    use json_edit::{skip_ws, string_chars, value_end, walk_array, walk_object, Field};
+    let b = d.as_bytes();
+    let mut sc = ChunkScan::default();
+    let chars_of = |s: usize, e: usize| string_chars(&d[s..e]).unwrap_or(0);
+    let end = walk_object(b, skip_ws(b, 0), |key, key_start, vs| {
+        if key == b"choices" {
+            let mut n = 0;
+            let end = walk_array(b, vs, |cs| {
+                n += 1;
+                walk_object(b, cs, |key, _, vs| match key {
+                    b"delta" if b.get(vs) == Some(&b'{') => walk_object(b, vs, |key, _, vs| {
+                        let e = value_end(b, vs)?;
+                        match key {
+                            b"content" | b"reasoning" => sc.chars += chars_of(vs, e),
+                            b"tool_calls" => sc.chars += tool_call_chars(&d[vs..e]),
+                            _ => {}
+                        }
+                        Some(e)
+                    }),
+                    b"text" => {
+                        let e = value_end(b, vs)?;
+                        sc.chars += chars_of(vs, e);
+                        Some(e)
+                    }
+                    b"finish_reason" => {
+                        let e = value_end(b, vs)?;
+                        sc.finished |= &b[vs..e] != b"null";
+                        Some(e)
+                    }
+                    _ => value_end(b, vs),
+                })
+            })?;
+            sc.no_choices = n == 0;
+            return Some(end);
         }
-    }
+        let e = value_end(b, vs)?;
+        let f = Some(Field {
+            key_start,
+            value_start: vs,
+            value_end: e,
+        });
+        let null = &b[vs..e] == b"null";
+        match key {
+            b"model" => sc.model = f,
+            b"usage" => {
+                sc.usage = f;
+                sc.special |= !null;
+            }
+            b"error" => sc.special |= !null,
+            b"id" => sc.id = f,
+            b"created" => sc.created = f,
+            b"object" => sc.object = f,
+            _ => {}
+        }
+        Some(e)
+    })?;
+    (skip_ws(b, end) == b.len()).then_some(sc)
+}
+
+/// Characters of the `function.arguments` of each tool call.
+fn tool_call_chars(calls: &str) -> usize {
+    use json_edit::{value_end, walk_array, walk_object};
+    let b = calls.as_bytes();
+    let mut n = 0;
+    let _ = walk_array(b, 0, |cs| {
+        walk_object(b, cs, |key, _, vs| {
+            if key != b"function" {
+                return value_end(b, vs);
+            }
+            walk_object(b, vs, |key, _, vs| {
+                let e = value_end(b, vs)?;
+                if key == b"arguments" {
+                    n += json_edit::string_chars(&calls[vs..e]).unwrap_or(0);
+                }
+                Some(e)
+            })
+        })
+        .or_else(|| value_end(b, cs))
+    });
     n
 }
 
@@ -196,54 +245,35 @@ impl Pump {
     /// is copied out. One structural pass over its fields, no tree, no
     /// allocation but the field list. `false` when the chunk needs the general path.
     fn fast_chunk(&mut self, d: &str, meter: &mut CallMeter, out: &mut BytesMut) -> bool {
-        let Some(fields) = json_edit::fields(d) else {
+        let Some(sc) = scan_chunk(d) else {
             return false;
         };
-        let field = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, f)| *f);
-        let present =
-            |f: Option<json_edit::Field>| f.is_some_and(|f| json_edit::value(d, &f) != "null");
-        if present(field("error")) {
+        if sc.special {
             return false;
         }
-        let usage = field("usage");
-        if present(usage) {
-            return false;
+        if sc.chars > 0 {
+            meter.first_token();
+            meter.add_generated_chars(sc.chars);
         }
-        let mut empty = false;
-        if let Some(f) = field("choices") {
-            let arr = json_edit::value(d, &f);
-            let Some(items) = json_edit::elements(arr) else {
-                return false;
-            };
-            empty = items.is_empty();
-            for (s, e) in items {
-                let Some((n, finished)) = choice_text(&arr[s..e]) else {
-                    return false;
-                };
-                if n > 0 {
-                    meter.first_token();
-                    meter.add_generated_chars(n);
-                }
-                self.saw_finish |= finished;
-            }
-        }
+        self.saw_finish |= sc.finished;
+        let empty = sc.no_choices;
         if self.id.is_none() {
-            let raw = |k: &str| field(k).map(|f| json_edit::value(d, &f).to_owned());
-            self.id = raw("id");
-            self.created = raw("created");
-            self.object = raw("object");
+            let raw = |f: Option<json_edit::Field>| f.map(|f| json_edit::value(d, &f).to_owned());
+            self.id = raw(sc.id);
+            self.created = raw(sc.created);
+            self.object = raw(sc.object);
         }
         if empty && !self.wants_usage {
             return true;
         }
         // Edits in text order: the new model name, `usage: null` taken out.
         let mut edits: [(usize, usize, &str); 2] = [(usize::MAX, usize::MAX, ""); 2];
-        if let Some(f) = field("model") {
+        if let Some(f) = sc.model {
             if json_edit::value(d, &f) != self.client_model_json {
                 edits[0] = (f.value_start, f.value_end, self.client_model_json.as_str());
             }
         }
-        if let (Some(f), false) = (usage, self.wants_usage) {
+        if let (Some(f), false) = (sc.usage, self.wants_usage) {
             let (s, e) = json_edit::removal_range(d, &f);
             edits[1] = (s, e, "");
         }
@@ -469,4 +499,62 @@ async fn pump(call: StreamCall, tx: tokio::sync::mpsc::Sender<Bytes>) {
         status,
         started.elapsed().as_secs_f64(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference_chars(chunk: &Value) -> usize {
+        let mut n = 0;
+        for c in chunk["choices"].as_array().into_iter().flatten() {
+            generated_text(c, |s| n += s.chars().count());
+        }
+        n
+    }
+
+    #[test]
+    fn scan_finds_fields_and_counts_like_a_parse() {
+        let chunks = [
+            r#"{"id":"c1","object":"chat.completion.chunk","created":17,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Hé \"x\" \u00e9\ud83d\ude00"},"finish_reason":null}],"usage":null}"#,
+            r#"{"id":"c1","choices":[{"delta":{"reasoning":"hm","tool_calls":[{"index":0,"function":{"name":"f","arguments":"{\"a\":1}"}}]},"finish_reason":"tool_calls"}]}"#,
+            r#" { "choices" : [ { "text" : "abc" , "finish_reason" : null } , {"delta":null} ] , "model" : "x" } "#,
+            r#"{"choices":[],"usage":null}"#,
+        ];
+        for d in chunks {
+            let v: Value = serde_json::from_str(d).unwrap();
+            let sc = scan_chunk(d).unwrap_or_else(|| panic!("{d}"));
+            assert_eq!(sc.chars, reference_chars(&v), "{d}");
+            let finished = v["choices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| !c["finish_reason"].is_null());
+            assert_eq!(sc.finished, finished, "{d}");
+            assert!(!sc.special);
+            assert_eq!(sc.no_choices, v["choices"].as_array().unwrap().is_empty());
+            if let Some(f) = sc.model {
+                assert_eq!(json_edit::value(d, &f), v["model"].to_string());
+            }
+        }
+        assert!(
+            scan_chunk(r#"{"usage":{"total_tokens":3},"choices":[]}"#)
+                .unwrap()
+                .special
+        );
+        assert!(scan_chunk(r#"{"error":{"message":"x"}}"#).unwrap().special);
+        assert!(
+            !scan_chunk(r#"{"error":null,"choices":[]}"#)
+                .unwrap()
+                .special
+        );
+        for bad in [
+            r#"{"choices":[1]}"#,
+            r#"{"choices":{}}"#,
+            "[DONE]",
+            r#"{"a":1"#,
+        ] {
+            assert!(scan_chunk(bad).is_none(), "{bad}");
+        }
+    }
 }

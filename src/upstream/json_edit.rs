@@ -11,18 +11,29 @@ pub struct Field {
     pub value_end: usize,
 }
 
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
+pub fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
         i += 1;
     }
     i
 }
 
-/// The index just past the string that opens at `i`.
+/// The index just past the string that opens at `i`. Most strings in an API
+/// answer are short: a plain loop finds their end faster than a vectorised
+/// search's set-up; long ones go to `memchr`.
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     loop {
-        j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        if j >= b.len() {
+            return None;
+        }
+        let stop = (j + 24).min(b.len());
+        while j < stop && b[j] != b'"' && b[j] != b'\\' {
+            j += 1;
+        }
+        if j == stop {
+            j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        }
         if b[j] == b'"' {
             return Some(j + 1);
         }
@@ -31,7 +42,7 @@ fn string_end(b: &[u8], i: usize) -> Option<usize> {
 }
 
 /// The index just past the value that starts at `i`.
-fn value_end(b: &[u8], i: usize) -> Option<usize> {
+pub fn value_end(b: &[u8], i: usize) -> Option<usize> {
     match *b.get(i)? {
         b'"' => string_end(b, i),
         b'{' | b'[' => {
@@ -103,19 +114,22 @@ pub fn find(json: &str, key: &str) -> Option<Field> {
     }
 }
 
-/// Every top-level field of the object `json`, in order, walking it to its
-/// closing brace (only whitespace may follow). A structural check — strings
-/// closed, brackets balanced, fields separated — rather than a full parse.
-pub fn fields(json: &str) -> Option<Vec<(&str, Field)>> {
-    let b = json.as_bytes();
-    let mut i = skip_ws(b, 0);
+/// Walks the object that opens at `i` in `b`: for each field, `f(key,
+/// key_start, value_start)` consumes the value and returns where it ends (a
+/// caller not interested in a value returns [`value_end`]). Returns the index
+/// just past the closing brace; `None` if the object is not well formed or
+/// `f` gave up. Allocates nothing.
+pub fn walk_object<'a>(
+    b: &'a [u8],
+    i: usize,
+    mut f: impl FnMut(&'a [u8], usize, usize) -> Option<usize>,
+) -> Option<usize> {
     if b.get(i) != Some(&b'{') {
         return None;
     }
-    i = skip_ws(b, i + 1);
-    let mut out = Vec::with_capacity(8);
+    let mut i = skip_ws(b, i + 1);
     if b.get(i) == Some(&b'}') {
-        return (skip_ws(b, i + 1) == b.len()).then_some(out);
+        return Some(i + 1);
     }
     loop {
         if b.get(i) != Some(&b'"') {
@@ -128,25 +142,63 @@ pub fn fields(json: &str) -> Option<Vec<(&str, Field)>> {
             return None;
         }
         let value_start = skip_ws(b, i + 1);
-        let end = value_end(b, value_start)?;
-        if end == value_start {
+        let end = f(&b[key_start + 1..key_end - 1], key_start, value_start)?;
+        if end <= value_start {
             return None;
         }
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return Some(i + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// Walks the array that opens at `i` in `b`: `f(value_start)` consumes each
+/// element and returns where it ends. Returns the index just past the closing
+/// bracket; `None` if the array is not well formed or `f` gave up.
+pub fn walk_array(b: &[u8], i: usize, mut f: impl FnMut(usize) -> Option<usize>) -> Option<usize> {
+    if b.get(i) != Some(&b'[') {
+        return None;
+    }
+    let mut i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b']') {
+        return Some(i + 1);
+    }
+    loop {
+        let end = f(i)?;
+        if end <= i {
+            return None;
+        }
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b']') => return Some(i + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// Every top-level field of the object `json`, in order, walking it to its
+/// closing brace (only whitespace may follow). A structural check — strings
+/// closed, brackets balanced, fields separated — rather than a full parse.
+pub fn fields(json: &str) -> Option<Vec<(&str, Field)>> {
+    let b = json.as_bytes();
+    let mut out = Vec::with_capacity(8);
+    let end = walk_object(b, skip_ws(b, 0), |key, key_start, value_start| {
+        let end = value_end(b, value_start)?;
         out.push((
-            &json[key_start + 1..key_end - 1],
+            std::str::from_utf8(key).ok()?,
             Field {
                 key_start,
                 value_start,
                 value_end: end,
             },
         ));
-        i = skip_ws(b, end);
-        match b.get(i) {
-            Some(b',') => i = skip_ws(b, i + 1),
-            Some(b'}') => return (skip_ws(b, i + 1) == b.len()).then_some(out),
-            _ => return None,
-        }
-    }
+        Some(end)
+    })?;
+    (skip_ws(b, end) == b.len()).then_some(out)
 }
 
 /// The field's value text.
@@ -196,28 +248,13 @@ pub fn remove(json: &str, f: &Field) -> String {
 /// ranges of their values; `None` if it is not a well-formed array.
 pub fn elements(json: &str) -> Option<Vec<(usize, usize)>> {
     let b = json.as_bytes();
-    let mut i = skip_ws(b, 0);
-    if b.get(i) != Some(&b'[') {
-        return None;
-    }
-    i = skip_ws(b, i + 1);
     let mut out = Vec::new();
-    if b.get(i) == Some(&b']') {
-        return (skip_ws(b, i + 1) == b.len()).then_some(out);
-    }
-    loop {
+    let end = walk_array(b, skip_ws(b, 0), |i| {
         let end = value_end(b, i)?;
-        if end == i {
-            return None;
-        }
         out.push((i, end));
-        i = skip_ws(b, end);
-        match b.get(i) {
-            Some(b',') => i = skip_ws(b, i + 1),
-            Some(b']') => return (skip_ws(b, i + 1) == b.len()).then_some(out),
-            _ => return None,
-        }
-    }
+        Some(end)
+    })?;
+    (skip_ws(b, end) == b.len()).then_some(out)
 }
 
 /// The number of characters a JSON string literal (`raw`, quotes included)
@@ -311,6 +348,9 @@ mod tests {
         for bad in [
             "",
             "[1]",
+            r#"{"a":"x\"#,
+            r#"{"a":"x\\"#,
+            r#"{"a\"#,
             r#"{"a":1"#,
             r#"{"a":1}x"#,
             r#"{"a":[1,2}"#,
@@ -321,6 +361,26 @@ mod tests {
             "<html>",
         ] {
             assert!(fields(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn never_panics_on_cut_or_garbled_text() {
+        let texts = [CHUNK, r#"{"a":"\\\"x\u00e9","b":[{"c":"d\\"}]}"#];
+        for t in texts {
+            for end in 0..=t.len() {
+                let Some(cut) = t.get(..end) else { continue };
+                let whole = end == t.len();
+                assert_eq!(fields(cut).is_some(), whole, "{cut}");
+                let _ = elements(cut);
+                let _ = find(cut, "model");
+                let _ = string_chars(cut);
+            }
+            for (i, _) in t.char_indices() {
+                let garbled = format!("{}\\{}", &t[..i], &t[i..]);
+                let _ = fields(&garbled);
+                let _ = find(&garbled, "usage");
+            }
         }
     }
 
