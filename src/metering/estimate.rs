@@ -26,7 +26,9 @@ fn text_of_content(v: &Value) -> i64 {
 }
 
 /// The prompt of a chat completion: every message's content, tool calls and
-/// tool definitions.
+/// tool definitions. This is the definition on a parsed body; the request
+/// path computes the same count on the JSON text (`service::request`), and its
+/// tests check the two agree.
 pub fn chat_prompt(body: &serde_json::Map<String, Value>) -> i64 {
     let mut n = 3;
     if let Some(Value::Array(msgs)) = body.get("messages") {

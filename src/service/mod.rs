@@ -3,4 +3,5 @@
 pub mod accounts;
 pub mod oauth;
 pub mod proxy;
+mod request;
 pub mod stream;

@@ -7,10 +7,10 @@
 //! The request body is kept as the client sent it; only `model`, the completion
 //! cap and `stream_options.include_usage` are changed.
 
+use super::request::Request;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::metering::call::{record_refusal, CallInfo, CallMeter, Outcome, Usage};
-use crate::metering::estimate;
 use crate::metering::ledger::Account;
 use crate::metering::pricing::Price;
 use crate::state::AppState;
@@ -21,7 +21,7 @@ use crate::upstream::routing::Route;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,106 +88,6 @@ pub(super) fn shutting_down() -> ApiError {
     )
 }
 
-fn field_error(param: &str, msg: impl Into<String>) -> ApiError {
-    ApiError::invalid_field(param, msg)
-}
-
-/// What the request asks for, checked.
-struct Request {
-    body: Map<String, Value>,
-    model: String,
-    stream: bool,
-    n: i64,
-    /// The cap field the client used, and its value.
-    client_cap: Option<(&'static str, i64)>,
-}
-
-fn parse(ep: Endpoint, raw: &[u8]) -> Result<Request, ApiError> {
-    let body = match serde_json::from_slice::<Value>(raw) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => {
-            return Err(ApiError::bad_request(
-                "The request body must be a JSON object.",
-            ))
-        }
-        Err(e) => {
-            return Err(ApiError::bad_request(format!(
-                "The body is not valid JSON: {e}"
-            )))
-        }
-    };
-    let model = match body.get("model") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(_) => return Err(field_error("model", "`model` must be a non-empty string.")),
-        None => return Err(field_error("model", "Missing required field `model`.")),
-    };
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b && ep != Endpoint::Embeddings,
-        Some(_) => return Err(field_error("stream", "`stream` must be true or false.")),
-    };
-    let n = match body.get("n") {
-        None | Some(Value::Null) => 1,
-        Some(v) => match v.as_i64() {
-            Some(n) if (1..=128).contains(&n) => n,
-            _ => return Err(field_error("n", "`n` must be an integer from 1 to 128.")),
-        },
-    };
-    let mut client_cap = None;
-    if ep != Endpoint::Embeddings {
-        for f in ["max_completion_tokens", "max_tokens"] {
-            match body.get(f) {
-                None | Some(Value::Null) => {}
-                Some(v) => match v.as_i64() {
-                    Some(c) if c >= 0 => {
-                        client_cap = Some((f, c));
-                        break;
-                    }
-                    _ => {
-                        return Err(field_error(
-                            f,
-                            format!("`{f}` must be a non-negative integer."),
-                        ))
-                    }
-                },
-            }
-        }
-    }
-    let required = match ep {
-        Endpoint::Chat => (
-            "messages",
-            body.get("messages").is_some_and(Value::is_array),
-        ),
-        Endpoint::Completions => (
-            "prompt",
-            body.get("prompt")
-                .is_some_and(|p| p.is_string() || p.is_array()),
-        ),
-        Endpoint::Embeddings => (
-            "input",
-            body.get("input")
-                .is_some_and(|p| p.is_string() || p.is_array()),
-        ),
-    };
-    if !required.1 {
-        let what = match ep {
-            Endpoint::Chat => "an array of messages",
-            _ => "a string or an array",
-        };
-        return Err(field_error(
-            required.0,
-            format!("`{}` is required and must be {what}.", required.0),
-        ));
-    }
-    Ok(Request {
-        body,
-        model,
-        stream,
-        n,
-        client_cap,
-    })
-}
-
 /// Price and completion limit of a routed model: `[pricing]` first (by the
 /// client's name, then by the canonical `provider/model`), then the catalogue.
 pub fn price_and_limit(
@@ -251,8 +151,7 @@ async fn run(
     raw: Bytes,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let mut req = parse(ep, &raw)?;
-    drop(raw);
+    let req = Request::parse(ep, raw)?;
     let route = st.providers.route(&req.model);
     let info = CallInfo {
         request_id,
@@ -322,15 +221,7 @@ async fn run(
 
     // Reserve: prompt estimate + cap × n (SPEC §6).
     let (price, model_limit) = price_and_limit(&st, &req.model, &route);
-    let prompt_estimate = match ep {
-        Endpoint::Chat => estimate::chat_prompt(&req.body),
-        Endpoint::Completions => estimate::completion_prompt(&req.body),
-        Endpoint::Embeddings => req
-            .body
-            .get("input")
-            .map(estimate::input_tokens)
-            .unwrap_or(0),
-    };
+    let prompt_estimate = req.prompt_estimate;
     let account = Account {
         user_id: p.user.id,
         user_limit: plan.plan.monthly_tokens,
@@ -369,29 +260,13 @@ async fn run(
     };
     let mut meter = CallMeter::new(st.clone(), account, info, reserved, prompt_estimate, price);
 
-    let wants_usage = req.stream
-        && req
-            .body
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            == Some(true);
-    if req.stream {
-        let so = req
-            .body
-            .entry("stream_options")
-            .or_insert_with(|| json!({}));
-        if !so.is_object() {
-            *so = json!({});
-        }
-        so["include_usage"] = Value::Bool(true);
-    }
+    let wants_usage = req.wants_usage;
 
     let mut targets = vec![route];
     if let Some(alts) = st.config.routing.fallbacks.get(&req.model) {
         targets.extend(alts.iter().map(|m| st.providers.route(m)));
     }
-    let sent = send(&st, &mut meter, &mut req, ep, cap, &targets).await;
+    let sent = send(&st, &mut meter, &req, ep, cap, &targets).await;
     let (resp, target) = match sent {
         Ok(r) => r,
         Err(e) => {
@@ -443,7 +318,7 @@ async fn run(
 async fn send(
     st: &AppState,
     meter: &mut CallMeter,
-    req: &mut Request,
+    req: &Request,
     ep: Endpoint,
     cap: Option<i64>,
     targets: &[Route],
@@ -463,25 +338,7 @@ async fn send(
             });
             continue;
         }
-        req.body
-            .insert("model".into(), Value::String(target.upstream_model.clone()));
-        if let Some(cap) = cap {
-            match req.client_cap {
-                Some((field, _)) => {
-                    req.body.insert(field.into(), json!(cap));
-                }
-                None => {
-                    for f in ["max_tokens", "max_completion_tokens"] {
-                        req.body.remove(f);
-                    }
-                    req.body.insert(prov.cap_field.clone(), json!(cap));
-                }
-            }
-        }
-        let bytes = match serde_json::to_vec(&req.body) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => return Err(ApiError::internal(e)),
-        };
+        let bytes = req.upstream_body(&target.upstream_model, cap, &prov.cap_field);
         if target.provider.id != meter.info.provider
             || target.upstream_model != meter.info.upstream_model
         {

@@ -1,0 +1,485 @@
+//! A generation request as the client sent it: checked, measured for the
+//! prompt estimate, and rewritten for each upstream — all on its JSON text.
+//!
+//! The body is validated once (a full syntax check that builds nothing), its
+//! top-level fields are located once, and the upstream body is the client's
+//! text with `model`, the completion cap and `stream_options.include_usage`
+//! edited in place. No `serde_json::Value` tree is built or printed on the
+//! request path; fields the gateway does not know pass through byte for byte.
+
+use super::proxy::Endpoint;
+use crate::error::ApiError;
+use crate::metering::estimate;
+use crate::upstream::json_edit::{self, Field};
+use bytes::Bytes;
+use serde_json::Value;
+
+/// What the request asks for, checked.
+pub(super) struct Request {
+    raw: Bytes,
+    /// Every top-level field: key range and position.
+    fields: Vec<((usize, usize), Field)>,
+    pub model: String,
+    pub stream: bool,
+    pub n: i64,
+    /// The cap field the client used, and its value.
+    pub client_cap: Option<(&'static str, i64)>,
+    /// Estimated prompt tokens (SPEC §6).
+    pub prompt_estimate: i64,
+    /// A stream whose client asked for the usage chunk.
+    pub wants_usage: bool,
+}
+
+fn field_error(param: &str, msg: impl Into<String>) -> ApiError {
+    ApiError::invalid_field(param, msg)
+}
+
+impl Request {
+    fn text(&self) -> &str {
+        // Checked to be UTF-8 in `parse`.
+        std::str::from_utf8(&self.raw).unwrap_or_default()
+    }
+
+    /// The value text of the last `key` field (as a JSON parser keeps the last).
+    fn get(&self, key: &str) -> Option<&str> {
+        let t = self.text();
+        self.fields
+            .iter()
+            .rev()
+            .find(|((s, e), _)| &t[*s..*e] == key)
+            .map(|(_, f)| json_edit::value(t, f))
+    }
+
+    fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
+        let t = self.text();
+        self.fields
+            .iter()
+            .filter(move |((s, e), _)| &t[*s..*e] == key)
+            .map(|(_, f)| f)
+    }
+
+    pub fn parse(ep: Endpoint, raw: Bytes) -> Result<Request, ApiError> {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&raw) {
+            return Err(ApiError::bad_request(format!(
+                "The body is not valid JSON: {e}"
+            )));
+        }
+        let not_object = || ApiError::bad_request("The request body must be a JSON object.");
+        let text = std::str::from_utf8(&raw).map_err(|_| not_object())?;
+        let located = json_edit::fields(text).ok_or_else(not_object)?;
+        let fields = located
+            .iter()
+            .map(|(k, f)| ((f.key_start + 1, f.key_start + 1 + k.len()), *f))
+            .collect();
+        let mut req = Request {
+            raw: raw.clone(),
+            fields,
+            model: String::new(),
+            stream: false,
+            n: 1,
+            client_cap: None,
+            prompt_estimate: 0,
+            wants_usage: false,
+        };
+        req.model = match req.get("model") {
+            Some(v) => match serde_json::from_str::<String>(v) {
+                Ok(s) if !s.trim().is_empty() => s,
+                _ => return Err(field_error("model", "`model` must be a non-empty string.")),
+            },
+            None => return Err(field_error("model", "Missing required field `model`.")),
+        };
+        req.stream = match req.get("stream") {
+            None | Some("null") | Some("false") => false,
+            Some("true") => ep != Endpoint::Embeddings,
+            Some(_) => return Err(field_error("stream", "`stream` must be true or false.")),
+        };
+        req.n = match req.get("n") {
+            None | Some("null") => 1,
+            Some(v) => match serde_json::from_str::<i64>(v) {
+                Ok(n) if (1..=128).contains(&n) => n,
+                _ => return Err(field_error("n", "`n` must be an integer from 1 to 128.")),
+            },
+        };
+        if ep != Endpoint::Embeddings {
+            for f in ["max_completion_tokens", "max_tokens"] {
+                match req.get(f) {
+                    None | Some("null") => {}
+                    Some(v) => match serde_json::from_str::<i64>(v) {
+                        Ok(c) if c >= 0 => {
+                            req.client_cap = Some((f, c));
+                            break;
+                        }
+                        _ => {
+                            return Err(field_error(
+                                f,
+                                format!("`{f}` must be a non-negative integer."),
+                            ))
+                        }
+                    },
+                }
+            }
+        }
+        let starts =
+            |k: &str, with: &[u8]| req.get(k).is_some_and(|v| with.contains(&v.as_bytes()[0]));
+        let (name, ok) = match ep {
+            Endpoint::Chat => ("messages", starts("messages", b"[")),
+            Endpoint::Completions => ("prompt", starts("prompt", b"\"[")),
+            Endpoint::Embeddings => ("input", starts("input", b"\"[")),
+        };
+        if !ok {
+            let what = match ep {
+                Endpoint::Chat => "an array of messages",
+                _ => "a string or an array",
+            };
+            return Err(field_error(
+                name,
+                format!("`{name}` is required and must be {what}."),
+            ));
+        }
+        req.prompt_estimate = match ep {
+            Endpoint::Chat => chat_prompt(req.get("messages"), req.get("tools")),
+            Endpoint::Completions => 1 + input_tokens(req.get("prompt")),
+            Endpoint::Embeddings => input_tokens(req.get("input")),
+        };
+        req.wants_usage = req.stream
+            && req.get("stream_options").is_some_and(|so| {
+                json_edit::fields(so).is_some_and(|f| {
+                    f.iter()
+                        .rev()
+                        .find(|(k, _)| *k == "include_usage")
+                        .is_some_and(|(_, v)| json_edit::value(so, v) == "true")
+                })
+            });
+        Ok(req)
+    }
+
+    /// The body for one upstream: the client's text with `model` set to
+    /// `upstream_model`, the completion cap (when the gateway sets one) in the
+    /// client's cap field or else in `cap_field`, and, for a stream,
+    /// `stream_options.include_usage` true.
+    pub fn upstream_body(&self, upstream_model: &str, cap: Option<i64>, cap_field: &str) -> Bytes {
+        let t = self.text();
+        // (start, end, replacement): disjoint ranges of `t`.
+        let mut edits: Vec<(usize, usize, String)> = Vec::with_capacity(4);
+        let model_json = serde_json::to_string(upstream_model).unwrap_or_default();
+        for f in self.all("model") {
+            if json_edit::value(t, f) != model_json {
+                edits.push((f.value_start, f.value_end, model_json.clone()));
+            }
+        }
+        let mut append = String::new();
+        if let Some(cap) = cap {
+            let field = self.client_cap.map_or(cap_field, |(f, _)| f);
+            let mut placed = false;
+            for f in self.all(field) {
+                edits.push((f.value_start, f.value_end, cap.to_string()));
+                placed = true;
+            }
+            if !placed {
+                push_field(&mut append, field, &cap.to_string());
+            }
+        }
+        if self.stream {
+            let so = self
+                .fields
+                .iter()
+                .rev()
+                .find(|((s, e), _)| &t[*s..*e] == "stream_options")
+                .map(|(_, f)| *f);
+            match so {
+                Some(f) => {
+                    let v = json_edit::value(t, &f);
+                    match json_edit::fields(v) {
+                        Some(inner) => {
+                            let iu: Vec<_> = inner
+                                .iter()
+                                .filter(|(k, _)| *k == "include_usage")
+                                .map(|(_, f)| *f)
+                                .collect();
+                            if iu.is_empty() {
+                                // Before the object's closing brace.
+                                let close = f.value_start + v.rfind('}').unwrap_or(0);
+                                let empty = inner.is_empty();
+                                let text = if empty {
+                                    "\"include_usage\":true".to_owned()
+                                } else {
+                                    ",\"include_usage\":true".to_owned()
+                                };
+                                edits.push((close, close, text));
+                            }
+                            for g in iu {
+                                edits.push((
+                                    f.value_start + g.value_start,
+                                    f.value_start + g.value_end,
+                                    "true".into(),
+                                ));
+                            }
+                        }
+                        None => edits.push((
+                            f.value_start,
+                            f.value_end,
+                            "{\"include_usage\":true}".into(),
+                        )),
+                    }
+                }
+                None => push_field(&mut append, "stream_options", "{\"include_usage\":true}"),
+            }
+        }
+        if !append.is_empty() {
+            let close = t.rfind('}').unwrap_or(t.len());
+            let before = t[..close].trim_end();
+            let text = if before.ends_with('{') {
+                append[1..].to_owned()
+            } else {
+                append
+            };
+            edits.push((close, close, text));
+        }
+        if edits.is_empty() {
+            return self.raw.clone();
+        }
+        edits.sort_by_key(|e| (e.0, e.1));
+        let extra: usize = edits.iter().map(|e| e.2.len()).sum();
+        let mut out = Vec::with_capacity(t.len() + extra);
+        let mut at = 0;
+        for (s, e, with) in &edits {
+            if *s < at {
+                continue; // cannot happen: fields do not overlap
+            }
+            out.extend_from_slice(&t.as_bytes()[at..*s]);
+            out.extend_from_slice(with.as_bytes());
+            at = *e;
+        }
+        out.extend_from_slice(&t.as_bytes()[at..]);
+        Bytes::from(out)
+    }
+}
+
+/// Appends `,"key":value` (the leading comma is dropped for an empty object).
+fn push_field(out: &mut String, key: &str, value: &str) {
+    out.push(',');
+    out.push_str(&serde_json::to_string(key).unwrap_or_default());
+    out.push(':');
+    out.push_str(value);
+}
+
+fn tokens_of_chars(n: usize) -> i64 {
+    (n as i64 + 3) / 4
+}
+
+/// Tokens of a JSON value printed compactly (a rare shape: parsed to be exact).
+fn tokens_of_json(raw: &str) -> i64 {
+    serde_json::from_str::<Value>(raw)
+        .map(|v| estimate::tokens_of_text(&v.to_string()))
+        .unwrap_or(0)
+}
+
+/// A message `content`: a string, parts (text, or a fixed allowance for an
+/// image or other part), or anything else printed. As `estimate::chat_prompt`.
+fn content_tokens(raw: &str) -> i64 {
+    let b = raw.as_bytes();
+    match b.first() {
+        Some(b'"') => tokens_of_chars(json_edit::string_chars(raw).unwrap_or(0)),
+        Some(b'n') if raw == "null" => 0,
+        Some(b'[') => {
+            let mut n = 0;
+            let _ = json_edit::walk_array(b, 0, |ps| {
+                let pe = json_edit::value_end(b, ps)?;
+                let part = &raw[ps..pe];
+                if part.starts_with('{') {
+                    let text = json_edit::fields(part).and_then(|f| {
+                        f.iter()
+                            .rev()
+                            .find(|(k, _)| *k == "text")
+                            .map(|(_, f)| json_edit::value(part, f).to_owned())
+                    });
+                    n += match text.as_deref().and_then(json_edit::string_chars) {
+                        Some(c) => tokens_of_chars(c),
+                        None => 85,
+                    };
+                } else {
+                    n += content_tokens(part);
+                }
+                Some(pe)
+            });
+            n
+        }
+        _ => tokens_of_json(raw),
+    }
+}
+
+/// The prompt of a chat completion, as `estimate::chat_prompt` counts it.
+fn chat_prompt(messages: Option<&str>, tools: Option<&str>) -> i64 {
+    let mut n = 3;
+    if let Some(m) = messages {
+        let b = m.as_bytes();
+        let _ = json_edit::walk_array(b, 0, |ms| {
+            let me = json_edit::value_end(b, ms)?;
+            n += 4;
+            let msg = &m[ms..me];
+            if let Some(fields) = json_edit::fields(msg) {
+                let last = |key: &str| {
+                    fields
+                        .iter()
+                        .rev()
+                        .find(|(k, _)| *k == key)
+                        .map(|(_, f)| json_edit::value(msg, f))
+                };
+                if let Some(c) = last("content") {
+                    n += content_tokens(c);
+                }
+                if let Some(t) = last("tool_calls") {
+                    n += tokens_of_json(t);
+                }
+                if let Some(name) = last("name").and_then(json_edit::string_chars) {
+                    n += tokens_of_chars(name);
+                }
+            }
+            Some(me)
+        });
+    }
+    if let Some(t) = tools {
+        n += tokens_of_json(t);
+    }
+    n
+}
+
+/// A completion `prompt` or an embeddings `input` (rarely large; parsed).
+fn input_tokens(raw: Option<&str>) -> i64 {
+    raw.and_then(|r| serde_json::from_str::<Value>(r).ok())
+        .map(|v| estimate::input_tokens(&v))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(ep: Endpoint, v: &Value) -> Request {
+        Request::parse(ep, Bytes::from(v.to_string())).unwrap()
+    }
+
+    #[test]
+    fn estimates_match_the_tree_walk() {
+        let bodies = [
+            json!({"model":"m","messages":[{"role":"user","content":"abcdefgh"}]}),
+            json!({"model":"m","messages":[
+                {"role":"system","content":"You are terse. é😀 \"quoted\"\n"},
+                {"role":"user","content":[{"type":"text","text":"look"},{"type":"image_url","image_url":{"url":"x"}},"bare", 7]},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{\"a\": 1}"}}]},
+                {"role":"tool","name":"f","content":{"odd":true}},
+                "not an object",
+                {"role":"user","content":12.5}
+            ],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}),
+        ];
+        for b in bodies {
+            let want = estimate::chat_prompt(b.as_object().unwrap());
+            assert_eq!(parse(Endpoint::Chat, &b).prompt_estimate, want, "{b}");
+        }
+        let c = json!({"model":"m","prompt":["abcd","efgh"]});
+        assert_eq!(
+            parse(Endpoint::Completions, &c).prompt_estimate,
+            estimate::completion_prompt(c.as_object().unwrap())
+        );
+        let e = json!({"model":"m","input":[[1,2],[3]]});
+        assert_eq!(parse(Endpoint::Embeddings, &e).prompt_estimate, 3);
+    }
+
+    #[test]
+    fn upstream_body_edits_only_what_it_must() {
+        let raw = r#"{ "model" : "aiml/gpt", "messages":[{"role":"user","content":"model"}], "x":{"model":"keep"} }"#;
+        let r = Request::parse(Endpoint::Chat, Bytes::from(raw)).unwrap();
+        let out: Value =
+            serde_json::from_slice(&r.upstream_body("gpt", Some(50), "max_tokens")).unwrap();
+        assert_eq!(
+            out,
+            json!({"model":"gpt","messages":[{"role":"user","content":"model"}],"x":{"model":"keep"},"max_tokens":50})
+        );
+        // The client's own cap field gets the cap; stream options are added or completed.
+        let r = parse(
+            Endpoint::Chat,
+            &json!({"model":"m","messages":[],"max_completion_tokens":900,"stream":true,"stream_options":{"other":1}}),
+        );
+        assert_eq!(r.client_cap, Some(("max_completion_tokens", 900)));
+        assert!(!r.wants_usage);
+        let out: Value =
+            serde_json::from_slice(&r.upstream_body("u", Some(100), "max_tokens")).unwrap();
+        assert_eq!(out["max_completion_tokens"], 100);
+        assert!(out.get("max_tokens").is_none());
+        assert_eq!(
+            out["stream_options"],
+            json!({"other":1,"include_usage":true})
+        );
+        for so in [
+            json!({}),
+            json!(null),
+            json!("x"),
+            json!({"include_usage": false}),
+        ] {
+            let r = parse(
+                Endpoint::Chat,
+                &json!({"model":"m","messages":[],"stream":true,"stream_options":so}),
+            );
+            let out: Value =
+                serde_json::from_slice(&r.upstream_body("m", None, "max_tokens")).unwrap();
+            assert_eq!(out["stream_options"], json!({"include_usage":true}), "{so}");
+        }
+        let r = parse(
+            Endpoint::Chat,
+            &json!({"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}),
+        );
+        assert!(r.wants_usage);
+        // Nothing to change: the very bytes the client sent.
+        let raw = Bytes::from(r#"{"model":"m","messages":[]}"#);
+        let r = Request::parse(Endpoint::Chat, raw.clone()).unwrap();
+        assert_eq!(r.upstream_body("m", None, "max_tokens"), raw);
+    }
+
+    #[test]
+    fn bad_requests_say_which_field() {
+        let err = |body: &str| {
+            Request::parse(Endpoint::Chat, Bytes::from(body.to_owned()))
+                .err()
+                .unwrap()
+        };
+        assert!(err("{").message.contains("not valid JSON"));
+        assert!(err("[1]").message.contains("must be a JSON object"));
+        assert_eq!(err(r#"{"messages":[]}"#).param.as_deref(), Some("model"));
+        assert_eq!(
+            err(r#"{"model":null,"messages":[]}"#).param.as_deref(),
+            Some("model")
+        );
+        assert_eq!(
+            err(r#"{"model":" ","messages":[]}"#).param.as_deref(),
+            Some("model")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[],"stream":1}"#)
+                .param
+                .as_deref(),
+            Some("stream")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[],"n":0}"#).param.as_deref(),
+            Some("n")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[],"n":2.0}"#)
+                .param
+                .as_deref(),
+            Some("n")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[],"max_tokens":-1}"#)
+                .param
+                .as_deref(),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":"hi"}"#).param.as_deref(),
+            Some("messages")
+        );
+        assert_eq!(err(r#"{"model":"m"}"#).param.as_deref(), Some("messages"));
+    }
+}
