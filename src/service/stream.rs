@@ -42,6 +42,7 @@ struct Pump {
     id: Option<String>,
     created: Option<String>,
     object: Option<String>,
+    prefix: ChunkPrefix,
 }
 
 /// What the pump needs of an ordinary chunk, found in one pass over its text.
@@ -62,16 +63,40 @@ struct ChunkScan {
     no_choices: bool,
 }
 
+/// The fields before `choices` of the last chunk scanned. Upstreams repeat
+/// them byte for byte in every chunk (`id`, `object`, `created`, `model`), so
+/// a chunk that starts with the same bytes is scanned from `choices` on.
+#[derive(Default)]
+pub(super) struct ChunkPrefix {
+    bytes: Vec<u8>,
+    model: Option<json_edit::Field>,
+}
+
 /// Scans a chunk: one walk over its fields, descending only into `choices`
 /// and each choice's `delta`; no tree, no allocation. `None` if the chunk is
 /// not an object of that shape (the general path then parses it).
-fn scan_chunk(d: &str) -> Option<ChunkScan> {
-    use json_edit::{skip_ws, string_chars, value_end, walk_array, walk_object, Field};
+fn scan_chunk(d: &str, prefix: &mut ChunkPrefix) -> Option<ChunkScan> {
+    use json_edit::{
+        skip_ws, string_chars, value_end, walk_array, walk_fields, walk_object, Field,
+    };
     let b = d.as_bytes();
     let mut sc = ChunkScan::default();
     let chars_of = |s: usize, e: usize| string_chars(&d[s..e]).unwrap_or(0);
-    let end = walk_object(b, skip_ws(b, 0), |key, key_start, vs| {
+    let cached = !prefix.bytes.is_empty()
+        && b.len() > prefix.bytes.len()
+        && b[..prefix.bytes.len()] == prefix.bytes[..];
+    // Where `choices` starts, when every field before it is plain (no usage or
+    // error): the prefix to remember for the next chunk.
+    let mut choices_at = None;
+    let mut plain_before = true;
+    if cached {
+        sc.model = prefix.model;
+    }
+    let mut visit = |key: &[u8], key_start: usize, vs: usize| {
         if key == b"choices" {
+            if plain_before && choices_at.is_none() {
+                choices_at = Some(key_start);
+            }
             let mut n = 0;
             let end = walk_array(b, vs, |cs| {
                 n += 1;
@@ -113,16 +138,38 @@ fn scan_chunk(d: &str) -> Option<ChunkScan> {
             b"usage" => {
                 sc.usage = f;
                 sc.special |= !null;
+                plain_before &= choices_at.is_some();
             }
-            b"error" => sc.special |= !null,
+            b"error" => {
+                sc.special |= !null;
+                plain_before &= choices_at.is_some();
+            }
             b"id" => sc.id = f,
             b"created" => sc.created = f,
             b"object" => sc.object = f,
             _ => {}
         }
         Some(e)
-    })?;
-    (skip_ws(b, end) == b.len()).then_some(sc)
+    };
+    let end = if cached {
+        walk_fields(b, prefix.bytes.len(), &mut visit)?
+    } else {
+        walk_object(b, skip_ws(b, 0), &mut visit)?
+    };
+    if skip_ws(b, end) != b.len() {
+        return None;
+    }
+    if !cached {
+        match choices_at {
+            Some(at) => {
+                prefix.bytes.clear();
+                prefix.bytes.extend_from_slice(&b[..at]);
+                prefix.model = sc.model.filter(|m| m.value_end <= at);
+            }
+            None => prefix.bytes.clear(),
+        }
+    }
+    Some(sc)
 }
 
 /// Characters of the `function.arguments` of each tool call.
@@ -245,7 +292,7 @@ impl Pump {
     /// is copied out. One structural pass over its fields, no tree, no
     /// allocation but the field list. `false` when the chunk needs the general path.
     fn fast_chunk(&mut self, d: &str, meter: &mut CallMeter, out: &mut BytesMut) -> bool {
-        let Some(sc) = scan_chunk(d) else {
+        let Some(sc) = scan_chunk(d, &mut self.prefix) else {
             return false;
         };
         if sc.special {
@@ -385,6 +432,7 @@ async fn pump(call: StreamCall, tx: tokio::sync::mpsc::Sender<Bytes>) {
         id: None,
         created: None,
         object: None,
+        prefix: ChunkPrefix::default(),
     };
     let mut client_gone = false;
     // Set when shutdown ends the call: charged like a cancel, never drained.
@@ -521,9 +569,18 @@ mod tests {
             r#" { "choices" : [ { "text" : "abc" , "finish_reason" : null } , {"delta":null} ] , "model" : "x" } "#,
             r#"{"choices":[],"usage":null}"#,
         ];
-        for d in chunks {
+        // Each chunk scanned fresh, then again with the prefix of the one
+        // before it (the same prefix when the chunk repeats).
+        let mut shared = ChunkPrefix::default();
+        let twice = chunks.iter().flat_map(|c| [*c, *c]);
+        for (i, d) in chunks.iter().copied().chain(twice).enumerate() {
             let v: Value = serde_json::from_str(d).unwrap();
-            let sc = scan_chunk(d).unwrap_or_else(|| panic!("{d}"));
+            let sc = if i < chunks.len() {
+                scan_chunk(d, &mut ChunkPrefix::default())
+            } else {
+                scan_chunk(d, &mut shared)
+            }
+            .unwrap_or_else(|| panic!("{d}"));
             assert_eq!(sc.chars, reference_chars(&v), "{d}");
             let finished = v["choices"]
                 .as_array()
@@ -537,24 +594,35 @@ mod tests {
                 assert_eq!(json_edit::value(d, &f), v["model"].to_string());
             }
         }
+        let scan = |d: &str| scan_chunk(d, &mut ChunkPrefix::default());
         assert!(
-            scan_chunk(r#"{"usage":{"total_tokens":3},"choices":[]}"#)
+            scan(r#"{"usage":{"total_tokens":3},"choices":[]}"#)
                 .unwrap()
                 .special
         );
-        assert!(scan_chunk(r#"{"error":{"message":"x"}}"#).unwrap().special);
-        assert!(
-            !scan_chunk(r#"{"error":null,"choices":[]}"#)
-                .unwrap()
-                .special
-        );
+        assert!(scan(r#"{"error":{"message":"x"}}"#).unwrap().special);
+        assert!(!scan(r#"{"error":null,"choices":[]}"#).unwrap().special);
         for bad in [
             r#"{"choices":[1]}"#,
             r#"{"choices":{}}"#,
             "[DONE]",
             r#"{"a":1"#,
         ] {
-            assert!(scan_chunk(bad).is_none(), "{bad}");
+            assert!(scan(bad).is_none(), "{bad}");
         }
+        // A prefix is reused only when the chunk starts with it; a usage chunk
+        // with the same prefix is still seen as one.
+        let mut p = ChunkPrefix::default();
+        let a = r#"{"id":"x","model":"m","choices":[{"delta":{"content":"ab"}}]}"#;
+        assert_eq!(scan_chunk(a, &mut p).unwrap().chars, 2);
+        let again = scan_chunk(a, &mut p).unwrap();
+        assert_eq!(again.chars, 2);
+        assert_eq!(json_edit::value(a, &again.model.unwrap()), "\"m\"");
+        let u = r#"{"id":"x","model":"m","choices":[],"usage":{"total_tokens":9}}"#;
+        assert!(scan_chunk(u, &mut p).unwrap().special);
+        let other = r#"{"id":"y","model":"n","choices":[{"text":"abc"}]}"#;
+        let sc = scan_chunk(other, &mut p).unwrap();
+        assert_eq!(sc.chars, 3);
+        assert_eq!(json_edit::value(other, &sc.model.unwrap()), "\"n\"");
     }
 }

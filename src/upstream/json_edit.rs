@@ -122,15 +122,25 @@ pub fn find(json: &str, key: &str) -> Option<Field> {
 pub fn walk_object<'a>(
     b: &'a [u8],
     i: usize,
-    mut f: impl FnMut(&'a [u8], usize, usize) -> Option<usize>,
+    f: impl FnMut(&'a [u8], usize, usize) -> Option<usize>,
 ) -> Option<usize> {
     if b.get(i) != Some(&b'{') {
         return None;
     }
-    let mut i = skip_ws(b, i + 1);
+    let i = skip_ws(b, i + 1);
     if b.get(i) == Some(&b'}') {
         return Some(i + 1);
     }
+    walk_fields(b, i, f)
+}
+
+/// [`walk_object`] from the key at `i` onward: for resuming a walk in the
+/// middle of an object whose earlier fields are already known.
+pub fn walk_fields<'a>(
+    b: &'a [u8],
+    mut i: usize,
+    mut f: impl FnMut(&'a [u8], usize, usize) -> Option<usize>,
+) -> Option<usize> {
     loop {
         if b.get(i) != Some(&b'"') {
             return None;
