@@ -106,7 +106,21 @@ where
 
 /// The current RFC 3339 UTC timestamp at second precision, as stored.
 pub fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    // Every call's record is stamped: the text of the current second is
+    // formatted once per thread and copied after that.
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let secs = t.timestamp();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            last.1 = t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            last.0 = secs;
+        }
+        last.1.clone()
+    })
 }
 
 /// Parses a stored timestamp.
@@ -174,5 +188,25 @@ mod migration_tests {
             )
             .unwrap();
         assert_eq!(index, 1);
+    }
+}
+
+#[cfg(test)]
+mod ts_tests {
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn timestamps_are_the_second_they_name() {
+        let a = Utc.timestamp_opt(1_800_000_000, 100).unwrap();
+        let b = Utc.timestamp_opt(1_800_000_000, 999_000_000).unwrap();
+        let c = Utc.timestamp_opt(1_800_000_001, 0).unwrap();
+        for t in [a, b, c, a] {
+            assert_eq!(
+                super::ts(t),
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        }
+        assert_eq!(super::ts(b), "2027-01-15T08:00:00Z");
+        assert_ne!(super::ts(b), super::ts(c));
     }
 }

@@ -15,7 +15,26 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 
 /// The usage period (calendar month, UTC) of `t`, as `YYYY-MM`.
 pub fn period_of(t: DateTime<Utc>) -> String {
-    format!("{:04}-{:02}", t.year(), t.month())
+    let (y, m) = (t.year(), t.month());
+    if !(0..10000).contains(&y) {
+        return format!("{y:04}-{m:02}");
+    }
+    // Twice on every call's path: digits by hand, not through `format!`.
+    let digit = |d: u32| char::from(b'0' + d as u8);
+    let y = y as u32;
+    let mut s = String::with_capacity(7);
+    for d in [
+        y / 1000,
+        y / 100 % 10,
+        y / 10 % 10,
+        y % 10,
+        10,
+        m / 10,
+        m % 10,
+    ] {
+        s.push(if d == 10 { '-' } else { digit(d) });
+    }
+    s
 }
 
 /// First instant of the month of `t` and of the next month.
@@ -41,6 +60,8 @@ mod tests {
     fn periods_are_calendar_months() {
         let t = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap();
         assert_eq!(period_of(t), "2026-12");
+        let early = Utc.with_ymd_and_hms(987, 3, 1, 0, 0, 0).unwrap();
+        assert_eq!(period_of(early), "0987-03");
         let (s, e) = period_bounds(t);
         assert_eq!(crate::db::ts(s), "2026-12-01T00:00:00Z");
         assert_eq!(crate::db::ts(e), "2027-01-01T00:00:00Z");

@@ -88,6 +88,16 @@ pub(super) fn shutting_down() -> ApiError {
     )
 }
 
+/// `provider/model` of a route (built without the formatting machinery: it
+/// is on every call's path).
+fn canonical_name(route: &Route) -> String {
+    let mut s = String::with_capacity(route.provider.id.len() + 1 + route.upstream_model.len());
+    s.push_str(&route.provider.id);
+    s.push('/');
+    s.push_str(&route.upstream_model);
+    s
+}
+
 /// Price and completion limit of a routed model: `[pricing]` first (by the
 /// client's name, then by the canonical `provider/model`), then the catalogue.
 pub fn price_and_limit(
@@ -95,7 +105,7 @@ pub fn price_and_limit(
     client_model: &str,
     route: &Route,
 ) -> (Option<Price>, Option<i64>) {
-    let canonical = format!("{}/{}", route.provider.id, route.upstream_model);
+    let canonical = canonical_name(route);
     let listed = st.catalog.find(&route.provider.id, &route.upstream_model);
     let listed_limit = listed
         .as_ref()
@@ -128,7 +138,7 @@ pub fn price_and_limit(
 
 /// The model as a metrics label: known names only, so clients cannot grow the label set.
 pub fn metric_model(st: &AppState, client_model: &str, route: &Route) -> String {
-    let canonical = format!("{}/{}", route.provider.id, route.upstream_model);
+    let canonical = canonical_name(route);
     let known = st.config.pricing.contains_key(client_model)
         || st.config.pricing.contains_key(&canonical)
         || st.config.routing.fallbacks.contains_key(client_model)
