@@ -41,7 +41,50 @@ pub struct Usage {
     pub cost_usd: Option<f64>,
 }
 
+/// A `usage` object read without building a tree; numbers kept as JSON
+/// numbers so that the rules of [`Usage::from_json`] apply unchanged.
+#[derive(serde::Deserialize)]
+struct UsageWire {
+    prompt_tokens: Option<serde_json::Number>,
+    input_tokens: Option<serde_json::Number>,
+    completion_tokens: Option<serde_json::Number>,
+    output_tokens: Option<serde_json::Number>,
+    total_tokens: Option<serde_json::Number>,
+    cost: Option<serde_json::Number>,
+}
+
 impl Usage {
+    /// [`Usage::from_json`] on the text of a `usage` value. The common shape
+    /// is read into a flat struct; anything else (a count sent as a string,
+    /// say) is parsed and read as a tree, so the result is the same.
+    pub fn from_json_text(raw: &str) -> Option<Usage> {
+        let Ok(w) = serde_json::from_str::<UsageWire>(raw) else {
+            return serde_json::from_str::<serde_json::Value>(raw)
+                .ok()
+                .as_ref()
+                .and_then(Usage::from_json);
+        };
+        let int = |n: &Option<serde_json::Number>| n.as_ref().and_then(serde_json::Number::as_i64);
+        let prompt = int(&w.prompt_tokens).or_else(|| int(&w.input_tokens));
+        let completion = int(&w.completion_tokens).or_else(|| int(&w.output_tokens));
+        let total = int(&w.total_tokens);
+        if prompt.is_none() && completion.is_none() && total.is_none() {
+            return None;
+        }
+        let (p, c) = (prompt.unwrap_or(0).max(0), completion.unwrap_or(0).max(0));
+        let cost = w
+            .cost
+            .as_ref()
+            .and_then(serde_json::Number::as_f64)
+            .filter(|c| c.is_finite() && *c >= 0.0);
+        Some(Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            total_tokens: total.unwrap_or(p + c).max(p + c),
+            cost_usd: cost,
+        })
+    }
+
     /// Reads an OpenAI `usage` object; `None` when it holds no token counts.
     pub fn from_json(v: &serde_json::Value) -> Option<Usage> {
         let obj = v.as_object()?;
@@ -285,4 +328,33 @@ pub fn record_refusal(st: &AppState, info: &CallInfo, http_status: u16) {
 /// Completion tokens of a text, for estimates.
 pub fn estimate_text(text: &str) -> i64 {
     estimate::tokens_of_text(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Usage;
+
+    #[test]
+    fn usage_from_text_reads_like_the_tree() {
+        for raw in [
+            r#"{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}"#,
+            r#"{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":0},"cost":0.00042}"#,
+            r#"{"input_tokens":3,"output_tokens":4}"#,
+            r#"{"prompt_tokens":5,"completion_tokens":6,"total_tokens":2}"#,
+            r#"{"prompt_tokens":-5,"completion_tokens":null,"total_tokens":9}"#,
+            r#"{"prompt_tokens":"12","completion_tokens":7}"#,
+            r#"{"prompt_tokens":1.5,"completion_tokens":7,"cost":-1}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+            r#"{"cost":1}"#,
+            "null",
+            "[]",
+            "{}",
+        ] {
+            let tree = serde_json::from_str::<serde_json::Value>(raw)
+                .ok()
+                .as_ref()
+                .and_then(Usage::from_json);
+            assert_eq!(Usage::from_json_text(raw), tree, "{raw}");
+        }
+    }
 }

@@ -513,10 +513,7 @@ fn whole_response_fast(
     if field("error").is_some() {
         return None;
     }
-    let usage = serde_json::from_str::<Value>(json_edit::value(text, field("usage")?))
-        .ok()
-        .as_ref()
-        .and_then(Usage::from_json)?;
+    let usage = Usage::from_json_text(json_edit::value(text, field("usage")?))?;
     let model_json = serde_json::to_string(client_model).ok()?;
     let renamed;
     let text = match field("model") {

@@ -148,7 +148,7 @@ impl Providers {
                     ))
                 })
                 .collect();
-            let request_headers = request_headers(&section.api_key, &headers);
+            let request_headers = request_headers(&base_url, &section.api_key, &headers);
             list.push(Arc::new(Provider {
                 name: section
                     .name
@@ -189,9 +189,30 @@ impl Providers {
     }
 }
 
-fn request_headers(key: &Secret, extra: &[(String, String)]) -> axum::http::HeaderMap {
+fn request_headers(
+    base_url: &str,
+    key: &Secret,
+    extra: &[(String, String)],
+) -> axum::http::HeaderMap {
     use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
     let mut h = HeaderMap::new();
+    // Host as hyper would write it (no user info, no default port), set here
+    // once instead of formatted on every call.
+    if let Ok(uri) = base_url.parse::<axum::http::Uri>() {
+        if let Some(host) = uri.host() {
+            let default = match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            };
+            let value = match uri.port_u16() {
+                Some(p) if p != default => format!("{host}:{p}"),
+                _ => host.to_owned(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(header::HOST, v);
+            }
+        }
+    }
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -214,6 +235,9 @@ fn request_headers(key: &Secret, extra: &[(String, String)]) -> axum::http::Head
             HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_str(v),
         ) {
+            (Ok(k), Ok(v)) if k == header::HOST => {
+                h.insert(k, v);
+            }
             (Ok(k), Ok(v)) => {
                 h.append(k, v);
             }
@@ -221,4 +245,45 @@ fn request_headers(key: &Secret, extra: &[(String, String)]) -> axum::http::Head
         }
     }
     h
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn request_headers_carry_host_key_and_extras() {
+        let key = Secret::new("sk-test");
+        let host = |url: &str| {
+            request_headers(url, &key, &[])
+                .get("host")
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            host("http://127.0.0.1:9000/v1").as_deref(),
+            Some("127.0.0.1:9000")
+        );
+        assert_eq!(
+            host("https://api.example.com/v1").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(
+            host("https://api.example.com:443/v1").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(host("http://h:80").as_deref(), Some("h"));
+        let h = request_headers(
+            "https://a.example/v1",
+            &key,
+            &[
+                ("Host".into(), "b.example".into()),
+                ("X-Title".into(), "t".into()),
+            ],
+        );
+        assert_eq!(h.get_all("host").iter().count(), 1);
+        assert_eq!(h["host"], "b.example");
+        assert_eq!(h["authorization"], "Bearer sk-test");
+        assert!(h["authorization"].is_sensitive());
+        assert_eq!(h["x-title"], "t");
+    }
 }
