@@ -276,6 +276,11 @@ impl From<crate::db::DbError> for ApiError {
     }
 }
 
+/// The answer to a body over `[server] max_body_bytes`.
+pub fn body_too_large() -> ApiError {
+    body_rejection(StatusCode::PAYLOAD_TOO_LARGE, String::new(), true)
+}
+
 fn body_rejection(status: StatusCode, text: String, limit_hint: bool) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE || limit_hint {
         let mut e = ApiError::too_large(0);

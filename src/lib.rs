@@ -144,7 +144,7 @@ pub async fn serve(
     // included) up to the grace period to finish.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let n = server::worker_count(state.config.server.workers);
-    let mut workers = server::Workers::start(n, app, stop_rx.clone())?;
+    let mut workers = server::Workers::start(n, app, &state, stop_rx.clone())?;
     tracing::debug!(workers = n, "serving threads started");
     let grace = std::time::Duration::from_secs(state.config.server.shutdown_grace_secs);
     let mut shutdown = std::pin::pin!(shutdown);

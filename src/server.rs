@@ -14,6 +14,7 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
+use std::ops::Not;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Notify};
@@ -81,7 +82,16 @@ pub fn worker_count(configured: usize) -> usize {
 impl Workers {
     /// Starts `n` workers serving `app`; `stop` turning true starts a graceful
     /// shutdown of every connection.
-    pub fn start(n: usize, app: Router, stop: watch::Receiver<bool>) -> std::io::Result<Workers> {
+    pub fn start(
+        n: usize,
+        app: Router,
+        state: &crate::state::AppState,
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<Workers> {
+        // Without CORS, generation calls bypass the router (`http::dispatch`).
+        let fast = crate::http::cors_configured(state)
+            .not()
+            .then(|| state.clone());
         let conns = Arc::new(ConnCount::default());
         let mut senders = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
@@ -92,13 +102,14 @@ impl Workers {
                 .thread_name(format!("tollgate-worker-{i}"))
                 .build()?;
             let app = app.clone();
+            let fast = fast.clone();
             let stop = stop.clone();
             let conns = conns.clone();
             let t = std::thread::Builder::new()
                 .name(format!("tollgate-worker-{i}"))
                 .spawn(move || {
                     crate::upstream::client::init_thread_client();
-                    rt.block_on(worker(rx, app, stop, conns));
+                    rt.block_on(worker(rx, app, fast, stop, conns));
                     // Blocking tasks (a database call) get a moment to finish.
                     rt.shutdown_timeout(std::time::Duration::from_secs(5));
                 })?;
@@ -150,6 +161,7 @@ impl Workers {
 async fn worker(
     mut rx: mpsc::UnboundedReceiver<Conn>,
     app: Router,
+    fast: Option<crate::state::AppState>,
     mut stop: watch::Receiver<bool>,
     conns: Arc<ConnCount>,
 ) {
@@ -175,6 +187,7 @@ async fn worker(
             stream,
             peer,
             app.clone(),
+            fast.clone(),
             local_rx.clone(),
             guard,
         ));
@@ -185,6 +198,7 @@ async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     app: Router,
+    fast: Option<crate::state::AppState>,
     mut stop: watch::Receiver<bool>,
     _guard: ConnGuard,
 ) {
@@ -196,7 +210,8 @@ async fn connection(
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         let app = app.clone();
-        async move { Ok::<_, std::convert::Infallible>(crate::http::dispatch(app, req).await) }
+        let fast = fast.clone();
+        async move { Ok::<_, std::convert::Infallible>(crate::http::dispatch(app, fast, req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);

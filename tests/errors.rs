@@ -397,3 +397,86 @@ async fn errors_do_not_echo_secrets_sent_in_the_wrong_field() {
         "the password is echoed: {v}"
     );
 }
+
+/// Generation calls skip the router (`http::dispatch`): their errors must be
+/// the same as everywhere else.
+#[tokio::test]
+async fn generation_routes_answer_like_the_rest() {
+    let s = TestServer::start_with(|c| c.server.max_body_bytes = 1024).await;
+    let (_, _, key) = s.user_with_key("gen", None).await;
+    for path in [
+        "/v1/chat/completions",
+        "/llm/chat/completions",
+        "/chat/completions",
+        "/v1/embeddings",
+    ] {
+        // No credential: 401, with a request id.
+        let r = s
+            .client
+            .post(s.url(path))
+            .json(&json!({"model": "m", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers().contains_key("x-request-id"), "{path}");
+        assert_error_is(r, 401, "invalid_request_error", Some("invalid_api_key")).await;
+        // Too large: 413, announced or streamed.
+        let big =
+            json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(2000)}]});
+        let r = s
+            .client
+            .post(s.url(path))
+            .bearer_auth(&key)
+            .json(&big)
+            .send()
+            .await
+            .unwrap();
+        assert_error_is(r, 413, "invalid_request_error", Some("request_too_large")).await;
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+            Ok(big.to_string().into_bytes()[..600].to_vec()),
+            Ok(vec![b' '; 600]),
+        ];
+        let r = s
+            .client
+            .post(s.url(path))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_error_is(r, 413, "invalid_request_error", Some("request_too_large")).await;
+        // Not JSON: 400.
+        let r = s
+            .client
+            .post(s.url(path))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body("{")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        // Another method: 405 from the router.
+        let r = s
+            .client
+            .get(s.url(path))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_error_is(r, 405, "invalid_request_error", Some("method_not_allowed")).await;
+    }
+    // A path that only looks like one: 404.
+    let r = s
+        .client
+        .post(s.url("/v1/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

@@ -143,7 +143,11 @@ async fn method_not_allowed() -> ApiError {
 /// answer) and logs it, path only (query strings can carry OAuth codes and
 /// never reach the log). A panicking handler answers a JSON 500 instead of
 /// dropping the connection; metering guards settle while it unwinds.
-pub async fn dispatch<B>(mut app: Router, mut req: axum::http::Request<B>) -> Response
+pub async fn dispatch<B>(
+    mut app: Router,
+    fast: Option<AppState>,
+    mut req: axum::http::Request<B>,
+) -> Response
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
@@ -156,14 +160,26 @@ where
     let id_header = HeaderValue::from_str(&id).ok();
     let method = req.method().clone();
     let uri = req.uri().clone();
-    req.extensions_mut().insert(RequestId(id));
-    let resp = match std::panic::catch_unwind(AssertUnwindSafe(|| app.call(req))) {
-        Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
-        Err(p) => Err(p),
+    let resp = match fast.zip(fast_endpoint(&req)) {
+        // The generation routes, the hot path, go straight to their handler.
+        Some((st, ep)) => {
+            AssertUnwindSafe(generation_direct(st, ep, id, req))
+                .catch_unwind()
+                .await
+        }
+        None => {
+            req.extensions_mut().insert(RequestId(id));
+            match std::panic::catch_unwind(AssertUnwindSafe(|| app.call(req))) {
+                Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await.map(|r| match r {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                }),
+                Err(p) => Err(p),
+            }
+        }
     };
     let mut resp = match resp {
-        Ok(Ok(r)) => r,
-        Ok(Err(never)) => match never {},
+        Ok(r) => r,
         Err(_) => panic_response(),
     };
     let status = resp.status();
@@ -189,6 +205,66 @@ where
         tracing::debug!(request_id = %id, %method, %path, status = status.as_u16(), ms, "request");
     }
     resp
+}
+
+/// A generation call the router need not see: a POST to `/v1`, `/llm` or the
+/// root's `chat/completions`, `completions` or `embeddings`, without an
+/// `Origin` (a browser's request goes through the router and its CORS layer).
+fn fast_endpoint<B>(req: &axum::http::Request<B>) -> Option<crate::service::proxy::Endpoint> {
+    use crate::service::proxy::Endpoint;
+    if req.method() != Method::POST || req.headers().contains_key(axum::http::header::ORIGIN) {
+        return None;
+    }
+    let path = req.uri().path();
+    let rest = path
+        .strip_prefix("/v1")
+        .or_else(|| path.strip_prefix("/llm"))
+        .unwrap_or(path);
+    match rest {
+        "/chat/completions" => Some(Endpoint::Chat),
+        "/completions" => Some(Endpoint::Completions),
+        "/embeddings" => Some(Endpoint::Embeddings),
+        _ => None,
+    }
+}
+
+/// What the routed handler does (`llm::generation` behind `RequireAuthLayer`
+/// and `DefaultBodyLimit`), without the routing, layers and extractors.
+async fn generation_direct<B>(
+    st: AppState,
+    ep: crate::service::proxy::Endpoint,
+    request_id: String,
+    req: axum::http::Request<B>,
+) -> Response
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    use http_body_util::BodyExt;
+    let p = match crate::auth::extract::authenticate(&st, req.headers()) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let limit = st.config.server.max_body_bytes;
+    let body = match http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return crate::error::body_too_large().into_response()
+        }
+        Err(e) => {
+            return ApiError::bad_request(format!("Failed to buffer the request body: {e}"))
+                .into_response()
+        }
+    };
+    crate::service::proxy::handle(st, p, request_id, ep, body).await
+}
+
+/// Whether `[server] cors_allowed_origins` names any origin.
+pub fn cors_configured(state: &AppState) -> bool {
+    !state.config.server.cors_allowed_origins.is_empty()
 }
 
 fn cors_layer(state: &AppState) -> Option<tower_http::cors::CorsLayer> {
