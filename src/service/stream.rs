@@ -53,8 +53,8 @@ struct ChunkScan {
     id: Option<json_edit::Field>,
     created: Option<json_edit::Field>,
     object: Option<json_edit::Field>,
-    /// `error` or `usage` with a value other than null: the general path.
-    special: bool,
+    /// `error` with a value other than null: the general path.
+    error: bool,
     /// Characters of generated text: `delta.content`, `delta.reasoning`,
     /// `text` and tool-call arguments, counted in the JSON text.
     chars: usize,
@@ -137,11 +137,10 @@ fn scan_chunk(d: &str, prefix: &mut ChunkPrefix) -> Option<ChunkScan> {
             b"model" => sc.model = f,
             b"usage" => {
                 sc.usage = f;
-                sc.special |= !null;
                 plain_before &= choices_at.is_some();
             }
             b"error" => {
-                sc.special |= !null;
+                sc.error |= !null;
                 plain_before &= choices_at.is_some();
             }
             b"id" => sc.id = f,
@@ -295,8 +294,16 @@ impl Pump {
         let Some(sc) = scan_chunk(d, &mut self.prefix) else {
             return false;
         };
-        if sc.special {
+        if sc.error {
             return false;
+        }
+        let chunk_usage = sc
+            .usage
+            .map(|f| json_edit::value(d, &f))
+            .filter(|v| *v != "null")
+            .and_then(Usage::from_json_text);
+        if chunk_usage.is_some() {
+            self.usage = chunk_usage;
         }
         if sc.chars > 0 {
             meter.first_token();
@@ -313,8 +320,18 @@ impl Pump {
         if empty && !self.wants_usage {
             return true;
         }
-        // Edits in text order: the new model name, `usage: null` taken out.
-        let mut edits: [(usize, usize, &str); 2] = [(usize::MAX, usize::MAX, ""); 2];
+        // The client asked for usage: the chunk that carries it settles the
+        // call and gets `_usage_info`, as the last field.
+        let mut usage_info = String::new();
+        if self.wants_usage && chunk_usage.is_some() && !meter.is_finished() {
+            let info = meter.finish(Outcome::Ok, 200, chunk_usage);
+            usage_info.push_str(",\"_usage_info\":");
+            usage_info.push_str(&serde_json::to_string(&info).unwrap_or_else(|_| "null".into()));
+            self.usage_sent = true;
+        }
+        // Edits in text order: the new model name, `usage` taken out (the
+        // client did not ask for it), `_usage_info` added before the brace.
+        let mut edits: [(usize, usize, &str); 3] = [(usize::MAX, usize::MAX, ""); 3];
         if let Some(f) = sc.model {
             if json_edit::value(d, &f) != self.client_model_json {
                 edits[0] = (f.value_start, f.value_end, self.client_model_json.as_str());
@@ -324,8 +341,18 @@ impl Pump {
             let (s, e) = json_edit::removal_range(d, &f);
             edits[1] = (s, e, "");
         }
+        if !usage_info.is_empty() {
+            let close = d.trim_end().len() - 1;
+            let before = d[..close].trim_end();
+            let text = if before.ends_with('{') {
+                &usage_info[1..]
+            } else {
+                usage_info.as_str()
+            };
+            edits[2] = (close, close, text);
+        }
         edits.sort_unstable_by_key(|e| e.0);
-        out.reserve(d.len() + self.client_model_json.len() + 8);
+        out.reserve(d.len() + self.client_model_json.len() + usage_info.len() + 8);
         out.put_slice(b"data: ");
         let mut at = 0;
         for (s, e, with) in edits {
@@ -588,20 +615,17 @@ mod tests {
                 .iter()
                 .any(|c| !c["finish_reason"].is_null());
             assert_eq!(sc.finished, finished, "{d}");
-            assert!(!sc.special);
+            assert!(!sc.error);
             assert_eq!(sc.no_choices, v["choices"].as_array().unwrap().is_empty());
             if let Some(f) = sc.model {
                 assert_eq!(json_edit::value(d, &f), v["model"].to_string());
             }
         }
         let scan = |d: &str| scan_chunk(d, &mut ChunkPrefix::default());
-        assert!(
-            scan(r#"{"usage":{"total_tokens":3},"choices":[]}"#)
-                .unwrap()
-                .special
-        );
-        assert!(scan(r#"{"error":{"message":"x"}}"#).unwrap().special);
-        assert!(!scan(r#"{"error":null,"choices":[]}"#).unwrap().special);
+        let u = scan(r#"{"usage":{"total_tokens":3},"choices":[]}"#).unwrap();
+        assert!(!u.error && u.usage.is_some());
+        assert!(scan(r#"{"error":{"message":"x"}}"#).unwrap().error);
+        assert!(!scan(r#"{"error":null,"choices":[]}"#).unwrap().error);
         for bad in [
             r#"{"choices":[1]}"#,
             r#"{"choices":{}}"#,
@@ -619,7 +643,11 @@ mod tests {
         assert_eq!(again.chars, 2);
         assert_eq!(json_edit::value(a, &again.model.unwrap()), "\"m\"");
         let u = r#"{"id":"x","model":"m","choices":[],"usage":{"total_tokens":9}}"#;
-        assert!(scan_chunk(u, &mut p).unwrap().special);
+        let sc = scan_chunk(u, &mut p).unwrap();
+        assert_eq!(
+            json_edit::value(u, &sc.usage.unwrap()),
+            r#"{"total_tokens":9}"#
+        );
         let other = r#"{"id":"y","model":"n","choices":[{"text":"abc"}]}"#;
         let sc = scan_chunk(other, &mut p).unwrap();
         assert_eq!(sc.chars, 3);
