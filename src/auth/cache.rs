@@ -6,7 +6,7 @@
 
 use crate::db::{self, api_keys::KeyRow, plans::Plan, users::UserRow, DbResult, Pool};
 use crate::glob::Patterns;
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;

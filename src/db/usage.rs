@@ -2,9 +2,9 @@
 //! writer, in batches; read by the usage and admin routes.
 
 use super::DbResult;
+use hashbrown::HashMap;
 use rusqlite::{params, params_from_iter, Connection, Row};
 use serde::Serialize;
-use std::collections::HashMap;
 
 /// One call, as recorded (SPEC §6) and as `/admin/requests` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]

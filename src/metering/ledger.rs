@@ -3,7 +3,7 @@
 //! is atomic. Rebuilt from the database's period totals at start, so nothing
 //! stays reserved after a restart.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Mutex;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 
 use super::models::{parse_model_list, ModelInfo};
 use super::providers::{Provider, Providers};
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,8 @@
 //! fail is reported `degraded` (one error is not enough), and recovers by
 //! itself as failures age out of the window.
 
-use std::collections::{HashMap, VecDeque};
+use hashbrown::HashMap;
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
