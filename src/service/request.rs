@@ -19,6 +19,8 @@ pub(super) struct Request {
     raw: Bytes,
     /// Every top-level field: key range and position.
     fields: Vec<((usize, usize), Field)>,
+    /// The last occurrence of each key the gateway reads (see [`KNOWN`]).
+    known: [Option<Field>; KNOWN.len()],
     pub model: String,
     pub stream: bool,
     pub n: i64,
@@ -30,6 +32,20 @@ pub(super) struct Request {
     pub wants_usage: bool,
 }
 
+/// The top-level keys the gateway reads, located once at parse time.
+const KNOWN: [&str; 10] = [
+    "model",
+    "stream",
+    "n",
+    "max_completion_tokens",
+    "max_tokens",
+    "messages",
+    "prompt",
+    "input",
+    "tools",
+    "stream_options",
+];
+
 fn field_error(param: &str, msg: impl Into<String>) -> ApiError {
     ApiError::invalid_field(param, msg)
 }
@@ -40,14 +56,11 @@ impl Request {
         std::str::from_utf8(&self.raw).unwrap_or_default()
     }
 
-    /// The value text of the last `key` field (as a JSON parser keeps the last).
+    /// The value text of the last `key` field (as a JSON parser keeps the
+    /// last); `key` is one of [`KNOWN`].
     fn get(&self, key: &str) -> Option<&str> {
-        let t = self.text();
-        self.fields
-            .iter()
-            .rev()
-            .find(|((s, e), _)| &t[*s..*e] == key)
-            .map(|(_, f)| json_edit::value(t, f))
+        let i = KNOWN.iter().position(|k| *k == key)?;
+        self.known[i].map(|f| json_edit::value(self.text(), &f))
     }
 
     fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
@@ -67,6 +80,12 @@ impl Request {
         let not_object = || ApiError::bad_request("The request body must be a JSON object.");
         let text = std::str::from_utf8(&raw).map_err(|_| not_object())?;
         let located = json_edit::fields(text).ok_or_else(not_object)?;
+        let mut known = [None; KNOWN.len()];
+        for (k, f) in &located {
+            if let Some(i) = KNOWN.iter().position(|n| n == k) {
+                known[i] = Some(*f);
+            }
+        }
         let fields = located
             .iter()
             .map(|(k, f)| ((f.key_start + 1, f.key_start + 1 + k.len()), *f))
@@ -74,6 +93,7 @@ impl Request {
         let mut req = Request {
             raw: raw.clone(),
             fields,
+            known,
             model: String::new(),
             stream: false,
             n: 1,
@@ -82,8 +102,8 @@ impl Request {
             wants_usage: false,
         };
         req.model = match req.get("model") {
-            Some(v) => match serde_json::from_str::<String>(v) {
-                Ok(s) if !s.trim().is_empty() => s,
+            Some(v) => match string_value(v) {
+                Some(s) if !s.trim().is_empty() => s,
                 _ => return Err(field_error("model", "`model` must be a non-empty string.")),
             },
             None => return Err(field_error("model", "Missing required field `model`.")),
@@ -316,23 +336,27 @@ fn chat_prompt(messages: Option<&str>, tools: Option<&str>) -> i64 {
         let _ = json_edit::walk_array(b, 0, |ms| {
             let me = json_edit::value_end(b, ms)?;
             n += 4;
-            let msg = &m[ms..me];
-            if let Some(fields) = json_edit::fields(msg) {
-                let last = |key: &str| {
-                    fields
-                        .iter()
-                        .rev()
-                        .find(|(k, _)| *k == key)
-                        .map(|(_, f)| json_edit::value(msg, f))
-                };
-                if let Some(c) = last("content") {
-                    n += content_tokens(c);
+            if b[ms] == b'{' {
+                // The last occurrence of each key counts, as in a parsed object.
+                let (mut content, mut calls, mut name) = (None, None, None);
+                let _ = json_edit::walk_object(b, ms, |key, _, vs| {
+                    let ve = json_edit::value_end(b, vs)?;
+                    match key {
+                        b"content" => content = Some((vs, ve)),
+                        b"tool_calls" => calls = Some((vs, ve)),
+                        b"name" => name = Some((vs, ve)),
+                        _ => {}
+                    }
+                    Some(ve)
+                });
+                if let Some((s, e)) = content {
+                    n += content_tokens(&m[s..e]);
                 }
-                if let Some(t) = last("tool_calls") {
-                    n += tokens_of_json(t);
+                if let Some((s, e)) = calls {
+                    n += tokens_of_json(&m[s..e]);
                 }
-                if let Some(name) = last("name").and_then(json_edit::string_chars) {
-                    n += tokens_of_chars(name);
+                if let Some(c) = name.and_then(|(s, e)| json_edit::string_chars(&m[s..e])) {
+                    n += tokens_of_chars(c);
                 }
             }
             Some(me)
@@ -342,6 +366,16 @@ fn chat_prompt(messages: Option<&str>, tools: Option<&str>) -> i64 {
         n += tokens_of_json(t);
     }
     n
+}
+
+/// A JSON string value's text: borrowed straight from the body when it has
+/// no escapes, decoded otherwise; `None` if `raw` is not a string.
+fn string_value(raw: &str) -> Option<String> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') && !inner.bytes().any(|c| c < 0x20) {
+        return Some(inner.to_owned());
+    }
+    serde_json::from_str::<String>(raw).ok()
 }
 
 /// A completion `prompt` or an embeddings `input` (rarely large; parsed).
@@ -430,6 +464,13 @@ mod tests {
             &json!({"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}),
         );
         assert!(r.wants_usage);
+        // A model name with escapes is decoded.
+        let r = Request::parse(
+            Endpoint::Chat,
+            Bytes::from(r#"{"model":"a\u0062\/c","messages":[]}"#),
+        )
+        .unwrap();
+        assert_eq!(r.model, "ab/c");
         // Nothing to change: the very bytes the client sent.
         let raw = Bytes::from(r#"{"model":"m","messages":[]}"#);
         let r = Request::parse(Endpoint::Chat, raw.clone()).unwrap();
