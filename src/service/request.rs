@@ -9,8 +9,8 @@
 
 use super::proxy::Endpoint;
 use crate::error::ApiError;
-use crate::metering::estimate;
-use crate::upstream::json_edit::{self, Field};
+use crate::metering::estimate::{self, tokens_of_chars};
+use crate::upstream::json_edit::{self, Edit, Field};
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -56,11 +56,16 @@ impl Request {
         std::str::from_utf8(&self.raw).unwrap_or_default()
     }
 
-    /// The value text of the last `key` field (as a JSON parser keeps the
-    /// last); `key` is one of [`KNOWN`].
-    fn get(&self, key: &str) -> Option<&str> {
+    /// The last `key` field (as a JSON parser keeps the last); `key` is one
+    /// of [`KNOWN`].
+    fn field(&self, key: &str) -> Option<Field> {
         let i = KNOWN.iter().position(|k| *k == key)?;
-        self.known[i].map(|f| json_edit::value(self.text(), &f))
+        self.known[i]
+    }
+
+    /// The value text of [`Request::field`].
+    fn get(&self, key: &str) -> Option<&str> {
+        self.field(key).map(|f| json_edit::value(self.text(), &f))
     }
 
     fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
@@ -179,112 +184,68 @@ impl Request {
     /// `stream_options.include_usage` true.
     pub fn upstream_body(&self, upstream_model: &str, cap: Option<i64>, cap_field: &str) -> Bytes {
         let t = self.text();
-        // (start, end, replacement): disjoint ranges of `t`.
-        let mut edits: Vec<(usize, usize, String)> = Vec::with_capacity(4);
+        let mut edits: Vec<Edit> = Vec::with_capacity(4);
         let model_json = serde_json::to_string(upstream_model).unwrap_or_default();
         for f in self.all("model") {
             if json_edit::value(t, f) != model_json {
-                edits.push((f.value_start, f.value_end, model_json.clone()));
+                edits.push(Edit::replace(f, model_json.clone()));
             }
         }
-        let mut append = String::new();
+        // New top-level fields (`"key":value`, comma-separated), added before the brace.
+        let mut added = String::new();
+        let mut add = |key: &str, value: &str| {
+            if !added.is_empty() {
+                added.push(',');
+            }
+            added.push_str(&serde_json::to_string(key).unwrap_or_default());
+            added.push(':');
+            added.push_str(value);
+        };
         if let Some(cap) = cap {
             let field = self.client_cap.map_or(cap_field, |(f, _)| f);
             let mut placed = false;
             for f in self.all(field) {
-                edits.push((f.value_start, f.value_end, cap.to_string()));
+                edits.push(Edit::replace(f, cap.to_string()));
                 placed = true;
             }
             if !placed {
-                push_field(&mut append, field, &cap.to_string());
+                add(field, &cap.to_string());
             }
         }
         if self.stream {
-            let so = self
-                .fields
-                .iter()
-                .rev()
-                .find(|((s, e), _)| &t[*s..*e] == "stream_options")
-                .map(|(_, f)| *f);
-            match so {
+            const INCLUDE: &str = "\"include_usage\":true";
+            match self.field("stream_options") {
                 Some(f) => {
                     let v = json_edit::value(t, &f);
                     match json_edit::fields(v) {
                         Some(inner) => {
-                            let iu: Vec<_> = inner
-                                .iter()
-                                .filter(|(k, _)| *k == "include_usage")
-                                .map(|(_, f)| *f)
-                                .collect();
-                            if iu.is_empty() {
-                                // Before the object's closing brace.
-                                let close = f.value_start + v.rfind('}').unwrap_or(0);
-                                let empty = inner.is_empty();
-                                let text = if empty {
-                                    "\"include_usage\":true".to_owned()
-                                } else {
-                                    ",\"include_usage\":true".to_owned()
-                                };
-                                edits.push((close, close, text));
+                            let mut found = false;
+                            for (_, g) in inner.iter().filter(|(k, _)| *k == "include_usage") {
+                                found = true;
+                                edits.push(Edit {
+                                    start: f.value_start + g.value_start,
+                                    end: f.value_start + g.value_end,
+                                    with: "true".into(),
+                                });
                             }
-                            for g in iu {
-                                edits.push((
-                                    f.value_start + g.value_start,
-                                    f.value_start + g.value_end,
-                                    "true".into(),
-                                ));
+                            if !found {
+                                edits.extend(Edit::append(v, f.value_start, INCLUDE));
                             }
                         }
-                        None => edits.push((
-                            f.value_start,
-                            f.value_end,
-                            "{\"include_usage\":true}".into(),
-                        )),
+                        None => edits.push(Edit::replace(&f, format!("{{{INCLUDE}}}"))),
                     }
                 }
-                None => push_field(&mut append, "stream_options", "{\"include_usage\":true}"),
+                None => add("stream_options", &format!("{{{INCLUDE}}}")),
             }
         }
-        if !append.is_empty() {
-            let close = t.rfind('}').unwrap_or(t.len());
-            let before = t[..close].trim_end();
-            let text = if before.ends_with('{') {
-                append[1..].to_owned()
-            } else {
-                append
-            };
-            edits.push((close, close, text));
+        if !added.is_empty() {
+            edits.extend(Edit::append(t, 0, &added));
         }
         if edits.is_empty() {
             return self.raw.clone();
         }
-        edits.sort_by_key(|e| (e.0, e.1));
-        let extra: usize = edits.iter().map(|e| e.2.len()).sum();
-        let mut out = Vec::with_capacity(t.len() + extra);
-        let mut at = 0;
-        for (s, e, with) in &edits {
-            if *s < at {
-                continue; // cannot happen: fields do not overlap
-            }
-            out.extend_from_slice(&t.as_bytes()[at..*s]);
-            out.extend_from_slice(with.as_bytes());
-            at = *e;
-        }
-        out.extend_from_slice(&t.as_bytes()[at..]);
-        Bytes::from(out)
+        Bytes::from(json_edit::edited(t, &mut edits))
     }
-}
-
-/// Appends `,"key":value` (the leading comma is dropped for an empty object).
-fn push_field(out: &mut String, key: &str, value: &str) {
-    out.push(',');
-    out.push_str(&serde_json::to_string(key).unwrap_or_default());
-    out.push(':');
-    out.push_str(value);
-}
-
-fn tokens_of_chars(n: usize) -> i64 {
-    (n as i64 + 3) / 4
 }
 
 /// Tokens of a JSON value printed compactly (a rare shape: parsed to be exact).

@@ -322,48 +322,34 @@ impl Pump {
         }
         // The client asked for usage: the chunk that carries it settles the
         // call and gets `_usage_info`, as the last field.
-        let mut usage_info = String::new();
+        let mut usage_info = None;
         if self.wants_usage && chunk_usage.is_some() && !meter.is_finished() {
             let info = meter.finish(Outcome::Ok, 200, chunk_usage);
-            usage_info.push_str(",\"_usage_info\":");
-            usage_info.push_str(&serde_json::to_string(&info).unwrap_or_else(|_| "null".into()));
+            let info = serde_json::to_string(&info).unwrap_or_else(|_| "null".into());
+            usage_info = Some(format!("\"_usage_info\":{info}"));
             self.usage_sent = true;
         }
-        // Edits in text order: the new model name, `usage` taken out (the
-        // client did not ask for it), `_usage_info` added before the brace.
-        let mut edits: [(usize, usize, &str); 3] = [(usize::MAX, usize::MAX, ""); 3];
+        // The new model name, `usage` taken out (the client did not ask for
+        // it), `_usage_info` added.
+        let mut edits: [json_edit::Edit; 3] = Default::default();
+        let mut n = 0;
         if let Some(f) = sc.model {
             if json_edit::value(d, &f) != self.client_model_json {
-                edits[0] = (f.value_start, f.value_end, self.client_model_json.as_str());
+                edits[n] = json_edit::Edit::replace(&f, self.client_model_json.as_str());
+                n += 1;
             }
         }
         if let (Some(f), false) = (sc.usage, self.wants_usage) {
-            let (s, e) = json_edit::removal_range(d, &f);
-            edits[1] = (s, e, "");
+            edits[n] = json_edit::Edit::remove(d, &f);
+            n += 1;
         }
-        if !usage_info.is_empty() {
-            let close = d.trim_end().len() - 1;
-            let before = d[..close].trim_end();
-            let text = if before.ends_with('{') {
-                &usage_info[1..]
-            } else {
-                usage_info.as_str()
-            };
-            edits[2] = (close, close, text);
+        if let Some(e) = usage_info.and_then(|u| json_edit::Edit::append(d, 0, &u)) {
+            edits[n] = e;
+            n += 1;
         }
-        edits.sort_unstable_by_key(|e| e.0);
-        out.reserve(d.len() + self.client_model_json.len() + usage_info.len() + 8);
+        out.reserve(d.len() + edits[..n].iter().map(|e| e.with.len()).sum::<usize>() + 8);
         out.put_slice(b"data: ");
-        let mut at = 0;
-        for (s, e, with) in edits {
-            if s == usize::MAX || s < at {
-                continue;
-            }
-            out.put_slice(&d.as_bytes()[at..s]);
-            out.put_slice(with.as_bytes());
-            at = e;
-        }
-        out.put_slice(&d.as_bytes()[at..]);
+        json_edit::apply(d, &mut edits[..n], out);
         out.put_slice(b"\n\n");
         true
     }

@@ -79,6 +79,7 @@ pub fn value_end(b: &[u8], i: usize) -> Option<usize> {
 }
 
 /// Finds the top-level field `key` of the object `json`.
+#[cfg(test)]
 pub fn find(json: &str, key: &str) -> Option<Field> {
     let b = json.as_bytes();
     let mut i = skip_ws(b, 0);
@@ -218,11 +219,7 @@ pub fn value<'a>(json: &'a str, f: &Field) -> &'a str {
 
 /// `json` with the field's value replaced by `new_value` (JSON text).
 pub fn replace(json: &str, f: &Field, new_value: &str) -> String {
-    let mut out = String::with_capacity(json.len() + new_value.len());
-    out.push_str(&json[..f.value_start]);
-    out.push_str(new_value);
-    out.push_str(&json[f.value_end..]);
-    out
+    edited(json, &mut [Edit::replace(f, new_value)])
 }
 
 /// The byte range that removing the field takes out: the field and the comma
@@ -246,16 +243,14 @@ pub fn removal_range(json: &str, f: &Field) -> (usize, usize) {
 }
 
 /// `json` without the field (and the comma that separated it).
+#[cfg(test)]
 pub fn remove(json: &str, f: &Field) -> String {
-    let (start, end) = removal_range(json, f);
-    let mut out = String::with_capacity(json.len());
-    out.push_str(&json[..start]);
-    out.push_str(&json[end..]);
-    out
+    edited(json, &mut [Edit::remove(json, f)])
 }
 
 /// The elements of the array `json` (its text, brackets included), as byte
 /// ranges of their values; `None` if it is not a well-formed array.
+#[cfg(test)]
 pub fn elements(json: &str) -> Option<Vec<(usize, usize)>> {
     let b = json.as_bytes();
     let mut out = Vec::new();
@@ -322,6 +317,77 @@ pub fn append(json: &str, key: &str, value_json: &str) -> Option<String> {
     out.push_str(value_json);
     out.push_str(&json[close..]);
     Some(out)
+}
+
+/// One change to a JSON text: the bytes `start..end` replaced by `with`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Edit<'a> {
+    pub start: usize,
+    pub end: usize,
+    pub with: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> Edit<'a> {
+    /// The field's value becomes `with` (JSON text).
+    pub fn replace(f: &Field, with: impl Into<std::borrow::Cow<'a, str>>) -> Edit<'a> {
+        Edit {
+            start: f.value_start,
+            end: f.value_end,
+            with: with.into(),
+        }
+    }
+
+    /// The field goes, with the comma that separated it.
+    pub fn remove(json: &str, f: &Field) -> Edit<'a> {
+        let (start, end) = removal_range(json, f);
+        Edit {
+            start,
+            end,
+            with: "".into(),
+        }
+    }
+
+    /// `fields` (`"key":value`, comma-separated) become the last fields of
+    /// the object `obj`, whose text starts at `offset` in the text edited: an
+    /// insertion before its closing brace, after a comma unless it is empty.
+    pub fn append(obj: &str, offset: usize, fields: &str) -> Option<Edit<'a>> {
+        let close = obj.rfind('}')?;
+        let with = if obj[..close].trim_end().ends_with('{') {
+            fields.to_owned()
+        } else {
+            format!(",{fields}")
+        };
+        Some(Edit {
+            start: offset + close,
+            end: offset + close,
+            with: with.into(),
+        })
+    }
+}
+
+/// Writes `text` with `edits` applied into `out`. The edits' ranges must not
+/// overlap (distinct fields never do); they are applied in text order.
+pub fn apply(text: &str, edits: &mut [Edit], out: &mut impl bytes::BufMut) {
+    edits.sort_by_key(|e| (e.start, e.end));
+    let mut at = 0;
+    for e in edits.iter() {
+        if e.start < at {
+            continue; // overlapping: cannot come from distinct fields
+        }
+        out.put_slice(&text.as_bytes()[at..e.start]);
+        out.put_slice(e.with.as_bytes());
+        at = e.end;
+    }
+    out.put_slice(&text.as_bytes()[at..]);
+}
+
+/// `text` with `edits` applied, as a string.
+pub fn edited(text: &str, edits: &mut [Edit]) -> String {
+    let extra: usize = edits.iter().map(|e| e.with.len()).sum();
+    let mut out = Vec::with_capacity(text.len() + extra);
+    apply(text, edits, &mut out);
+    // Edits replace whole JSON values or fields with JSON text: still UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
