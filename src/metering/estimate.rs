@@ -5,9 +5,15 @@
 use serde_json::Value;
 
 pub fn tokens_of_text(s: &str) -> i64 {
-    (s.chars().count() as i64 + 3) / 4
+    tokens_of_chars(s.chars().count())
 }
 
+/// Tokens of a text of `n` characters.
+pub fn tokens_of_chars(n: usize) -> i64 {
+    (n as i64 + 3) / 4
+}
+
+#[cfg(test)]
 fn text_of_content(v: &Value) -> i64 {
     match v {
         Value::String(s) => tokens_of_text(s),
@@ -26,9 +32,10 @@ fn text_of_content(v: &Value) -> i64 {
 }
 
 /// The prompt of a chat completion: every message's content, tool calls and
-/// tool definitions. This is the definition on a parsed body; the request
-/// path computes the same count on the JSON text (`service::request`), and its
-/// tests check the two agree.
+/// tool definitions. This is the definition on a parsed body, kept for the
+/// tests: the request path computes the same count on the JSON text
+/// (`service::request`), and its tests check the two agree.
+#[cfg(test)]
 pub fn chat_prompt(body: &serde_json::Map<String, Value>) -> i64 {
     let mut n = 3;
     if let Some(Value::Array(msgs)) = body.get("messages") {
@@ -52,6 +59,7 @@ pub fn chat_prompt(body: &serde_json::Map<String, Value>) -> i64 {
 }
 
 /// The prompt of a legacy completion (`prompt`: a string or an array).
+#[cfg(test)]
 pub fn completion_prompt(body: &serde_json::Map<String, Value>) -> i64 {
     1 + body.get("prompt").map(input_tokens).unwrap_or(0)
 }

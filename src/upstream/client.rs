@@ -247,28 +247,14 @@ impl SendError {
 
 /// An error's message chain without the URL (which may carry a key in a query).
 pub fn describe(e: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(s) = src {
-        parts.push(s.to_string());
-        src = s.source();
-    }
-    if parts.is_empty() {
-        parts.push(e.without_url_ref().to_string());
-    }
-    parts.join(": ")
-}
-
-trait WithoutUrl {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrl for reqwest::Error {
-    fn without_url_ref(&self) -> String {
-        let s = self.to_string();
-        match self.url() {
-            Some(u) => s.replace(u.as_str(), "<upstream>"),
-            None => s,
+    match std::error::Error::source(e) {
+        Some(s) => chain(s),
+        None => {
+            let s = e.to_string();
+            match e.url() {
+                Some(u) => s.replace(u.as_str(), "<upstream>"),
+                None => s,
+            }
         }
     }
 }
