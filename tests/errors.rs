@@ -102,17 +102,7 @@ async fn oversized_body_is_413() {
         Ok(vec![b'y'; 3000]),
         Ok(b"\"}".to_vec()),
     ];
-    let r = s
-        .client
-        .post(s.url("/api/keys"))
-        .bearer_auth(&t)
-        .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
-        .send()
-        .await
-        .unwrap();
+    let r = post_streamed(&s, "/api/keys", &t, chunks).await;
     assert_error_is(r, 413, "invalid_request_error", Some("request_too_large")).await;
     // A body under the limit is fine.
     let r = s
@@ -436,17 +426,7 @@ async fn generation_routes_answer_like_the_rest() {
             Ok(big.to_string().into_bytes()[..600].to_vec()),
             Ok(vec![b' '; 600]),
         ];
-        let r = s
-            .client
-            .post(s.url(path))
-            .bearer_auth(&key)
-            .header("content-type", "application/json")
-            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-                chunks,
-            )))
-            .send()
-            .await
-            .unwrap();
+        let r = post_streamed(&s, path, &key, chunks).await;
         assert_error_is(r, 413, "invalid_request_error", Some("request_too_large")).await;
         // Not JSON: 400.
         let r = s
@@ -479,4 +459,23 @@ async fn generation_routes_answer_like_the_rest() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+}
+
+/// POSTs a JSON body sent in `chunks`, without a Content-Length.
+async fn post_streamed(
+    s: &TestServer,
+    path: &str,
+    bearer: &str,
+    chunks: Vec<Result<Vec<u8>, std::io::Error>>,
+) -> reqwest::Response {
+    s.client
+        .post(s.url(path))
+        .bearer_auth(bearer)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap()
 }
