@@ -109,7 +109,6 @@ pub fn build_state(
         clock: Clock::default(),
         trusted_proxies,
         http: upstream::client::build_client(),
-        upstream: upstream::client::Upstream::new(),
         oauth_http: auth::oauth::build_http_client(),
         providers: Arc::new(upstream::providers::Providers::from_config(&cfg_ref)),
         catalog: Default::default(),

@@ -108,7 +108,6 @@ impl Workers {
             let t = std::thread::Builder::new()
                 .name(format!("tollgate-worker-{i}"))
                 .spawn(move || {
-                    crate::upstream::client::init_thread_client();
                     rt.block_on(worker(rx, app, fast, stop, conns));
                     // Blocking tasks (a database call) get a moment to finish.
                     rt.shutdown_timeout(std::time::Duration::from_secs(5));

@@ -26,10 +26,8 @@ pub struct Inner {
     pub throttle: LoginThrottle,
     pub clock: Clock,
     pub trusted_proxies: Vec<IpAddr>,
-    /// The one pooled HTTP client for every upstream.
+    /// The HTTP client for model lists (generation calls use `upstream::h1`).
     pub http: reqwest::Client,
-    /// Generation calls (serving threads use their own, see `client::for_thread`).
-    pub upstream: crate::upstream::client::Upstream,
     /// The client for OAuth token and userinfo calls (follows no redirects).
     pub oauth_http: reqwest::Client,
     pub providers: Arc<Providers>,

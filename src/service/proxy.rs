@@ -292,9 +292,7 @@ async fn run(
         }
     };
     let is_sse = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+        .content_type()
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     if req.stream && is_sse {
         return Ok(super::stream::stream_response(super::stream::StreamCall {
@@ -367,26 +365,14 @@ async fn send(
                     .await;
             }
             attempts += 1;
-            match client::post_json(
-                &client::for_thread(&st.upstream),
-                prov,
-                ep.path(),
-                bytes.clone(),
-                req.stream,
-            )
-            .await
-            {
+            match client::post_json(prov, ep.path(), bytes.clone(), req.stream).await {
                 Ok(resp) if resp.status().is_success() => {
                     st.health.record(&prov.id, true);
                     return Ok((resp, target.clone()));
                 }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    let retry_after = resp
-                        .headers()
-                        .get(header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
+                    let retry_after = resp.retry_after().map(str::to_owned);
                     let body = resp.bytes().await.unwrap_or_default();
                     let n = errors::normalize(
                         &prov.name,

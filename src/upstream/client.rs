@@ -1,12 +1,11 @@
-//! The HTTP clients the gateway calls providers with (rustls; HTTP/1.1
-//! keep-alive, HTTP/2 where the upstream offers it through ALPN).
+//! The HTTP clients the gateway calls providers with (rustls, keep-alive).
 //!
-//! Generation calls, the hot path, go through [`Upstream`]: hyper's pooled
-//! client with prebuilt URIs and headers, so a call parses no URL and runs no
-//! redirect or proxy layer (reqwest's stack cost ~25k instructions a call).
-//! Each serving thread has its own (see [`for_thread`]) so that its pooled
-//! connections are driven by its own event loop. Model lists use reqwest.
+//! Generation calls, the hot path, go through [`post_json`] and the HTTP/1.1
+//! client in [`super::h1`]: prebuilt request heads, keep-alive connections
+//! pooled per serving thread and read by the call's own task. Model lists
+//! and OAuth use reqwest.
 
+use super::h1;
 use super::providers::Provider;
 use bytes::Bytes;
 use std::time::Duration;
@@ -29,82 +28,11 @@ pub fn build_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-type HyperClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    http_body_util::Full<Bytes>,
->;
-
-/// The pooled client for generation calls.
-#[derive(Clone)]
-pub struct Upstream {
-    http: HyperClient,
-}
-
-impl Upstream {
-    pub fn new() -> Upstream {
-        use hyper_util::client::legacy::connect::HttpConnector;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(30)));
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        use hyper_rustls::ConfigBuilderExt;
-        let tls_config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map(|b| b.with_webpki_roots().with_no_client_auth())
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "using rustls' default TLS settings for upstream calls");
-            rustls::ClientConfig::builder()
-                .with_webpki_roots()
-                .with_no_client_auth()
-        });
-        let tls = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config);
-        let connector = tls
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let http =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_max_idle_per_host(512)
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_timer(hyper_util::rt::TokioTimer::new())
-                .timer(hyper_util::rt::TokioTimer::new())
-                .build(connector);
-        Upstream { http }
-    }
-}
-
-impl Default for Upstream {
-    fn default() -> Self {
-        Upstream::new()
-    }
-}
-
-thread_local! {
-    static THREAD_CLIENT: std::cell::OnceCell<Upstream> = const { std::cell::OnceCell::new() };
-}
-
-/// Gives the calling thread (a serving worker) its own client, so that its
-/// upstream connections are driven by its own event loop.
-pub fn init_thread_client() {
-    THREAD_CLIENT.with(|c| {
-        let _ = c.set(Upstream::new());
-    });
-}
-
-/// The calling thread's client if it has one, else `shared`.
-pub fn for_thread(shared: &Upstream) -> Upstream {
-    THREAD_CLIENT
-        .with(|c| c.get().cloned())
-        .unwrap_or_else(|| shared.clone())
-}
-
 /// An upstream's answer to a generation call; its body must arrive before the
 /// call's deadline (the provider's `timeout_secs`, counted from the send).
 pub struct UpResponse {
-    inner: hyper::Response<hyper::body::Incoming>,
+    head: h1::Head,
+    body: h1::Body,
     deadline: tokio::time::Instant,
 }
 
@@ -139,21 +67,25 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 impl UpResponse {
     pub fn status(&self) -> axum::http::StatusCode {
-        self.inner.status()
+        axum::http::StatusCode::from_u16(self.head.status)
+            .unwrap_or(axum::http::StatusCode::BAD_GATEWAY)
     }
 
-    pub fn headers(&self) -> &axum::http::HeaderMap {
-        self.inner.headers()
+    pub fn content_type(&self) -> Option<&str> {
+        self.head.content_type.as_deref()
+    }
+
+    pub fn retry_after(&self) -> Option<&str> {
+        self.head.retry_after.as_deref()
     }
 
     /// The whole body.
     pub async fn bytes(self) -> Result<Bytes, BodyError> {
-        use http_body_util::BodyExt;
-        match tokio::time::timeout_at(self.deadline, self.inner.into_body().collect()).await {
-            Ok(Ok(c)) => Ok(c.to_bytes()),
-            Ok(Err(e)) => Err(BodyError {
+        match tokio::time::timeout_at(self.deadline, self.body.collect()).await {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(message)) => Err(BodyError {
                 timeout: false,
-                message: chain(&e),
+                message,
             }),
             Err(_) => Err(BodyError {
                 timeout: true,
@@ -162,10 +94,10 @@ impl UpResponse {
         }
     }
 
-    /// The body as it arrives, one network read at a time.
+    /// The body as it arrives: what each network read brought, decoded.
     pub fn bytes_stream(self) -> BodyStream {
         BodyStream {
-            body: self.inner.into_body(),
+            body: self.body,
             timer: Box::pin(tokio::time::sleep_until(self.deadline)),
             done: false,
         }
@@ -173,7 +105,7 @@ impl UpResponse {
 }
 
 pub struct BodyStream {
-    body: hyper::body::Incoming,
+    body: h1::Body,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
@@ -185,32 +117,24 @@ impl futures_util::Stream for BodyStream {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        use http_body::Body as _;
         use std::task::Poll;
         if self.done {
             return Poll::Ready(None);
         }
-        loop {
-            match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        return Poll::Ready(Some(Ok(data)));
-                    }
-                    // trailers: nothing to forward
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    self.done = true;
-                    return Poll::Ready(Some(Err(BodyError {
-                        timeout: false,
-                        message: chain(&e),
-                    })));
-                }
-                Poll::Ready(None) => {
-                    self.done = true;
-                    return Poll::Ready(None);
-                }
-                Poll::Pending => break,
+        match self.body.poll_data(cx) {
+            Poll::Ready(Ok(Some(data))) => return Poll::Ready(Some(Ok(data))),
+            Poll::Ready(Ok(None)) => {
+                self.done = true;
+                return Poll::Ready(None);
             }
+            Poll::Ready(Err(message)) => {
+                self.done = true;
+                return Poll::Ready(Some(Err(BodyError {
+                    timeout: false,
+                    message,
+                })));
+            }
+            Poll::Pending => {}
         }
         if std::future::Future::poll(self.timer.as_mut(), cx).is_ready() {
             self.done = true;
@@ -269,44 +193,27 @@ fn authorised(mut req: reqwest::RequestBuilder, p: &Provider) -> reqwest::Reques
     req
 }
 
-/// POSTs a JSON body to `<base_url><path>`.
+/// POSTs a JSON body to `<base_url><path>` (`path` one of
+/// [`ENDPOINT_PATHS`](super::providers::ENDPOINT_PATHS)).
 pub async fn post_json(
-    up: &Upstream,
     p: &Provider,
     path: &str,
     body: Bytes,
     stream: bool,
 ) -> Result<UpResponse, SendError> {
-    let uri = match p.endpoint_url(path) {
-        Some(u) => u.clone(),
-        None => format!("{}{}", p.base_url, path)
-            .parse()
-            .map_err(|_| SendError::Connect("the provider's base_url is not a valid URL".into()))?,
-    };
-    let mut req = hyper::Request::new(http_body_util::Full::new(body));
-    *req.method_mut() = axum::http::Method::POST;
-    *req.uri_mut() = uri;
-    *req.headers_mut() = p.request_headers.clone();
-    if stream {
-        req.headers_mut().insert(
-            axum::http::header::ACCEPT,
-            axum::http::HeaderValue::from_static("text/event-stream"),
-        );
-    }
+    let target = p.endpoint(path).ok_or_else(|| {
+        SendError::Connect("the provider's base_url is not a valid http(s) URL".into())
+    })?;
     let deadline = tokio::time::Instant::now() + p.timeout;
-    match tokio::time::timeout_at(deadline, up.http.request(req)).await {
-        Ok(Ok(inner)) => Ok(UpResponse { inner, deadline }),
-        Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(upstream_error(&e))),
-        Ok(Err(e)) => Err(SendError::Broken(upstream_error(&e))),
+    match tokio::time::timeout_at(deadline, h1::send(target, &body, stream)).await {
+        Ok(Ok((head, body))) => Ok(UpResponse {
+            head,
+            body,
+            deadline,
+        }),
+        Ok(Err(h1::SendFailure::Connect(e))) => Err(SendError::Connect(chain(&e))),
+        Ok(Err(h1::SendFailure::Broken(m))) => Err(SendError::Broken(m)),
         Err(_) => Err(SendError::Timeout),
-    }
-}
-
-/// A client error's causes, without the generic outer message.
-fn upstream_error(e: &hyper_util::client::legacy::Error) -> String {
-    match std::error::Error::source(e) {
-        Some(s) => chain(s),
-        None => e.to_string(),
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod client;
 pub mod errors;
+pub mod h1;
 pub mod health;
 pub mod json_edit;
 pub mod models;

@@ -30,19 +30,19 @@ pub struct Provider {
     pub cap_field: String,
     pub is_default: bool,
     /// `<base_url><path>` for each generation endpoint, parsed once.
-    pub endpoint_urls: Vec<(&'static str, axum::http::Uri)>,
-    /// The headers every generation call carries (content type, user agent,
-    /// the key as a sensitive bearer token, `headers`), built once.
-    pub request_headers: axum::http::HeaderMap,
+    /// Each generation endpoint with its request head: the headers every
+    /// call carries (host, content type, user agent, the key as a bearer
+    /// token, `headers`), built once.
+    pub endpoints: Vec<(&'static str, super::h1::Target)>,
 }
 
 /// The generation endpoints, relative to a provider's base URL.
 pub const ENDPOINT_PATHS: [&str; 3] = ["/chat/completions", "/completions", "/embeddings"];
 
 impl Provider {
-    /// The parsed URL of `path` (one of [`ENDPOINT_PATHS`]).
-    pub fn endpoint_url(&self, path: &str) -> Option<&axum::http::Uri> {
-        self.endpoint_urls
+    /// The prepared endpoint `path` (one of [`ENDPOINT_PATHS`]).
+    pub fn endpoint(&self, path: &str) -> Option<&super::h1::Target> {
+        self.endpoints
             .iter()
             .find(|(p, _)| *p == path)
             .map(|(_, u)| u)
@@ -137,18 +137,14 @@ impl Providers {
                 ],
                 None => vec![],
             };
-            let endpoint_urls = ENDPOINT_PATHS
+            let request_headers = request_headers(&base_url, &section.api_key, &headers);
+            let endpoints = ENDPOINT_PATHS
                 .iter()
                 .filter_map(|path| {
-                    Some((
-                        *path,
-                        format!("{base_url}{path}")
-                            .parse::<axum::http::Uri>()
-                            .ok()?,
-                    ))
+                    let url = format!("{base_url}{path}");
+                    Some((*path, super::h1::Target::new(&url, &request_headers)?))
                 })
                 .collect();
-            let request_headers = request_headers(&base_url, &section.api_key, &headers);
             list.push(Arc::new(Provider {
                 name: section
                     .name
@@ -165,8 +161,7 @@ impl Providers {
                     .clone()
                     .unwrap_or_else(|| "max_tokens".into()),
                 is_default: id == cfg.routing.default_provider,
-                endpoint_urls,
-                request_headers,
+                endpoints,
                 base_url,
                 id,
             }));
