@@ -122,6 +122,45 @@ pub struct UsageInfo {
     pub estimated: bool,
 }
 
+impl UsageInfo {
+    /// The object as JSON text, as serde_json prints it (field order, number
+    /// and float format), without going through a serializer per call.
+    pub fn to_json(&self) -> String {
+        use crate::upstream::json_edit::push_quoted;
+        let mut out = String::with_capacity(200);
+        let mut int = itoa::Buffer::new();
+        out.push_str("{\"tokens_used\":");
+        out.push_str(int.format(self.tokens_used));
+        out.push_str(",\"prompt_tokens\":");
+        out.push_str(int.format(self.prompt_tokens));
+        out.push_str(",\"completion_tokens\":");
+        out.push_str(int.format(self.completion_tokens));
+        out.push_str(",\"cost_usd\":");
+        match self.cost_usd {
+            c if !c.is_finite() => out.push_str("null"),
+            c => match ryu::Buffer::new().format_finite(c) {
+                // serde_json writes exponents its own way ("3e+21").
+                t if t.contains('e') => {
+                    out.push_str(&serde_json::to_string(&c).unwrap_or_else(|_| "null".into()))
+                }
+                t => out.push_str(t),
+            },
+        }
+        out.push_str(",\"remaining_tokens\":");
+        out.push_str(int.format(self.remaining_tokens));
+        out.push_str(",\"provider\":");
+        push_quoted(&mut out, &self.provider);
+        out.push_str(",\"request_id\":");
+        push_quoted(&mut out, &self.request_id);
+        out.push_str(if self.estimated {
+            ",\"estimated\":true}"
+        } else {
+            ",\"estimated\":false}"
+        });
+        out
+    }
+}
+
 /// What a call is, for its record.
 #[derive(Debug, Clone)]
 pub struct CallInfo {
@@ -332,7 +371,35 @@ pub fn estimate_text(text: &str) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::Usage;
+    #[test]
+    fn usage_info_json_is_serde_jsons() {
+        for (cost, provider, estimated) in [
+            (0.0, "openrouter", false),
+            (0.000123, "a\"b", true),
+            (1e-9, "x", false),
+            (12.5, "custom_1", true),
+            (3.0e21, "big", false),
+            (f64::NAN, "nan", false),
+            (0.1 + 0.2, "sum", false),
+            (1.5e-5, "small", false),
+            (123456789.123, "mid", false),
+            (5e-324, "tiny", false),
+        ] {
+            let info = UsageInfo {
+                tokens_used: 19,
+                prompt_tokens: -1,
+                completion_tokens: i64::MAX,
+                cost_usd: cost,
+                remaining_tokens: i64::MIN,
+                provider: provider.into(),
+                request_id: "req_0123abc".into(),
+                estimated,
+            };
+            assert_eq!(info.to_json(), serde_json::to_string(&info).unwrap());
+        }
+    }
+
+    use super::{Usage, UsageInfo};
 
     #[test]
     fn usage_from_text_reads_like_the_tree() {

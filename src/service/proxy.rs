@@ -500,7 +500,7 @@ fn whole_response_fast(
         return None;
     }
     let usage = Usage::from_json_text(json_edit::value(text, field("usage")?))?;
-    let model_json = serde_json::to_string(client_model).ok()?;
+    let model_json = json_edit::quoted(client_model);
     let renamed;
     let text = match field("model") {
         Some(f) if json_edit::value(text, f) != model_json => {
@@ -511,7 +511,7 @@ fn whole_response_fast(
     };
     meter.first_token();
     let info = meter.finish(Outcome::Ok, 200, Some(usage));
-    let out = json_edit::append(text, "_usage_info", &serde_json::to_string(&info).ok()?)?;
+    let out = json_edit::append(text, "_usage_info", &info.to_json())?;
     Some(([(header::CONTENT_TYPE, "application/json")], out).into_response())
 }
 

@@ -16,7 +16,8 @@ use serde_json::Value;
 
 /// What the request asks for, checked.
 pub(super) struct Request {
-    raw: Bytes,
+    /// The body, checked to be UTF-8 once.
+    text: String,
     /// Every top-level field: key range and position.
     fields: Vec<((usize, usize), Field)>,
     /// The last occurrence of each key the gateway reads (see [`KNOWN`]).
@@ -52,8 +53,7 @@ fn field_error(param: &str, msg: impl Into<String>) -> ApiError {
 
 impl Request {
     fn text(&self) -> &str {
-        // Checked to be UTF-8 in `parse`.
-        std::str::from_utf8(&self.raw).unwrap_or_default()
+        &self.text
     }
 
     /// The last `key` field (as a JSON parser keeps the last); `key` is one
@@ -83,8 +83,8 @@ impl Request {
             )));
         }
         let not_object = || ApiError::bad_request("The request body must be a JSON object.");
-        let text = std::str::from_utf8(&raw).map_err(|_| not_object())?;
-        let located = json_edit::fields(text).ok_or_else(not_object)?;
+        let text = String::from_utf8(Vec::from(raw)).map_err(|_| not_object())?;
+        let located = json_edit::fields(&text).ok_or_else(not_object)?;
         let mut known = [None; KNOWN.len()];
         for (k, f) in &located {
             if let Some(i) = KNOWN.iter().position(|n| n == k) {
@@ -96,7 +96,7 @@ impl Request {
             .map(|(k, f)| ((f.key_start + 1, f.key_start + 1 + k.len()), *f))
             .collect();
         let mut req = Request {
-            raw: raw.clone(),
+            text,
             fields,
             known,
             model: String::new(),
@@ -185,7 +185,7 @@ impl Request {
     pub fn upstream_body(&self, upstream_model: &str, cap: Option<i64>, cap_field: &str) -> Bytes {
         let t = self.text();
         let mut edits: Vec<Edit> = Vec::with_capacity(4);
-        let model_json = serde_json::to_string(upstream_model).unwrap_or_default();
+        let model_json = json_edit::quoted(upstream_model);
         for f in self.all("model") {
             if json_edit::value(t, f) != model_json {
                 edits.push(Edit::replace(f, model_json.clone()));
@@ -197,7 +197,7 @@ impl Request {
             if !added.is_empty() {
                 added.push(',');
             }
-            added.push_str(&serde_json::to_string(key).unwrap_or_default());
+            json_edit::push_quoted(&mut added, key);
             added.push(':');
             added.push_str(value);
         };
@@ -242,7 +242,7 @@ impl Request {
             edits.extend(Edit::append(t, 0, &added));
         }
         if edits.is_empty() {
-            return self.raw.clone();
+            return Bytes::from(self.text.clone());
         }
         Bytes::from(json_edit::edited(t, &mut edits))
     }
@@ -295,30 +295,30 @@ fn chat_prompt(messages: Option<&str>, tools: Option<&str>) -> i64 {
     if let Some(m) = messages {
         let b = m.as_bytes();
         let _ = json_edit::walk_array(b, 0, |ms| {
-            let me = json_edit::value_end(b, ms)?;
             n += 4;
-            if b[ms] == b'{' {
-                // The last occurrence of each key counts, as in a parsed object.
-                let (mut content, mut calls, mut name) = (None, None, None);
-                let _ = json_edit::walk_object(b, ms, |key, _, vs| {
-                    let ve = json_edit::value_end(b, vs)?;
-                    match key {
-                        b"content" => content = Some((vs, ve)),
-                        b"tool_calls" => calls = Some((vs, ve)),
-                        b"name" => name = Some((vs, ve)),
-                        _ => {}
-                    }
-                    Some(ve)
-                });
-                if let Some((s, e)) = content {
-                    n += content_tokens(&m[s..e]);
+            if b[ms] != b'{' {
+                return json_edit::value_end(b, ms);
+            }
+            // The last occurrence of each key counts, as in a parsed object.
+            let (mut content, mut calls, mut name) = (None, None, None);
+            let me = json_edit::walk_object(b, ms, |key, _, vs| {
+                let ve = json_edit::value_end(b, vs)?;
+                match key {
+                    b"content" => content = Some((vs, ve)),
+                    b"tool_calls" => calls = Some((vs, ve)),
+                    b"name" => name = Some((vs, ve)),
+                    _ => {}
                 }
-                if let Some((s, e)) = calls {
-                    n += tokens_of_json(&m[s..e]);
-                }
-                if let Some(c) = name.and_then(|(s, e)| json_edit::string_chars(&m[s..e])) {
-                    n += tokens_of_chars(c);
-                }
+                Some(ve)
+            })?;
+            if let Some((s, e)) = content {
+                n += content_tokens(&m[s..e]);
+            }
+            if let Some((s, e)) = calls {
+                n += tokens_of_json(&m[s..e]);
+            }
+            if let Some(c) = name.and_then(|(s, e)| json_edit::string_chars(&m[s..e])) {
+                n += tokens_of_chars(c);
             }
             Some(me)
         });

@@ -325,7 +325,7 @@ impl Pump {
         let mut usage_info = None;
         if self.wants_usage && chunk_usage.is_some() && !meter.is_finished() {
             let info = meter.finish(Outcome::Ok, 200, chunk_usage);
-            let info = serde_json::to_string(&info).unwrap_or_else(|_| "null".into());
+            let info = info.to_json();
             usage_info = Some(format!("\"_usage_info\":{info}"));
             self.usage_sent = true;
         }
@@ -434,7 +434,7 @@ async fn pump(call: StreamCall, tx: tokio::sync::mpsc::Sender<Bytes>) {
     let mut reader = SseReader::new();
     let mut events = Vec::new();
     let mut p = Pump {
-        client_model_json: serde_json::to_string(&client_model).unwrap_or_else(|_| "\"\"".into()),
+        client_model_json: crate::upstream::json_edit::quoted(&client_model),
         client_model,
         wants_usage,
         usage: None,

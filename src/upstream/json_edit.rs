@@ -212,6 +212,26 @@ pub fn fields(json: &str) -> Option<Vec<(&str, Field)>> {
     (skip_ws(b, end) == b.len()).then_some(out)
 }
 
+/// `s` as a JSON string, appended to `out`. Identical to serde_json's output;
+/// text with nothing to escape (names, ids) is copied as it is.
+pub fn push_quoted(out: &mut String, s: &str) {
+    if s.bytes().any(|c| c == b'"' || c == b'\\' || c < 0x20) {
+        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+    } else {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    }
+}
+
+/// `s` as a JSON string (see [`push_quoted`]).
+pub fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    push_quoted(&mut out, s);
+    out
+}
+
 /// The field's value text.
 pub fn value<'a>(json: &'a str, f: &Field) -> &'a str {
     &json[f.value_start..f.value_end]
@@ -486,6 +506,22 @@ mod tests {
         assert_eq!(string_chars(escaped), Some(decoded.chars().count()));
         assert_eq!(string_chars("null"), None);
         assert_eq!(string_chars("12"), None);
+    }
+
+    #[test]
+    fn quoted_is_serde_jsons_string() {
+        for s in [
+            "",
+            "gpt-4o",
+            "a\"b",
+            "back\\slash",
+            "line\nbreak",
+            "\u{1}",
+            "é😀",
+            "\u{7f}",
+        ] {
+            assert_eq!(quoted(s), serde_json::to_string(s).unwrap(), "{s:?}");
+        }
     }
 
     #[test]
