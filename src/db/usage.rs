@@ -41,16 +41,62 @@ struct DayTotals {
     cost: f64,
 }
 
+/// Records per multi-row insert.
+const ROWS: usize = 16;
+/// Columns of a record as inserted (see [`bind_record`]).
+const COLUMNS: usize = 19;
+
+/// `INSERT INTO requests ... VALUES` with `rows` groups of parameters.
+fn insert_sql(rows: usize) -> &'static str {
+    static SQL: [std::sync::OnceLock<String>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    SQL[usize::from(rows != 1)].get_or_init(|| {
+        let group = format!("({})", vec!["?"; COLUMNS].join(","));
+        format!(
+            "INSERT INTO requests (request_id, user_id, username, key_id, provider, model, upstream_model, endpoint,
+                prompt_tokens, completion_tokens, total_tokens, cost_usd, estimated, priced, http_status, outcome,
+                latency_ms, ttft_ms, created_at) VALUES {}",
+            vec![group; rows].join(",")
+        )
+    })
+}
+
+/// Binds `r` to parameters `at + 1 ..= at + COLUMNS`.
+fn bind_record(
+    st: &mut rusqlite::Statement<'_>,
+    at: usize,
+    r: &UsageRecord,
+) -> rusqlite::Result<()> {
+    st.raw_bind_parameter(at + 1, &r.request_id)?;
+    st.raw_bind_parameter(at + 2, r.user_id)?;
+    st.raw_bind_parameter(at + 3, &r.username)?;
+    st.raw_bind_parameter(at + 4, r.key_id)?;
+    st.raw_bind_parameter(at + 5, &r.provider)?;
+    st.raw_bind_parameter(at + 6, &r.model)?;
+    st.raw_bind_parameter(at + 7, &r.upstream_model)?;
+    st.raw_bind_parameter(at + 8, &r.endpoint)?;
+    st.raw_bind_parameter(at + 9, r.prompt_tokens)?;
+    st.raw_bind_parameter(at + 10, r.completion_tokens)?;
+    st.raw_bind_parameter(at + 11, r.total_tokens)?;
+    st.raw_bind_parameter(at + 12, r.cost_usd)?;
+    st.raw_bind_parameter(at + 13, r.estimated)?;
+    st.raw_bind_parameter(at + 14, r.priced)?;
+    st.raw_bind_parameter(at + 15, r.http_status)?;
+    st.raw_bind_parameter(at + 16, &r.outcome)?;
+    st.raw_bind_parameter(at + 17, r.latency_ms)?;
+    st.raw_bind_parameter(at + 18, r.ttft_ms)?;
+    st.raw_bind_parameter(at + 19, &r.created_at)?;
+    Ok(())
+}
+
 /// Writes a batch of records with their roll-ups in one transaction.
 pub fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> DbResult<()> {
     let tx = conn.transaction()?;
     {
-        let mut ins = tx.prepare_cached(
-            "INSERT INTO requests (request_id, user_id, username, key_id, provider, model, upstream_model, endpoint,
-                prompt_tokens, completion_tokens, total_tokens, cost_usd, estimated, priced, http_status, outcome,
-                latency_ms, ttft_ms, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
-        )?;
+        // Full groups of ROWS records go in one multi-row statement: SQLite's
+        // per-statement work (start, halt, reset) is paid once per group.
+        let mut ins_many = tx.prepare_cached(insert_sql(ROWS))?;
+        let mut ins_one = tx.prepare_cached(insert_sql(1))?;
         let mut daily = tx.prepare_cached(
             "INSERT INTO usage_daily (day, user_id, provider, model, tokens, prompt_tokens, completion_tokens,
                 requests, ok_tokens, cost_usd)
@@ -67,30 +113,20 @@ pub fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> DbResult<
             "INSERT INTO usage_period (period, user_id, key_id, tokens) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (period, user_id, key_id) DO UPDATE SET tokens = tokens + excluded.tokens",
         )?;
+        let mut groups = records.chunks_exact(ROWS);
+        for group in &mut groups {
+            for (i, r) in group.iter().enumerate() {
+                bind_record(&mut ins_many, i * COLUMNS, r)?;
+            }
+            ins_many.raw_execute()?;
+        }
+        for r in groups.remainder() {
+            bind_record(&mut ins_one, 0, r)?;
+            ins_one.raw_execute()?;
+        }
         let mut days: HashMap<(&str, i64, &str, &str), DayTotals> = HashMap::new();
         let mut periods: HashMap<(&str, i64, i64), i64> = HashMap::new();
         for r in records {
-            ins.execute(params![
-                r.request_id,
-                r.user_id,
-                r.username,
-                r.key_id,
-                r.provider,
-                r.model,
-                r.upstream_model,
-                r.endpoint,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.total_tokens,
-                r.cost_usd,
-                r.estimated,
-                r.priced,
-                r.http_status,
-                r.outcome,
-                r.latency_ms,
-                r.ttft_ms,
-                r.created_at
-            ])?;
             // Roll-ups are summed in memory first: one upsert per group per batch.
             if r.total_tokens > 0 || r.outcome == "ok" {
                 let ok = r.outcome == "ok";
@@ -360,4 +396,74 @@ pub fn by_request_id(conn: &Connection, request_id: &str) -> DbResult<Vec<UsageR
         .query_map([request_id], record_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: i64) -> UsageRecord {
+        UsageRecord {
+            id: 0,
+            request_id: format!("req_{i}"),
+            user_id: 1 + i % 3,
+            username: format!("user{}", i % 3),
+            key_id: (i % 2 == 0).then_some(i),
+            provider: "p".into(),
+            model: format!("p/m{}", i % 2),
+            upstream_model: "m".into(),
+            endpoint: "chat/completions".into(),
+            prompt_tokens: i,
+            completion_tokens: 2 * i,
+            total_tokens: 3 * i,
+            cost_usd: i as f64 / 8.0,
+            estimated: i % 5 == 0,
+            priced: i % 7 != 0,
+            http_status: if i % 4 == 0 { 502 } else { 200 },
+            outcome: if i % 4 == 0 { "upstream_error" } else { "ok" }.into(),
+            latency_ms: 10 + i,
+            ttft_ms: (i % 3 != 0).then_some(i),
+            created_at: format!("2026-11-{:02}T00:00:{:02}Z", 1 + i % 28, i % 60),
+        }
+    }
+
+    #[test]
+    fn a_batch_of_any_size_is_written_whole_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = crate::db::open(&dir.path().join("t.db")).unwrap();
+        crate::db::migrate(&pool).unwrap();
+        let mut conn = pool.get().unwrap();
+        // Groups of ROWS, a remainder, a lone record, an empty batch.
+        let mut n = 0;
+        for size in [2 * ROWS + 5, ROWS, 1, 0, ROWS - 1] {
+            let batch: Vec<_> = (n..n + size as i64).map(record).collect();
+            insert_batch(&mut conn, &batch).unwrap();
+            n += size as i64;
+        }
+        let mut all = requests(
+            &conn,
+            &RequestFilter {
+                limit: 1000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        all.reverse();
+        assert_eq!(all.len(), n as usize);
+        for (i, got) in all.into_iter().enumerate() {
+            let want = UsageRecord {
+                id: got.id,
+                ..record(i as i64)
+            };
+            assert_eq!(got, want);
+        }
+        // The roll-ups saw every record once.
+        let (tokens, requests, ok_tokens, _) = totals(&conn, &DailyFilter::default()).unwrap();
+        assert_eq!(tokens, (0..n).map(|i| 3 * i).sum::<i64>());
+        assert_eq!(requests, (0..n).filter(|i| i % 4 != 0).count() as i64);
+        assert_eq!(
+            ok_tokens,
+            (0..n).filter(|i| i % 4 != 0).map(|i| 3 * i).sum::<i64>()
+        );
+    }
 }
