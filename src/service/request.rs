@@ -10,8 +10,9 @@
 use super::proxy::Endpoint;
 use crate::error::ApiError;
 use crate::metering::estimate::{self, tokens_of_chars};
-use crate::upstream::json_edit::{self, Edit, Field};
+use crate::upstream::json_edit::{self, Checked, Edit, Field};
 use bytes::Bytes;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 /// What the request asks for, checked.
@@ -77,14 +78,29 @@ impl Request {
     }
 
     pub fn parse(ep: Endpoint, raw: Bytes) -> Result<Request, ApiError> {
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&raw) {
-            return Err(ApiError::bad_request(format!(
-                "The body is not valid JSON: {e}"
-            )));
-        }
         let not_object = || ApiError::bad_request("The request body must be a JSON object.");
-        let text = String::from_utf8(Vec::from(raw)).map_err(|_| not_object())?;
-        let located = json_edit::fields(&text).ok_or_else(not_object)?;
+        let not_json = |e: serde_json::Error| {
+            ApiError::bad_request(format!("The body is not valid JSON: {e}"))
+        };
+        let text = match String::from_utf8(Vec::from(raw)) {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(match serde_json::from_slice::<IgnoredAny>(e.as_bytes()) {
+                    Err(e) => not_json(e),
+                    Ok(_) => not_object(),
+                })
+            }
+        };
+        let located = match json_edit::check(&text) {
+            Checked::Object(fields) => fields,
+            Checked::Other => return Err(not_object()),
+            // serde_json words the error; or the text is valid but nested
+            // deeper than the check goes, and is located the slow way.
+            Checked::Invalid => match serde_json::from_str::<IgnoredAny>(&text) {
+                Err(e) => return Err(not_json(e)),
+                Ok(_) => json_edit::fields(&text).ok_or_else(not_object)?,
+            },
+        };
         let mut known = [None; KNOWN.len()];
         for (k, f) in &located {
             if let Some(i) = KNOWN.iter().position(|n| n == k) {
@@ -447,6 +463,24 @@ mod tests {
         };
         assert!(err("{").message.contains("not valid JSON"));
         assert!(err("[1]").message.contains("must be a JSON object"));
+        assert!(err(r#"{"model":"m","messages":[01]}"#)
+            .message
+            .contains("not valid JSON: invalid number"));
+        let latin1 = Request::parse(Endpoint::Chat, Bytes::from(&b"{\"model\":\"\xe9\"}"[..]));
+        assert!(latin1
+            .err()
+            .unwrap()
+            .message
+            .contains("must be a JSON object"));
+        // Nested deeper than the one-pass check goes: still read.
+        let deep = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"hi","x":{}{}}}]}}"#,
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        let r = Request::parse(Endpoint::Chat, Bytes::from(deep)).unwrap();
+        assert_eq!(r.model, "m");
+        assert!(r.prompt_estimate > 3);
         assert_eq!(err(r#"{"messages":[]}"#).param.as_deref(), Some("model"));
         assert_eq!(
             err(r#"{"model":null,"messages":[]}"#).param.as_deref(),

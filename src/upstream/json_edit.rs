@@ -212,6 +212,214 @@ pub fn fields(json: &str) -> Option<Vec<(&str, Field)>> {
     (skip_ws(b, end) == b.len()).then_some(out)
 }
 
+/// What [`check`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Checked<'a> {
+    /// A JSON object, with its top-level fields in order.
+    Object(Vec<(&'a str, Field)>),
+    /// Valid JSON that is not an object.
+    Other,
+    Invalid,
+}
+
+/// Nesting deeper than this is reported [`Checked::Invalid`], so the check
+/// never recurses deeper (see [`check`]).
+const MAX_DEPTH: u32 = 128;
+
+/// A strict check that `text` is exactly one JSON value (RFC 8259, read as
+/// serde_json reads it, whitespace around it allowed), locating the
+/// top-level fields on the way when the value is an object: one pass, no
+/// tree. It accepts what `serde_json::from_str::<IgnoredAny>` accepts (tested
+/// against it), except nesting deeper than 128 levels, which serde_json's
+/// ignoring walk allows: callers ask serde_json when the text is refused,
+/// for a detailed message or for that rare case.
+pub fn check(text: &str) -> Checked<'_> {
+    let b = text.as_bytes();
+    let mut v = Check {
+        b,
+        i: skip_ws(b, 0),
+        depth: 0,
+    };
+    let checked = if b.get(v.i) == Some(&b'{') {
+        let mut top = Vec::with_capacity(8);
+        v.object(Some(&mut top)).map(|()| {
+            Checked::Object(
+                top.into_iter()
+                    .map(|(key_end, f): (usize, Field)| (&text[f.key_start + 1..key_end - 1], f))
+                    .collect(),
+            )
+        })
+    } else {
+        v.value().map(|()| Checked::Other)
+    };
+    match checked {
+        Some(c) if skip_ws(b, v.i) == b.len() => c,
+        _ => Checked::Invalid,
+    }
+}
+
+struct Check<'a> {
+    b: &'a [u8],
+    i: usize,
+    depth: u32,
+}
+
+impl Check<'_> {
+    fn value(&mut self) -> Option<()> {
+        match *self.b.get(self.i)? {
+            b'{' => self.object(None),
+            b'[' => self.array(),
+            b'"' => self.string(),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    fn digits(&mut self) -> Option<()> {
+        let start = self.i;
+        while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+            self.i += 1;
+        }
+        (self.i > start).then_some(())
+    }
+
+    fn number(&mut self) -> Option<()> {
+        if self.b[self.i] == b'-' {
+            self.i += 1;
+        }
+        match *self.b.get(self.i)? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => self.digits()?,
+            _ => return None,
+        }
+        if self.b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            self.digits()?;
+        }
+        if matches!(self.b.get(self.i), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.b.get(self.i), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            self.digits()?;
+        }
+        Some(())
+    }
+
+    /// A string opening at `self.i`: no raw control characters, valid escapes.
+    fn string(&mut self) -> Option<()> {
+        let b = self.b;
+        let mut j = self.i + 1;
+        loop {
+            match *b.get(j)? {
+                b'"' => {
+                    self.i = j + 1;
+                    return Some(());
+                }
+                b'\\' => match *b.get(j + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => j += 2,
+                    b'u' => {
+                        let hex = b.get(j + 2..j + 6)?;
+                        if !hex.iter().all(u8::is_ascii_hexdigit) {
+                            return None;
+                        }
+                        j += 6;
+                    }
+                    _ => return None,
+                },
+                0..=0x1f => return None,
+                _ => j += 1,
+            }
+        }
+    }
+
+    fn enter(&mut self) -> Option<()> {
+        self.depth += 1;
+        (self.depth <= MAX_DEPTH).then_some(())
+    }
+
+    fn array(&mut self) -> Option<()> {
+        self.enter()?;
+        self.i = skip_ws(self.b, self.i + 1);
+        if self.b.get(self.i) == Some(&b']') {
+            self.i += 1;
+            self.depth -= 1;
+            return Some(());
+        }
+        loop {
+            self.value()?;
+            self.i = skip_ws(self.b, self.i);
+            match *self.b.get(self.i)? {
+                b',' => self.i = skip_ws(self.b, self.i + 1),
+                b']' => {
+                    self.i += 1;
+                    self.depth -= 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// An object; with `top`, its fields are recorded with their key's end.
+    fn object(&mut self, mut top: Option<&mut Vec<(usize, Field)>>) -> Option<()> {
+        self.enter()?;
+        self.i = skip_ws(self.b, self.i + 1);
+        if self.b.get(self.i) == Some(&b'}') {
+            self.i += 1;
+            self.depth -= 1;
+            return Some(());
+        }
+        loop {
+            if self.b.get(self.i) != Some(&b'"') {
+                return None;
+            }
+            let key_start = self.i;
+            self.string()?;
+            let key_end = self.i;
+            self.i = skip_ws(self.b, self.i);
+            if self.b.get(self.i) != Some(&b':') {
+                return None;
+            }
+            self.i = skip_ws(self.b, self.i + 1);
+            let value_start = self.i;
+            self.value()?;
+            if let Some(top) = top.as_deref_mut() {
+                top.push((
+                    key_end,
+                    Field {
+                        key_start,
+                        value_start,
+                        value_end: self.i,
+                    },
+                ));
+            }
+            self.i = skip_ws(self.b, self.i);
+            match *self.b.get(self.i)? {
+                b',' => self.i = skip_ws(self.b, self.i + 1),
+                b'}' => {
+                    self.i += 1;
+                    self.depth -= 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
 /// `s` as a JSON string, appended to `out`. Identical to serde_json's output;
 /// text with nothing to escape (names, ids) is copied as it is.
 pub fn push_quoted(out: &mut String, s: &str) {
@@ -506,6 +714,100 @@ mod tests {
         assert_eq!(string_chars(escaped), Some(decoded.chars().count()));
         assert_eq!(string_chars("null"), None);
         assert_eq!(string_chars("12"), None);
+    }
+
+    /// `check`'s verdict and serde_json's agree.
+    fn agrees(t: &str) {
+        let serde = serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok();
+        let mine = check(t);
+        assert_eq!(mine != Checked::Invalid, serde, "{t:?}: {mine:?}");
+        // (A tree cannot hold a lone surrogate; the shape is judged where it can.)
+        let tree = serde_json::from_str::<Value>(t).ok();
+        if let Checked::Object(f) = mine {
+            assert!(tree.is_none_or(|v| v.is_object()), "{t:?}");
+            assert_eq!(Some(f), fields(t), "{t:?}");
+        } else if serde {
+            assert!(!t.trim_start().starts_with('{'), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn check_accepts_what_serde_json_accepts() {
+        let valid = [
+            CHUNK,
+            r#"{"a":"\\\"x\u00e9\/\b\f\n\r\t","b":[{"c":"d\\"}], "e" : -0.5e+3 , "f":[],"g":{},"h":[true,false,null,0,-0,1.0,2E5,3e-2]}"#,
+            r#"  {"model":"m","messages":[{"role":"user","content":"hi"}]}  "#,
+            "{}",
+            "[]",
+            "\"s\"",
+            "12",
+            "null",
+            " true ",
+            r#"{"a":1,"a":2}"#,
+            r#"{"\ud83d":"lone surrogates are consumed, not judged"}"#,
+        ];
+        let invalid = [
+            "",
+            " ",
+            "{",
+            "}",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "[1,]",
+            "[01]",
+            "[1.]",
+            "[.5]",
+            "[1e]",
+            "[-]",
+            "[+1]",
+            "[tru]",
+            "[nul]",
+            "[\"\\x\"]",
+            "[\"\\u12\"]",
+            "[\"\\u12g4\"]",
+            "{\"a\":1}x",
+            "{\"a\":1}{}",
+            "{a:1}",
+            "{'a':1}",
+            "[\"tab\there\"]",
+            "[\"nl\nhere\"]",
+            "[1 2]",
+            "NaN",
+            "[Infinity]",
+            "{\"a\" 1}",
+            "{,}",
+            "[,1]",
+        ];
+        for t in valid.iter().chain(invalid.iter()) {
+            agrees(t);
+        }
+        for t in valid {
+            for end in 0..=t.len() {
+                if let Some(cut) = t.get(..end) {
+                    agrees(cut);
+                }
+            }
+            for (i, _) in t.char_indices() {
+                for c in [
+                    "\\", "\"", "{", "]", ",", ":", "1", "-", ".", "e", " ", "\u{1}", "x",
+                ] {
+                    agrees(&format!("{}{c}{}", &t[..i], &t[i..]));
+                    if let Some(rest) = t.get(i + 1..) {
+                        agrees(&format!("{}{c}{rest}", &t[..i]));
+                    }
+                }
+            }
+        }
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        agrees(&deep(127));
+        agrees(&deep(128));
+        agrees(&format!("{{\"a\":{}}}", deep(127)));
+        // Deeper is refused without recursing further (serde_json's
+        // IgnoredAny walks any depth; callers fall back to it).
+        assert_eq!(check(&deep(129)), Checked::Invalid);
+        assert_eq!(check(&deep(100_000)), Checked::Invalid);
+        assert_eq!(check(&format!("{{\"a\":{}}}", deep(128))), Checked::Invalid);
     }
 
     #[test]
