@@ -6,7 +6,8 @@
 use hashbrown::{Equivalent, HashMap};
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use std::sync::{LazyLock, OnceLock, RwLock};
+use std::cell::RefCell;
+use std::sync::OnceLock;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -68,31 +69,43 @@ impl Equivalent<LabelsOwned> for LabelsRef<'_> {
     }
 }
 
-type Cache<V> = LazyLock<RwLock<HashMap<LabelsOwned, V>>>;
+type Cache<V> = std::thread::LocalKey<RefCell<HashMap<LabelsOwned, V>>>;
 
-static REQUESTS: Cache<(Counter, Histogram)> = LazyLock::new(Default::default);
-static TTFT: Cache<Histogram> = LazyLock::new(Default::default);
-static TOKENS: Cache<(Counter, Counter, Counter)> = LazyLock::new(Default::default);
+// Per thread: a serving thread finds its handles without a lock or a
+// reference count shared with the other threads (the handles themselves
+// point at the one registry).
+thread_local! {
+    static REQUESTS: RefCell<HashMap<LabelsOwned, (Counter, Histogram)>> = RefCell::new(HashMap::new());
+    static TTFT: RefCell<HashMap<LabelsOwned, Histogram>> = RefCell::new(HashMap::new());
+    static TOKENS: RefCell<HashMap<LabelsOwned, (Counter, Counter, Counter)>> = RefCell::new(HashMap::new());
+}
 
-/// The cached handles of a label set, registering them on first use.
-fn handles<V: Clone>(
-    cache: &Cache<V>,
+/// Runs `update` on the cached handles of a label set, registering them on
+/// first use.
+fn with_handles<V>(
+    cache: &'static Cache<V>,
     key: LabelsRef<'_>,
     endpoint: &'static str,
     make: impl FnOnce() -> V,
-) -> V {
-    if let Some(v) = cache.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return v.clone();
-    }
-    let owned = LabelsOwned {
-        provider: key.provider.to_owned(),
-        model: key.model.to_owned(),
-        endpoint,
-        status: key.status,
-    };
-    let mut w = cache.write().unwrap_or_else(|e| e.into_inner());
-    // Label sets stay few: models are folded into `other` unless configured or listed.
-    w.entry(owned).or_insert_with(make).clone()
+    update: impl FnOnce(&V),
+) {
+    cache.with(|c| {
+        if let Some(v) = c.borrow().get(&key) {
+            return update(v);
+        }
+        let v = make();
+        update(&v);
+        // Label sets stay few: models are folded into `other` unless configured or listed.
+        c.borrow_mut().insert(
+            LabelsOwned {
+                provider: key.provider.to_owned(),
+                model: key.model.to_owned(),
+                endpoint,
+                status: key.status,
+            },
+            v,
+        );
+    })
 }
 
 pub fn record_request(provider: &str, model: &str, endpoint: &'static str, status: u16, secs: f64) {
@@ -102,20 +115,27 @@ pub fn record_request(provider: &str, model: &str, endpoint: &'static str, statu
         endpoint,
         status,
     };
-    let (count, duration) = handles(&REQUESTS, key, endpoint, || {
-        let labels = [
-            ("provider", provider.to_owned()),
-            ("model", model.to_owned()),
-            ("endpoint", endpoint.to_owned()),
-            ("status", status.to_string()),
-        ];
-        (
-            metrics::counter!("tollgate_requests_total", &labels),
-            metrics::histogram!("tollgate_request_duration_seconds", &labels),
-        )
-    });
-    count.increment(1);
-    duration.record(secs);
+    with_handles(
+        &REQUESTS,
+        key,
+        endpoint,
+        || {
+            let labels = [
+                ("provider", provider.to_owned()),
+                ("model", model.to_owned()),
+                ("endpoint", endpoint.to_owned()),
+                ("status", status.to_string()),
+            ];
+            (
+                metrics::counter!("tollgate_requests_total", &labels),
+                metrics::histogram!("tollgate_request_duration_seconds", &labels),
+            )
+        },
+        |(count, duration)| {
+            count.increment(1);
+            duration.record(secs);
+        },
+    );
 }
 
 pub fn record_ttft(provider: &str, model: &str, endpoint: &'static str, secs: f64) {
@@ -125,15 +145,20 @@ pub fn record_ttft(provider: &str, model: &str, endpoint: &'static str, secs: f6
         endpoint,
         status: 0,
     };
-    let h = handles(&TTFT, key, endpoint, || {
-        let labels = [
-            ("provider", provider.to_owned()),
-            ("model", model.to_owned()),
-            ("endpoint", endpoint.to_owned()),
-        ];
-        metrics::histogram!("tollgate_time_to_first_token_seconds", &labels)
-    });
-    h.record(secs);
+    with_handles(
+        &TTFT,
+        key,
+        endpoint,
+        || {
+            let labels = [
+                ("provider", provider.to_owned()),
+                ("model", model.to_owned()),
+                ("endpoint", endpoint.to_owned()),
+            ];
+            metrics::histogram!("tollgate_time_to_first_token_seconds", &labels)
+        },
+        |h| h.record(secs),
+    );
 }
 
 pub fn record_upstream_error(provider: &str, model: &str, endpoint: &str, status: u16) {
@@ -162,19 +187,26 @@ pub fn record_tokens(provider: &str, model: &str, prompt: i64, completion: i64, 
         endpoint: "",
         status: 0,
     };
-    let (p, c, usd) = handles(&TOKENS, key, "", || {
-        let labels = [
-            ("provider", provider.to_owned()),
-            ("model", model.to_owned()),
-        ];
-        (
-            metrics::counter!("tollgate_prompt_tokens_total", &labels),
-            metrics::counter!("tollgate_completion_tokens_total", &labels),
-            // Counters are integers: cost is counted in micro-dollars.
-            metrics::counter!("tollgate_cost_usd_micros_total", &labels),
-        )
-    });
-    p.increment(prompt.max(0) as u64);
-    c.increment(completion.max(0) as u64);
-    usd.increment((cost_usd * 1e6).round().max(0.0) as u64);
+    with_handles(
+        &TOKENS,
+        key,
+        "",
+        || {
+            let labels = [
+                ("provider", provider.to_owned()),
+                ("model", model.to_owned()),
+            ];
+            (
+                metrics::counter!("tollgate_prompt_tokens_total", &labels),
+                metrics::counter!("tollgate_completion_tokens_total", &labels),
+                // Counters are integers: cost is counted in micro-dollars.
+                metrics::counter!("tollgate_cost_usd_micros_total", &labels),
+            )
+        },
+        |(p, c, usd)| {
+            p.increment(prompt.max(0) as u64);
+            c.increment(completion.max(0) as u64);
+            usd.increment((cost_usd * 1e6).round().max(0.0) as u64);
+        },
+    );
 }

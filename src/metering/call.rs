@@ -126,8 +126,14 @@ impl UsageInfo {
     /// The object as JSON text, as serde_json prints it (field order, number
     /// and float format), without going through a serializer per call.
     pub fn to_json(&self) -> String {
-        use crate::upstream::json_edit::push_quoted;
         let mut out = String::with_capacity(200);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// [`UsageInfo::to_json`] appended to `out`.
+    pub fn write_json(&self, out: &mut String) {
+        use crate::upstream::json_edit::push_quoted;
         let mut int = itoa::Buffer::new();
         out.push_str("{\"tokens_used\":");
         out.push_str(int.format(self.tokens_used));
@@ -149,15 +155,14 @@ impl UsageInfo {
         out.push_str(",\"remaining_tokens\":");
         out.push_str(int.format(self.remaining_tokens));
         out.push_str(",\"provider\":");
-        push_quoted(&mut out, &self.provider);
+        push_quoted(out, &self.provider);
         out.push_str(",\"request_id\":");
-        push_quoted(&mut out, &self.request_id);
+        push_quoted(out, &self.request_id);
         out.push_str(if self.estimated {
             ",\"estimated\":true}"
         } else {
             ",\"estimated\":false}"
         });
-        out
     }
 }
 

@@ -500,18 +500,27 @@ fn whole_response_fast(
         return None;
     }
     let usage = Usage::from_json_text(json_edit::value(text, field("usage")?))?;
+    let close = text.rfind('}')?;
     let model_json = json_edit::quoted(client_model);
-    let renamed;
-    let text = match field("model") {
-        Some(f) if json_edit::value(text, f) != model_json => {
-            renamed = json_edit::replace(text, f, &model_json);
-            renamed.as_str()
+    let mut edits = Vec::with_capacity(2);
+    if let Some(f) = field("model") {
+        if json_edit::value(text, f) != model_json {
+            edits.push(json_edit::Edit::replace(f, model_json.as_str()));
         }
-        _ => text,
-    };
+    }
     meter.first_token();
     let info = meter.finish(Outcome::Ok, 200, Some(usage));
-    let out = json_edit::append(text, "_usage_info", &info.to_json())?;
+    // `_usage_info` goes before the closing brace (the object has `usage`,
+    // so it is not empty); both edits are made in one copy of the text.
+    let mut added = String::with_capacity(256);
+    added.push_str(",\"_usage_info\":");
+    info.write_json(&mut added);
+    edits.push(json_edit::Edit {
+        start: close,
+        end: close,
+        with: added.into(),
+    });
+    let out = json_edit::edited(text, &mut edits);
     Some(([(header::CONTENT_TYPE, "application/json")], out).into_response())
 }
 

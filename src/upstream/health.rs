@@ -19,7 +19,11 @@ impl Health {
     pub fn record(&self, provider: &str, ok: bool) {
         let now = Instant::now();
         let mut m = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        let q = m.entry(provider.to_owned()).or_default();
+        // Looked up before inserting: no key allocated on every call.
+        let q = match m.get_mut(provider) {
+            Some(q) => q,
+            None => m.entry(provider.to_owned()).or_default(),
+        };
         q.push_back((now, ok));
         while q
             .front()
