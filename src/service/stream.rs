@@ -203,7 +203,15 @@ impl Pump {
         prov_name: &str,
         secret: &str,
     ) -> BytesMut {
-        let mut out = BytesMut::new();
+        // Room for the events as they came, the framing and a usage object:
+        // the output is written without growing in the common case.
+        let size: usize = events
+            .iter()
+            .map(|e| match e {
+                Event::Data(d) | Event::Comment(d) => d.len() + 16,
+            })
+            .sum();
+        let mut out = BytesMut::with_capacity(size + 320);
         for ev in events.drain(..) {
             if self.failed.is_some() || self.saw_done {
                 break;
