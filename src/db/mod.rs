@@ -71,6 +71,10 @@ pub fn open(path: &Path) -> DbResult<Pool> {
     let manager = SqliteConnectionManager::file(path).with_init(init_connection);
     let pool = r2d2::Pool::builder()
         .max_size(8)
+        // Two connections open at start (the usage writer's and one more);
+        // the rest open when concurrent requests need them. Each costs
+        // memory (schema, caches) that an idle gateway does not need.
+        .min_idle(Some(2))
         .connection_timeout(Duration::from_secs(30))
         .build(manager)?;
     Ok(pool)
