@@ -105,17 +105,18 @@ pub fn price_and_limit(
     client_model: &str,
     route: &Route,
 ) -> (Option<Price>, Option<i64>) {
-    let canonical = canonical_name(route);
-    let listed = st.catalog.find(&route.provider.id, &route.upstream_model);
-    let listed_limit = listed
-        .as_ref()
-        .and_then(|m| m.max_output_tokens)
-        .map(|v| v as i64);
-    let configured = st
-        .config
-        .pricing
-        .get(client_model)
-        .or_else(|| st.config.pricing.get(&canonical));
+    let listed = st
+        .catalog
+        .with_model(&route.provider.id, &route.upstream_model, |m| {
+            (m.max_output_tokens, m.prompt_price, m.completion_price)
+        });
+    let listed_limit = listed.and_then(|(max, ..)| max).map(|v| v as i64);
+    let pricing = &st.config.pricing;
+    let configured = match pricing.get(client_model) {
+        Some(p) => Some(p),
+        None if pricing.is_empty() => None,
+        None => pricing.get(&canonical_name(route)),
+    };
     match configured {
         Some(p) => (
             Some(Price {
@@ -125,10 +126,10 @@ pub fn price_and_limit(
             p.max_output_tokens.map(|v| v as i64).or(listed_limit),
         ),
         None => {
-            let price = listed.as_ref().and_then(|m| {
+            let price = listed.and_then(|(_, prompt, completion)| {
                 Some(Price {
-                    prompt: m.prompt_price?,
-                    completion: m.completion_price?,
+                    prompt: prompt?,
+                    completion: completion?,
                 })
             });
             (price, listed_limit)
@@ -144,7 +145,7 @@ pub fn metric_model(st: &AppState, client_model: &str, route: &Route) -> String 
         || st.config.routing.fallbacks.contains_key(client_model)
         || st
             .catalog
-            .find(&route.provider.id, &route.upstream_model)
+            .with_model(&route.provider.id, &route.upstream_model, |_| ())
             .is_some();
     if known {
         canonical
@@ -291,9 +292,7 @@ async fn run(
             return Err(e);
         }
     };
-    let is_sse = resp
-        .content_type()
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let is_sse = resp.is_event_stream();
     if req.stream && is_sse {
         return Ok(super::stream::stream_response(super::stream::StreamCall {
             st,

@@ -204,7 +204,7 @@ impl Request {
         let model_json = json_edit::quoted(upstream_model);
         for f in self.all("model") {
             if json_edit::value(t, f) != model_json {
-                edits.push(Edit::replace(f, model_json.clone()));
+                edits.push(Edit::replace(f, model_json.as_str()));
             }
         }
         // New top-level fields (`"key":value`, comma-separated), added before the brace.
@@ -217,15 +217,17 @@ impl Request {
             added.push(':');
             added.push_str(value);
         };
+        let mut cap_buf = itoa::Buffer::new();
         if let Some(cap) = cap {
+            let cap_text = cap_buf.format(cap);
             let field = self.client_cap.map_or(cap_field, |(f, _)| f);
             let mut placed = false;
             for f in self.all(field) {
-                edits.push(Edit::replace(f, cap.to_string()));
+                edits.push(Edit::replace(f, cap_text));
                 placed = true;
             }
             if !placed {
-                add(field, &cap.to_string());
+                add(field, cap_text);
             }
         }
         if self.stream {

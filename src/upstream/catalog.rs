@@ -45,10 +45,24 @@ impl Catalog {
 
     /// One model of a provider's cached list.
     pub fn find(&self, provider_id: &str, upstream_model: &str) -> Option<ModelInfo> {
-        self.cached(provider_id)?
+        self.with_model(provider_id, upstream_model, ModelInfo::clone)
+    }
+
+    /// `f` of one model of a provider's cached list, read in place (no copy
+    /// of the entry or of the list's handle: this runs on every call).
+    pub fn with_model<R>(
+        &self,
+        provider_id: &str,
+        upstream_model: &str,
+        f: impl FnOnce(&ModelInfo) -> R,
+    ) -> Option<R> {
+        let m = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        m.get(provider_id)?
+            .models
+            .as_ref()?
             .iter()
             .find(|m| m.id == upstream_model)
-            .cloned()
+            .map(f)
     }
 
     /// The provider's list: fresh from the cache, else fetched now. A stale list

@@ -71,8 +71,9 @@ impl UpResponse {
             .unwrap_or(axum::http::StatusCode::BAD_GATEWAY)
     }
 
-    pub fn content_type(&self) -> Option<&str> {
-        self.head.content_type.as_deref()
+    /// The answer is a Server-Sent Events stream.
+    pub fn is_event_stream(&self) -> bool {
+        self.head.event_stream
     }
 
     pub fn retry_after(&self) -> Option<&str> {

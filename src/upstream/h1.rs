@@ -331,7 +331,8 @@ pub enum SendFailure {
 /// An answer's head; its body follows in [`Body`].
 pub struct Head {
     pub status: u16,
-    pub content_type: Option<String>,
+    /// `Content-Type: text/event-stream` (the only use of the type).
+    pub event_stream: bool,
     pub retry_after: Option<String>,
 }
 
@@ -473,7 +474,7 @@ fn interpret(resp: &httparse::Response<'_, '_>) -> Result<(Head, Framing, bool),
     let status = resp.code.unwrap_or(0);
     let mut head = Head {
         status,
-        content_type: None,
+        event_stream: false,
         retry_after: None,
     };
     let mut length: Option<u64> = None;
@@ -509,7 +510,8 @@ fn interpret(resp: &httparse::Response<'_, '_>) -> Result<(Head, Framing, bool),
                 }
             }
         } else if h.name.eq_ignore_ascii_case("content-type") {
-            head.content_type = Some(value());
+            let v = h.value.trim_ascii_start();
+            head.event_stream = v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream");
         } else if h.name.eq_ignore_ascii_case("retry-after") {
             head.retry_after = Some(value());
         }
@@ -874,18 +876,19 @@ mod tests {
     async fn length_chunked_and_close_delimited_bodies() {
         let (port, seen) = server(vec![
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 429 Too Many\r\nRetry-After: 3\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nab\r\n\r\n3\r\ncde\r\n0\r\nX-Trailer: t\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 429 Too Many\r\nRetry-After: 3\r\nContent-Type:  Text/Event-Stream; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nab\r\n\r\n3\r\ncde\r\n0\r\nX-Trailer: t\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it",
         ])
         .await;
         let t = target(port);
         let (h, b) = send(&t, b"{}", false).await.unwrap();
         assert_eq!(h.status, 200);
-        assert_eq!(h.content_type.as_deref(), Some("application/json"));
+        assert!(!h.event_stream);
         assert_eq!(b.collect().await.unwrap(), &b"{\"a\":1}"[..]);
         let (h, b) = send(&t, b"{\"x\":2}", true).await.unwrap();
         assert_eq!(h.status, 429);
         assert_eq!(h.retry_after.as_deref(), Some("3"));
+        assert!(h.event_stream);
         assert_eq!(b.collect().await.unwrap(), &b"ab\r\ncde"[..]);
         let (_, b) = send(&t, b"{}", false).await.unwrap();
         assert_eq!(b.collect().await.unwrap(), &b"all of it"[..]);
