@@ -479,19 +479,24 @@ fn interpret(resp: &httparse::Response<'_, '_>) -> Result<(Head, Framing, bool),
     };
     let mut length: Option<u64> = None;
     let mut chunked = false;
+    // Any Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
+    let mut coded = false;
     let mut keep_alive = resp.version == Some(1);
     for h in resp.headers.iter() {
         let value = || String::from_utf8_lossy(h.value).trim().to_owned();
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|c| c.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
                 .ok_or("the provider sent an invalid Content-Length")?;
             if length.is_some_and(|l| l != n) {
                 return Err("the provider sent conflicting Content-Length headers".into());
             }
             length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            coded = true;
             chunked = value()
                 .rsplit(',')
                 .next()
@@ -520,7 +525,7 @@ fn interpret(resp: &httparse::Response<'_, '_>) -> Result<(Head, Framing, bool),
         Framing::Done
     } else if chunked {
         Framing::Chunked(ChunkState::Size)
-    } else if let Some(n) = length {
+    } else if let Some(n) = length.filter(|_| !coded) {
         if n == 0 {
             Framing::Done
         } else {
@@ -928,6 +933,38 @@ mod tests {
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 3);
         assert!(seen[2].starts_with("conn 2: "), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn framing_follows_rfc_9112() {
+        // A Transfer-Encoding other than chunked overrides Content-Length:
+        // the body runs to the close, and the connection is not kept.
+        let (port, seen) = server(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nContent-Length: 2\r\nConnection: close\r\n\r\nlonger than two",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ])
+        .await;
+        let t = target(port);
+        let (_, b) = send(&t, b"{}", false).await.unwrap();
+        assert_eq!(b.collect().await.unwrap(), &b"longer than two"[..]);
+        // A 204 has no body, whatever follows.
+        let (h, b) = send(&t, b"{}", false).await.unwrap();
+        assert_eq!(h.status, 204);
+        assert_eq!(b.collect().await.unwrap(), &b""[..]);
+        assert!(seen.lock().unwrap()[1].starts_with("conn 2: "));
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+        ] {
+            let (port, _) = server(vec![bad]).await;
+            let r = match send(&target(port), b"{}", false).await {
+                Ok((_, b)) => b.collect().await.err(),
+                Err(SendFailure::Broken(m)) => Some(m),
+                Err(e) => panic!("{e:?}"),
+            };
+            assert!(r.is_some(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[tokio::test]
