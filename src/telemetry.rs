@@ -69,6 +69,23 @@ impl Equivalent<LabelsOwned> for LabelsRef<'_> {
     }
 }
 
+/// A metric's labels: provider and model, then endpoint and status when given.
+type Labels = Vec<(&'static str, String)>;
+
+fn labels(provider: &str, model: &str, endpoint: &str, status: Option<u16>) -> Labels {
+    let mut l = vec![
+        ("provider", provider.to_owned()),
+        ("model", model.to_owned()),
+    ];
+    if !endpoint.is_empty() {
+        l.push(("endpoint", endpoint.to_owned()));
+    }
+    if let Some(s) = status {
+        l.push(("status", s.to_string()));
+    }
+    l
+}
+
 type Cache<V> = std::thread::LocalKey<RefCell<HashMap<LabelsOwned, V>>>;
 
 // Per thread: a serving thread finds its handles without a lock or a
@@ -80,28 +97,38 @@ thread_local! {
     static TOKENS: RefCell<HashMap<LabelsOwned, (Counter, Counter, Counter)>> = RefCell::new(HashMap::new());
 }
 
-/// Runs `update` on the cached handles of a label set, registering them on
-/// first use.
+/// Runs `update` on the cached handles of a label set (`status` 0 and an
+/// empty `endpoint` are not labels), registering them with `make` on first use.
 fn with_handles<V>(
     cache: &'static Cache<V>,
-    key: LabelsRef<'_>,
-    endpoint: &'static str,
-    make: impl FnOnce() -> V,
+    (provider, model, endpoint, status): (&str, &str, &'static str, u16),
+    make: impl FnOnce(&Labels) -> V,
     update: impl FnOnce(&V),
 ) {
+    let key = LabelsRef {
+        provider,
+        model,
+        endpoint,
+        status,
+    };
     cache.with(|c| {
         if let Some(v) = c.borrow().get(&key) {
             return update(v);
         }
-        let v = make();
+        let v = make(&labels(
+            provider,
+            model,
+            endpoint,
+            (status != 0).then_some(status),
+        ));
         update(&v);
         // Label sets stay few: models are folded into `other` unless configured or listed.
         c.borrow_mut().insert(
             LabelsOwned {
-                provider: key.provider.to_owned(),
-                model: key.model.to_owned(),
+                provider: provider.to_owned(),
+                model: model.to_owned(),
                 endpoint,
-                status: key.status,
+                status,
             },
             v,
         );
@@ -109,26 +136,13 @@ fn with_handles<V>(
 }
 
 pub fn record_request(provider: &str, model: &str, endpoint: &'static str, status: u16, secs: f64) {
-    let key = LabelsRef {
-        provider,
-        model,
-        endpoint,
-        status,
-    };
     with_handles(
         &REQUESTS,
-        key,
-        endpoint,
-        || {
-            let labels = [
-                ("provider", provider.to_owned()),
-                ("model", model.to_owned()),
-                ("endpoint", endpoint.to_owned()),
-                ("status", status.to_string()),
-            ];
+        (provider, model, endpoint, status),
+        |l| {
             (
-                metrics::counter!("tollgate_requests_total", &labels),
-                metrics::histogram!("tollgate_request_duration_seconds", &labels),
+                metrics::counter!("tollgate_requests_total", l),
+                metrics::histogram!("tollgate_request_duration_seconds", l),
             )
         },
         |(count, duration)| {
@@ -139,68 +153,34 @@ pub fn record_request(provider: &str, model: &str, endpoint: &'static str, statu
 }
 
 pub fn record_ttft(provider: &str, model: &str, endpoint: &'static str, secs: f64) {
-    let key = LabelsRef {
-        provider,
-        model,
-        endpoint,
-        status: 0,
-    };
     with_handles(
         &TTFT,
-        key,
-        endpoint,
-        || {
-            let labels = [
-                ("provider", provider.to_owned()),
-                ("model", model.to_owned()),
-                ("endpoint", endpoint.to_owned()),
-            ];
-            metrics::histogram!("tollgate_time_to_first_token_seconds", &labels)
-        },
+        (provider, model, endpoint, 0),
+        |l| metrics::histogram!("tollgate_time_to_first_token_seconds", l),
         |h| h.record(secs),
     );
 }
 
 pub fn record_upstream_error(provider: &str, model: &str, endpoint: &str, status: u16) {
-    let labels = [
-        ("provider", provider.to_owned()),
-        ("model", model.to_owned()),
-        ("endpoint", endpoint.to_owned()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("tollgate_upstream_errors_total", &labels).increment(1);
+    let l = labels(provider, model, endpoint, Some(status));
+    metrics::counter!("tollgate_upstream_errors_total", &l).increment(1);
 }
 
 pub fn record_retry(provider: &str, model: &str, endpoint: &str) {
-    let labels = [
-        ("provider", provider.to_owned()),
-        ("model", model.to_owned()),
-        ("endpoint", endpoint.to_owned()),
-    ];
-    metrics::counter!("tollgate_upstream_retries_total", &labels).increment(1);
+    let l = labels(provider, model, endpoint, None);
+    metrics::counter!("tollgate_upstream_retries_total", &l).increment(1);
 }
 
 pub fn record_tokens(provider: &str, model: &str, prompt: i64, completion: i64, cost_usd: f64) {
-    let key = LabelsRef {
-        provider,
-        model,
-        endpoint: "",
-        status: 0,
-    };
     with_handles(
         &TOKENS,
-        key,
-        "",
-        || {
-            let labels = [
-                ("provider", provider.to_owned()),
-                ("model", model.to_owned()),
-            ];
+        (provider, model, "", 0),
+        |l| {
             (
-                metrics::counter!("tollgate_prompt_tokens_total", &labels),
-                metrics::counter!("tollgate_completion_tokens_total", &labels),
+                metrics::counter!("tollgate_prompt_tokens_total", l),
+                metrics::counter!("tollgate_completion_tokens_total", l),
                 // Counters are integers: cost is counted in micro-dollars.
-                metrics::counter!("tollgate_cost_usd_micros_total", &labels),
+                metrics::counter!("tollgate_cost_usd_micros_total", l),
             )
         },
         |(p, c, usd)| {

@@ -208,22 +208,19 @@ where
         resp.headers_mut().insert("x-request-id", v);
     }
     let path = uri.path();
-    if status.is_server_error() {
+    let failed = status.is_server_error();
+    if failed || tracing::enabled!(tracing::Level::DEBUG) {
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         let id = resp
             .headers()
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        tracing::warn!(request_id = %id, %method, %path, status = status.as_u16(), ms, "request failed");
-    } else if tracing::enabled!(tracing::Level::DEBUG) {
-        let ms = start.elapsed().as_secs_f64() * 1000.0;
-        let id = resp
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        tracing::debug!(request_id = %id, %method, %path, status = status.as_u16(), ms, "request");
+        if failed {
+            tracing::warn!(request_id = %id, %method, %path, status = status.as_u16(), ms, "request failed");
+        } else {
+            tracing::debug!(request_id = %id, %method, %path, status = status.as_u16(), ms, "request");
+        }
     }
     resp
 }

@@ -483,41 +483,21 @@ mod tests {
         let r = Request::parse(Endpoint::Chat, Bytes::from(deep)).unwrap();
         assert_eq!(r.model, "m");
         assert!(r.prompt_estimate > 3);
-        assert_eq!(err(r#"{"messages":[]}"#).param.as_deref(), Some("model"));
-        assert_eq!(
-            err(r#"{"model":null,"messages":[]}"#).param.as_deref(),
-            Some("model")
-        );
-        assert_eq!(
-            err(r#"{"model":" ","messages":[]}"#).param.as_deref(),
-            Some("model")
-        );
-        assert_eq!(
-            err(r#"{"model":"m","messages":[],"stream":1}"#)
-                .param
-                .as_deref(),
-            Some("stream")
-        );
-        assert_eq!(
-            err(r#"{"model":"m","messages":[],"n":0}"#).param.as_deref(),
-            Some("n")
-        );
-        assert_eq!(
-            err(r#"{"model":"m","messages":[],"n":2.0}"#)
-                .param
-                .as_deref(),
-            Some("n")
-        );
-        assert_eq!(
-            err(r#"{"model":"m","messages":[],"max_tokens":-1}"#)
-                .param
-                .as_deref(),
-            Some("max_tokens")
-        );
-        assert_eq!(
-            err(r#"{"model":"m","messages":"hi"}"#).param.as_deref(),
-            Some("messages")
-        );
-        assert_eq!(err(r#"{"model":"m"}"#).param.as_deref(), Some("messages"));
+        for (body, param) in [
+            (r#"{"messages":[]}"#, "model"),
+            (r#"{"model":null,"messages":[]}"#, "model"),
+            (r#"{"model":" ","messages":[]}"#, "model"),
+            (r#"{"model":"m","messages":[],"stream":1}"#, "stream"),
+            (r#"{"model":"m","messages":[],"n":0}"#, "n"),
+            (r#"{"model":"m","messages":[],"n":2.0}"#, "n"),
+            (
+                r#"{"model":"m","messages":[],"max_tokens":-1}"#,
+                "max_tokens",
+            ),
+            (r#"{"model":"m","messages":"hi"}"#, "messages"),
+            (r#"{"model":"m"}"#, "messages"),
+        ] {
+            assert_eq!(err(body).param.as_deref(), Some(param), "{body}");
+        }
     }
 }

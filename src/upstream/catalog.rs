@@ -43,11 +43,6 @@ impl Catalog {
         m.get(provider_id).and_then(|e| e.error.clone())
     }
 
-    /// One model of a provider's cached list.
-    pub fn find(&self, provider_id: &str, upstream_model: &str) -> Option<ModelInfo> {
-        self.with_model(provider_id, upstream_model, ModelInfo::clone)
-    }
-
     /// `f` of one model of a provider's cached list, read in place (no copy
     /// of the entry or of the list's handle: this runs on every call).
     pub fn with_model<R>(

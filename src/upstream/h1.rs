@@ -730,6 +730,12 @@ mod tests {
         Target::new(&format!("http://127.0.0.1:{port}/v1/chat/completions"), &h).unwrap()
     }
 
+    /// Sends `body` to `t` and reads the whole answer.
+    async fn fetch(t: &Target, body: &[u8], stream: bool) -> (Head, Bytes) {
+        let (h, b) = send(t, body, stream).await.unwrap();
+        (h, b.collect().await.unwrap())
+    }
+
     type Log = Arc<std::sync::Mutex<Vec<String>>>;
     type Answers = Arc<std::sync::Mutex<std::vec::IntoIter<&'static [u8]>>>;
 
@@ -856,10 +862,8 @@ mod tests {
         let mut h = axum::http::HeaderMap::new();
         h.insert("host", format!("localhost:{port}").parse().unwrap());
         let t = Target::new(&format!("https://localhost:{port}/v1/embeddings"), &h).unwrap();
-        let (_, b) = send(&t, b"{}", false).await.unwrap();
-        assert_eq!(b.collect().await.unwrap(), &b"first"[..]);
-        let (_, b) = send(&t, b"{}", false).await.unwrap();
-        assert_eq!(b.collect().await.unwrap(), &b"second"[..]);
+        assert_eq!(fetch(&t, b"{}", false).await.1, &b"first"[..]);
+        assert_eq!(fetch(&t, b"{}", false).await.1, &b"second"[..]);
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 2);
         assert!(
@@ -886,17 +890,16 @@ mod tests {
         ])
         .await;
         let t = target(port);
-        let (h, b) = send(&t, b"{}", false).await.unwrap();
+        let (h, body) = fetch(&t, b"{}", false).await;
         assert_eq!(h.status, 200);
         assert!(!h.event_stream);
-        assert_eq!(b.collect().await.unwrap(), &b"{\"a\":1}"[..]);
-        let (h, b) = send(&t, b"{\"x\":2}", true).await.unwrap();
+        assert_eq!(body, &b"{\"a\":1}"[..]);
+        let (h, body) = fetch(&t, b"{\"x\":2}", true).await;
         assert_eq!(h.status, 429);
         assert_eq!(h.retry_after.as_deref(), Some("3"));
         assert!(h.event_stream);
-        assert_eq!(b.collect().await.unwrap(), &b"ab\r\ncde"[..]);
-        let (_, b) = send(&t, b"{}", false).await.unwrap();
-        assert_eq!(b.collect().await.unwrap(), &b"all of it"[..]);
+        assert_eq!(body, &b"ab\r\ncde"[..]);
+        assert_eq!(fetch(&t, b"{}", false).await.1, &b"all of it"[..]);
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 3);
         // The first two answers kept the connection; the requests are whole.
@@ -926,10 +929,8 @@ mod tests {
         ])
         .await;
         let t = target(port);
-        let (_, b) = send(&t, b"{}", false).await.unwrap();
-        assert_eq!(b.collect().await.unwrap(), &b"ok"[..]);
-        let (_, b) = send(&t, b"{}", false).await.unwrap();
-        assert_eq!(b.collect().await.unwrap(), &b"again"[..]);
+        assert_eq!(fetch(&t, b"{}", false).await.1, &b"ok"[..]);
+        assert_eq!(fetch(&t, b"{}", false).await.1, &b"again"[..]);
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 3);
         assert!(seen[2].starts_with("conn 2: "), "{seen:?}");
@@ -945,12 +946,11 @@ mod tests {
         ])
         .await;
         let t = target(port);
-        let (_, b) = send(&t, b"{}", false).await.unwrap();
-        assert_eq!(b.collect().await.unwrap(), &b"longer than two"[..]);
+        assert_eq!(fetch(&t, b"{}", false).await.1, &b"longer than two"[..]);
         // A 204 has no body, whatever follows.
-        let (h, b) = send(&t, b"{}", false).await.unwrap();
+        let (h, body) = fetch(&t, b"{}", false).await;
         assert_eq!(h.status, 204);
-        assert_eq!(b.collect().await.unwrap(), &b""[..]);
+        assert_eq!(body, &b""[..]);
         assert!(seen.lock().unwrap()[1].starts_with("conn 2: "));
         for bad in [
             &b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok"[..],

@@ -345,78 +345,62 @@ impl Check<'_> {
         }
     }
 
-    fn enter(&mut self) -> Option<()> {
+    /// A container opening at `self.i` and closing with `close`: its items,
+    /// each read by `item`, separated by commas. Depth is bounded here.
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
         self.depth += 1;
-        (self.depth <= MAX_DEPTH).then_some(())
+        if self.depth > MAX_DEPTH {
+            return None;
+        }
+        self.i = skip_ws(self.b, self.i + 1);
+        if self.b.get(self.i) != Some(&close) {
+            loop {
+                item(self)?;
+                self.i = skip_ws(self.b, self.i);
+                match *self.b.get(self.i)? {
+                    b',' => self.i = skip_ws(self.b, self.i + 1),
+                    c if c == close => break,
+                    _ => return None,
+                }
+            }
+        }
+        self.i += 1;
+        self.depth -= 1;
+        Some(())
     }
 
     fn array(&mut self) -> Option<()> {
-        self.enter()?;
-        self.i = skip_ws(self.b, self.i + 1);
-        if self.b.get(self.i) == Some(&b']') {
-            self.i += 1;
-            self.depth -= 1;
-            return Some(());
-        }
-        loop {
-            self.value()?;
-            self.i = skip_ws(self.b, self.i);
-            match *self.b.get(self.i)? {
-                b',' => self.i = skip_ws(self.b, self.i + 1),
-                b']' => {
-                    self.i += 1;
-                    self.depth -= 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
+        self.items(b']', Self::value)
     }
 
     /// An object; with `top`, its fields are recorded with their key's end.
     fn object(&mut self, mut top: Option<&mut Vec<(usize, Field)>>) -> Option<()> {
-        self.enter()?;
-        self.i = skip_ws(self.b, self.i + 1);
-        if self.b.get(self.i) == Some(&b'}') {
-            self.i += 1;
-            self.depth -= 1;
-            return Some(());
-        }
-        loop {
-            if self.b.get(self.i) != Some(&b'"') {
+        self.items(b'}', |v| {
+            if v.b.get(v.i) != Some(&b'"') {
                 return None;
             }
-            let key_start = self.i;
-            self.string()?;
-            let key_end = self.i;
-            self.i = skip_ws(self.b, self.i);
-            if self.b.get(self.i) != Some(&b':') {
+            let key_start = v.i;
+            v.string()?;
+            let key_end = v.i;
+            v.i = skip_ws(v.b, v.i);
+            if v.b.get(v.i) != Some(&b':') {
                 return None;
             }
-            self.i = skip_ws(self.b, self.i + 1);
-            let value_start = self.i;
-            self.value()?;
+            v.i = skip_ws(v.b, v.i + 1);
+            let value_start = v.i;
+            v.value()?;
             if let Some(top) = top.as_deref_mut() {
                 top.push((
                     key_end,
                     Field {
                         key_start,
                         value_start,
-                        value_end: self.i,
+                        value_end: v.i,
                     },
                 ));
             }
-            self.i = skip_ws(self.b, self.i);
-            match *self.b.get(self.i)? {
-                b',' => self.i = skip_ws(self.b, self.i + 1),
-                b'}' => {
-                    self.i += 1;
-                    self.depth -= 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
+            Some(())
+        })
     }
 }
 
@@ -446,6 +430,7 @@ pub fn value<'a>(json: &'a str, f: &Field) -> &'a str {
 }
 
 /// `json` with the field's value replaced by `new_value` (JSON text).
+#[cfg(test)]
 pub fn replace(json: &str, f: &Field, new_value: &str) -> String {
     edited(json, &mut [Edit::replace(f, new_value)])
 }
@@ -530,6 +515,7 @@ pub fn string_chars(raw: &str) -> Option<usize> {
 }
 
 /// `json` (an object) with `"key": value_json` added as its last field.
+#[cfg(test)]
 pub fn append(json: &str, key: &str, value_json: &str) -> Option<String> {
     let close = json.rfind('}')?;
     let before = json[..close].trim_end();
