@@ -58,7 +58,7 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, 
     let snap = state.creds.snapshot();
     let now = state.clock.now().timestamp();
     let (user, key) = if api_key::looks_like_key(token) {
-        let key = snap.keys.get(&api_key::hash(token)).ok_or_else(|| {
+        let key = api_key::find(token, |h| snap.keys.get(h)).ok_or_else(|| {
             ApiError::invalid_api_key("Incorrect API key provided, or the key was revoked.")
         })?;
         if key.expires_at.is_some_and(|e| e <= now) {
