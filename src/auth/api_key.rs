@@ -34,7 +34,7 @@ const MEMO_CAP: usize = 4096;
 thread_local! {
     /// Digests of keys found in the cache, under the key's [`tag`].
     static MEMO: std::cell::RefCell<hashbrown::HashMap<u128, [u8; 32], TagHash>> =
-        std::cell::RefCell::new(hashbrown::HashMap::with_hasher(TagHash));
+        const { std::cell::RefCell::new(hashbrown::HashMap::with_hasher(TagHash)) };
 }
 
 /// A keyed SipHash-1-3-128 of `key` under a secret drawn at start. SipHash is
