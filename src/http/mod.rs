@@ -199,6 +199,18 @@ where
             }
         }
     };
+    finish(resp, id_header, &method, uri.path(), start)
+}
+
+/// The common end of every request: a panic becomes a JSON 500, the answer
+/// gets its `x-request-id`, and a failure (or, at debug level, any request) is logged.
+fn finish(
+    resp: std::thread::Result<Response>,
+    id_header: Option<HeaderValue>,
+    method: &Method,
+    path: &str,
+    start: Instant,
+) -> Response {
     let mut resp = match resp {
         Ok(r) => r,
         Err(_) => panic_response(),
@@ -207,7 +219,6 @@ where
     if let Some(v) = id_header {
         resp.headers_mut().insert("x-request-id", v);
     }
-    let path = uri.path();
     let failed = status.is_server_error();
     if failed || tracing::enabled!(tracing::Level::DEBUG) {
         let ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -225,15 +236,48 @@ where
     resp
 }
 
+/// A generation call read by the server's own HTTP/1.1 front
+/// ([`crate::server::front`]): a POST to `path` whose whole body has been read
+/// and whose credential is in `headers`. Answers as [`dispatch`] would.
+pub async fn generation_call(
+    st: AppState,
+    ep: crate::service::proxy::Endpoint,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    use futures_util::FutureExt;
+    use std::panic::AssertUnwindSafe;
+    let id = new_request_id();
+    let start = Instant::now();
+    let id_header = HeaderValue::from_str(&id).ok();
+    let call = async move {
+        let p = match crate::auth::extract::authenticate(&st, headers) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        if body.len() > st.config.server.max_body_bytes {
+            return crate::error::body_too_large().into_response();
+        }
+        crate::service::proxy::handle(st, p, id, ep, body).await
+    };
+    let resp = AssertUnwindSafe(call).catch_unwind().await;
+    finish(resp, id_header, &Method::POST, path, start)
+}
+
 /// A generation call the router need not see: a POST to `/v1`, `/llm` or the
 /// root's `chat/completions`, `completions` or `embeddings`, without an
 /// `Origin` (a browser's request goes through the router and its CORS layer).
 fn fast_endpoint<B>(req: &axum::http::Request<B>) -> Option<crate::service::proxy::Endpoint> {
-    use crate::service::proxy::Endpoint;
     if req.method() != Method::POST || req.headers().contains_key(axum::http::header::ORIGIN) {
         return None;
     }
-    let path = req.uri().path();
+    generation_endpoint(req.uri().path())
+}
+
+/// The generation endpoint `path` names, if any.
+pub fn generation_endpoint(path: &str) -> Option<crate::service::proxy::Endpoint> {
+    use crate::service::proxy::Endpoint;
     let rest = path
         .strip_prefix("/v1")
         .or_else(|| path.strip_prefix("/llm"))

@@ -8,6 +8,11 @@
 //! this saves about a quarter of the CPU a call costs on a work-stealing
 //! runtime, where every task wake could unpark another worker. Blocking work
 //! (SQLite, password hashing) still goes to each runtime's blocking pool.
+//!
+//! Each connection is read first by [`front`], which answers generation calls
+//! itself and hands anything else to hyper and the router.
+
+pub mod front;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -194,7 +199,7 @@ async fn worker(
 }
 
 async fn connection(
-    stream: tokio::net::TcpStream,
+    mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
     app: Router,
     fast: Option<crate::state::AppState>,
@@ -206,6 +211,14 @@ async fn connection(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::trace!(error = %e, "cannot set TCP_NODELAY");
     }
+    let ahead = match &fast {
+        Some(st) => match front::serve(&mut stream, st, &mut stop).await {
+            Some(read) => read.freeze(),
+            None => return,
+        },
+        None => bytes::Bytes::new(),
+    };
+    let io = TokioIo::new(front::Rewind::new(stream, ahead));
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         let app = app.clone();
@@ -213,7 +226,7 @@ async fn connection(
         async move { Ok::<_, std::convert::Infallible>(crate::http::dispatch(app, fast, req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let stopping = tokio::select! {
         r = conn.as_mut() => {
