@@ -65,6 +65,11 @@ impl CallTracker {
         self.local_token().cancelled_owned().await
     }
 
+    /// [`stopped`](Self::stopped) as a future that does not borrow the tracker.
+    pub fn stopped_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.local_token().cancelled_owned()
+    }
+
     fn local_token(&self) -> CancellationToken {
         LOCAL_STOP.with(|l| {
             let mut l = l.borrow_mut();

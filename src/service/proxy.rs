@@ -66,12 +66,15 @@ pub async fn handle(
     ep: Endpoint,
     raw: Bytes,
 ) -> Response {
-    let tracker = st.clone();
     // At the end of the shutdown grace period a call still waiting for its
     // upstream is dropped, which settles it (see `CallMeter`'s `Drop`).
+    let stopped = st.metering.calls.stopped_owned();
+    // The call's state (several kB) lives on the heap: the futures that wrap
+    // it up to the connection then move a pointer, not the state, at each await.
+    let call = Box::pin(run(st, p, request_id, ep, raw));
     let result = tokio::select! {
-        r = run(st, p, request_id, ep, raw) => r,
-        _ = tracker.metering.calls.stopped() => Err(shutting_down()),
+        r = call => r,
+        _ = stopped => Err(shutting_down()),
     };
     match result {
         Ok(r) => r,
@@ -590,4 +593,24 @@ async fn whole_response(
         serde_json::to_value(info).unwrap_or(Value::Null),
     );
     Ok(axum::Json(Value::Object(body)).into_response())
+}
+
+#[cfg(test)]
+mod future_sizes {
+    fn size<A, B, C, D, E, F: std::future::Future>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A call's state is boxed once in `handle`; what wraps it up to the
+    /// connection stays small, so awaiting it never copies kilobytes.
+    #[test]
+    fn the_futures_around_a_call_stay_small() {
+        assert!(size(super::run) > 1024, "the boxed state is the big one");
+        assert!(size(super::handle) <= 512, "{}", size(super::handle));
+        assert!(
+            size(crate::http::generation_call) <= 1024,
+            "{}",
+            size(crate::http::generation_call)
+        );
+    }
 }
