@@ -217,7 +217,9 @@ fn finish(
     };
     let status = resp.status();
     if let Some(v) = id_header {
-        resp.headers_mut().insert("x-request-id", v);
+        // A static name: a `&str` name not in the standard set is copied.
+        resp.headers_mut()
+            .insert(axum::http::HeaderName::from_static("x-request-id"), v);
     }
     let failed = status.is_server_error();
     if failed || tracing::enabled!(tracing::Level::DEBUG) {

@@ -569,7 +569,10 @@ impl<'a> Edit<'a> {
         let with = if obj[..close].trim_end().ends_with('{') {
             fields.to_owned()
         } else {
-            format!(",{fields}")
+            let mut w = String::with_capacity(fields.len() + 1);
+            w.push(',');
+            w.push_str(fields);
+            w
         };
         Some(Edit {
             start: offset + close,
