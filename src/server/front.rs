@@ -144,6 +144,13 @@ pub async fn serve(
     let limit = st.config.server.max_body_bytes;
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = Vec::with_capacity(2 * 1024);
+    // One wait for the shutdown signal for the connection's whole life: it
+    // registers once, instead of once for every request.
+    let mut signal = stop.clone();
+    let stopping = async move {
+        let _ = signal.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopping);
     loop {
         let call = loop {
             match parse(&buf, limit) {
@@ -157,7 +164,7 @@ pub async fn serve(
                 biased;
                 r = stream.read_buf(&mut buf) => r,
                 // Shutting down: a connection between requests closes now.
-                _ = stop.wait_for(|s| *s), if idle => return None,
+                () = &mut stopping, if idle => return None,
             };
             match read {
                 Ok(0) | Err(_) => return None,
@@ -198,22 +205,30 @@ pub async fn serve(
 
 /// Resolves when the client has closed the connection (or it failed). Bytes
 /// it sends meanwhile (a next request) are kept in `ahead`, up to [`MAX_AHEAD`].
+/// Readiness is polled (the waker sits in the socket's reader slot) rather
+/// than awaited through `readable()`, which would queue and unqueue a waiter
+/// on every call.
 async fn gone(stream: &TcpStream, ahead: &mut BytesMut) {
-    loop {
+    std::future::poll_fn(|cx| loop {
         if ahead.len() >= MAX_AHEAD {
-            return std::future::pending().await;
+            // Not read further until this answer is written; never resolves.
+            return Poll::Pending;
         }
-        if stream.readable().await.is_err() {
-            return;
+        match stream.poll_read_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(())) => {}
         }
         ahead.reserve(4 * 1024);
         match stream.try_read_buf(ahead) {
-            Ok(0) => return,
+            Ok(0) => return Poll::Ready(()),
             Ok(_) => {}
+            // The readiness is cleared: the next poll registers the waker.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
+            Err(_) => return Poll::Ready(()),
         }
-    }
+    })
+    .await
 }
 
 /// Writes an answer: a body of known length in one write with its head, any
