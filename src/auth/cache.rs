@@ -7,7 +7,7 @@
 use crate::db::{self, api_keys::KeyRow, plans::Plan, users::UserRow, DbResult, Pool};
 use crate::glob::Patterns;
 use hashbrown::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -90,6 +90,11 @@ impl Snapshot {
 pub struct CredentialCache {
     pool: Pool,
     snap: RwLock<Arc<Snapshot>>,
+    /// Bumped after every swap of `snap`: a thread's copy is current while
+    /// the version it was taken at is.
+    version: AtomicU64,
+    /// Tells caches apart in a thread's copy (tests run many servers).
+    id: u64,
     /// Serialises reloads so an older snapshot never replaces a newer one.
     reloading: Mutex<()>,
 }
@@ -143,9 +148,12 @@ fn key_entry(k: KeyRow, old: Option<&KeyEntry>) -> Option<([u8; 32], KeyEntry)> 
 
 impl CredentialCache {
     pub fn load(pool: Pool) -> DbResult<Self> {
+        static IDS: AtomicU64 = AtomicU64::new(0);
         let cache = CredentialCache {
             pool,
             snap: RwLock::new(Arc::new(Snapshot::default())),
+            version: AtomicU64::new(0),
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             reloading: Mutex::new(()),
         };
         cache.reload_blocking()?;
@@ -154,6 +162,34 @@ impl CredentialCache {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snap.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs `f` on the current snapshot through this thread's copy of it: on
+    /// the request path, no lock and no reference count that other threads
+    /// touch, only a load of the version. The copy is refreshed when the
+    /// version has moved since it was taken.
+    pub fn with_snapshot<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        type Local = Option<(u64, u64, Arc<Snapshot>)>;
+        thread_local! {
+            static LOCAL: std::cell::RefCell<Local> = const { std::cell::RefCell::new(None) };
+        }
+        // The version is read before the snapshot: a swap in between leaves
+        // a newer snapshot under an older version, refreshed on the next call.
+        let version = self.version.load(Ordering::Acquire);
+        LOCAL.with(|local| {
+            let Ok(mut local) = local.try_borrow_mut() else {
+                return f(&self.snapshot()); // re-entered from `f`
+            };
+            match &*local {
+                Some((id, v, snap)) if *id == self.id && *v == version => f(snap),
+                _ => {
+                    let snap = self.snapshot();
+                    let out = f(&snap);
+                    *local = Some((self.id, version, snap));
+                    out
+                }
+            }
+        })
     }
 
     /// Rebuilds the snapshot from the database (blocking).
@@ -191,6 +227,7 @@ impl CredentialCache {
                 .collect(),
         };
         *self.snap.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
+        self.version.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -265,5 +302,52 @@ impl CredentialCache {
                 tracing::warn!(error = %e, "cannot record key last-use times");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(dir: &std::path::Path, name: &str) -> CredentialCache {
+        let pool = db::open(&dir.join(name)).unwrap();
+        db::migrate(&pool).unwrap();
+        CredentialCache::load(pool).unwrap()
+    }
+
+    fn add_user(c: &CredentialCache, name: &str) {
+        let conn = c.pool.get().unwrap();
+        conn.execute(
+            "INSERT OR IGNORE INTO plans (name, monthly_tokens, requests_per_minute, created_at)
+             VALUES ('free', 1, 1, '2026-01-01T00:00:00Z')",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO users (username, password_hash, role, plan, created_at)
+                 VALUES (?1, 'x', 'user', 'free', '2026-01-01T00:00:00Z')",
+            [name],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_threads_copy_of_the_snapshot_follows_every_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (cache(dir.path(), "a.db"), cache(dir.path(), "b.db"));
+        let users = |c: &CredentialCache| c.with_snapshot(|s| s.users.len());
+        let n = users(&a);
+        add_user(&a, "one");
+        assert_eq!(users(&a), n, "in force only once reloaded");
+        a.reload_blocking().unwrap();
+        assert_eq!(users(&a), n + 1);
+        // Another cache on the same thread gets its own snapshot, and back.
+        add_user(&b, "two");
+        add_user(&b, "three");
+        b.reload_blocking().unwrap();
+        assert_eq!(users(&b), n + 2);
+        assert_eq!(users(&a), n + 1);
+        // Re-entered from inside `f`: answered from the shared snapshot.
+        assert_eq!(a.with_snapshot(|_| users(&a)), n + 1);
     }
 }

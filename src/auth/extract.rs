@@ -55,8 +55,18 @@ fn credential(headers: &HeaderMap) -> Option<&str> {
 /// Resolves the request's credential to a principal.
 pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let token = credential(headers).ok_or_else(ApiError::missing_credential)?;
-    let snap = state.creds.snapshot();
     let now = state.clock.now().timestamp();
+    state
+        .creds
+        .with_snapshot(|snap| resolve(state, snap, token, now))
+}
+
+fn resolve(
+    state: &AppState,
+    snap: &super::cache::Snapshot,
+    token: &str,
+    now: i64,
+) -> Result<Principal, ApiError> {
     let (user, key) = if api_key::looks_like_key(token) {
         let key = api_key::find(token, |h| snap.keys.get(h)).ok_or_else(|| {
             ApiError::invalid_api_key("Incorrect API key provided, or the key was revoked.")
