@@ -49,6 +49,7 @@ pub fn init() {
 /// The Prometheus text exposition.
 pub fn render() -> String {
     init();
+    flush_local();
     HANDLE
         .get()
         .and_then(|h| h.as_ref())
@@ -103,13 +104,80 @@ fn labels(provider: &str, model: &str, endpoint: &str, status: Option<u16>) -> L
 
 type Cache<V> = std::thread::LocalKey<RefCell<HashMap<LabelsOwned, V>>>;
 
+/// A counter's increments not yet added to it.
+struct PendingCounter(Counter, u64);
+
+impl PendingCounter {
+    fn flush(&mut self) {
+        if self.1 > 0 {
+            self.0.increment(std::mem::take(&mut self.1));
+        }
+    }
+}
+
+/// A histogram's samples not yet recorded in it.
+struct PendingHistogram(Histogram, Vec<f64>);
+
+impl PendingHistogram {
+    fn new(h: Histogram) -> PendingHistogram {
+        PendingHistogram(h, Vec::with_capacity(FLUSH_EVERY as usize))
+    }
+    fn flush(&mut self) {
+        for s in self.1.drain(..) {
+            self.0.record(s);
+        }
+    }
+}
+
 // Per thread: a serving thread finds its handles without a lock or a
 // reference count shared with the other threads (the handles themselves
-// point at the one registry).
+// point at the one registry), and adds to them in batches: every update of a
+// shared metric is an atomic write on a line the other serving threads also
+// write, so it is paid once per batch instead of once per call.
 thread_local! {
-    static REQUESTS: RefCell<HashMap<LabelsOwned, (Counter, Histogram)>> = RefCell::new(HashMap::new());
-    static TTFT: RefCell<HashMap<LabelsOwned, Histogram>> = RefCell::new(HashMap::new());
-    static TOKENS: RefCell<HashMap<LabelsOwned, (Counter, Counter, Counter)>> = RefCell::new(HashMap::new());
+    static REQUESTS: RefCell<HashMap<LabelsOwned, (PendingCounter, PendingHistogram)>> = RefCell::new(HashMap::new());
+    static TTFT: RefCell<HashMap<LabelsOwned, PendingHistogram>> = RefCell::new(HashMap::new());
+    static TOKENS: RefCell<HashMap<LabelsOwned, [PendingCounter; 3]>> = RefCell::new(HashMap::new());
+    static PENDING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// A thread's updates are added to the shared metrics after this many calls,
+/// and whenever the thread goes idle ([`flush_local`] runs before a serving
+/// thread parks), so /metrics lags by at most a burst of calls.
+const FLUSH_EVERY: u32 = 32;
+
+/// Adds this thread's pending updates to the shared metrics.
+pub fn flush_local() {
+    if PENDING.with(|p| p.replace(0)) == 0 {
+        return;
+    }
+    REQUESTS.with(|c| {
+        for (count, duration) in c.borrow_mut().values_mut() {
+            count.flush();
+            duration.flush();
+        }
+    });
+    TTFT.with(|c| {
+        c.borrow_mut()
+            .values_mut()
+            .for_each(PendingHistogram::flush)
+    });
+    TOKENS.with(|c| {
+        for counters in c.borrow_mut().values_mut() {
+            counters.iter_mut().for_each(PendingCounter::flush);
+        }
+    });
+}
+
+fn pending_update() {
+    let n = PENDING.with(|p| {
+        let n = p.get() + 1;
+        p.set(n);
+        n
+    });
+    if n >= FLUSH_EVERY {
+        flush_local();
+    }
 }
 
 /// Runs `update` on the cached handles of a label set (`status` 0 and an
@@ -118,7 +186,7 @@ fn with_handles<V>(
     cache: &'static Cache<V>,
     (provider, model, endpoint, status): (&str, &str, &'static str, u16),
     make: impl FnOnce(&Labels) -> V,
-    update: impl FnOnce(&V),
+    update: impl FnOnce(&mut V),
 ) {
     let key = LabelsRef {
         provider,
@@ -127,16 +195,16 @@ fn with_handles<V>(
         status,
     };
     cache.with(|c| {
-        if let Some(v) = c.borrow().get(&key) {
+        if let Some(v) = c.borrow_mut().get_mut(&key) {
             return update(v);
         }
-        let v = make(&labels(
+        let mut v = make(&labels(
             provider,
             model,
             endpoint,
             (status != 0).then_some(status),
         ));
-        update(&v);
+        update(&mut v);
         // Label sets stay few: models are folded into `other` unless configured or listed.
         c.borrow_mut().insert(
             LabelsOwned {
@@ -147,7 +215,8 @@ fn with_handles<V>(
             },
             v,
         );
-    })
+    });
+    pending_update();
 }
 
 pub fn record_request(provider: &str, model: &str, endpoint: &'static str, status: u16, secs: f64) {
@@ -156,13 +225,13 @@ pub fn record_request(provider: &str, model: &str, endpoint: &'static str, statu
         (provider, model, endpoint, status),
         |l| {
             (
-                metrics::counter!("tollgate_requests_total", l),
-                metrics::histogram!("tollgate_request_duration_seconds", l),
+                PendingCounter(metrics::counter!("tollgate_requests_total", l), 0),
+                PendingHistogram::new(metrics::histogram!("tollgate_request_duration_seconds", l)),
             )
         },
         |(count, duration)| {
-            count.increment(1);
-            duration.record(secs);
+            count.1 += 1;
+            duration.1.push(secs);
         },
     );
 }
@@ -171,8 +240,13 @@ pub fn record_ttft(provider: &str, model: &str, endpoint: &'static str, secs: f6
     with_handles(
         &TTFT,
         (provider, model, endpoint, 0),
-        |l| metrics::histogram!("tollgate_time_to_first_token_seconds", l),
-        |h| h.record(secs),
+        |l| {
+            PendingHistogram::new(metrics::histogram!(
+                "tollgate_time_to_first_token_seconds",
+                l
+            ))
+        },
+        |h| h.1.push(secs),
     );
 }
 
@@ -191,23 +265,55 @@ pub fn record_tokens(provider: &str, model: &str, prompt: i64, completion: i64, 
         &TOKENS,
         (provider, model, "", 0),
         |l| {
-            (
-                metrics::counter!("tollgate_prompt_tokens_total", l),
-                metrics::counter!("tollgate_completion_tokens_total", l),
+            [
+                PendingCounter(metrics::counter!("tollgate_prompt_tokens_total", l), 0),
+                PendingCounter(metrics::counter!("tollgate_completion_tokens_total", l), 0),
                 // Counters are integers: cost is counted in micro-dollars.
-                metrics::counter!("tollgate_cost_usd_micros_total", l),
-            )
+                PendingCounter(metrics::counter!("tollgate_cost_usd_micros_total", l), 0),
+            ]
         },
-        |(p, c, usd)| {
-            p.increment(prompt.max(0) as u64);
-            c.increment(completion.max(0) as u64);
-            usd.increment((cost_usd * 1e6).round().max(0.0) as u64);
+        |[p, c, usd]| {
+            p.1 += prompt.max(0) as u64;
+            c.1 += completion.max(0) as u64;
+            usd.1 += (cost_usd * 1e6).round().max(0.0) as u64;
         },
     );
 }
 
 #[cfg(test)]
 mod tests {
+    fn count_of(model: &str) -> Option<u64> {
+        super::render()
+            .lines()
+            .find(|l| l.starts_with("tollgate_requests_total") && l.contains(model))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// Updates are added to the shared metrics in batches: after FLUSH_EVERY
+    /// calls, or when the thread flushes (before it parks, or to render).
+    #[test]
+    fn a_threads_updates_reach_the_metrics_in_batches() {
+        super::init();
+        let n = super::FLUSH_EVERY as usize;
+        std::thread::spawn(move || {
+            for _ in 0..3 {
+                super::record_request("p", "batch-a", "chat", 200, 0.01);
+            }
+            super::flush_local();
+            for _ in 0..n {
+                super::record_request("p", "batch-b", "chat", 200, 0.01);
+            }
+            // Not flushed by hand: the last call filled the batch.
+        })
+        .join()
+        .unwrap();
+        assert_eq!(count_of("batch-a"), Some(3));
+        assert_eq!(count_of("batch-b"), Some(n as u64));
+        // Rendering flushes the rendering thread's own updates.
+        super::record_request("p", "batch-c", "chat", 200, 0.01);
+        assert_eq!(count_of("batch-c"), Some(1));
+    }
+
     /// Without upkeep, every histogram sample stays in memory until the next
     /// scrape of /metrics.
     #[test]

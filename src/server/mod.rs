@@ -104,6 +104,9 @@ impl Workers {
             let (tx, rx) = mpsc::unbounded_channel::<Conn>();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // A thread's metric updates are batched; they reach /metrics
+                // at the latest when it goes idle.
+                .on_thread_park(crate::telemetry::flush_local)
                 .thread_name(format!("tollgate-worker-{i}"))
                 .build()?;
             let app = app.clone();
