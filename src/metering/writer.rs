@@ -5,35 +5,71 @@
 //! ending, and under load one transaction every 20 ms carries every record. It also trims the raw
 //! log to `usage_retention_days` once an hour.
 //!
-//! Records are queued in a mutex-guarded vector rather than a channel: the
-//! thread is woken only when the queue goes from empty to non-empty (or on a
-//! flush), so under load one wake-up carries a whole batch instead of costing
-//! two futex calls and a context switch per record.
+//! Records are queued in mutex-guarded vectors rather than a channel: the
+//! thread is woken only when it waits for a first record (or on a flush, or
+//! a full batch), so under load one wake-up carries a whole batch instead of
+//! costing two futex calls and a context switch per record. Each thread that
+//! sends records has its own vector (a shard), so the serving threads never
+//! contend for one lock; the writer drains every shard.
 
 use crate::db::{self, usage::UsageRecord, Pool};
+use std::cell::RefCell;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 #[derive(Default)]
 struct Queue {
-    records: Vec<UsageRecord>,
     acks: Vec<std::sync::mpsc::SyncSender<()>>,
-    /// The thread waits for a first record and must be woken.
-    idle: bool,
     /// Every handle is gone: write what is left and stop.
     closed: bool,
 }
 
+type Shard = Mutex<Vec<UsageRecord>>;
+
 struct Shared {
+    id: u64,
     q: Mutex<Queue>,
     cv: Condvar,
+    shards: Mutex<Vec<Arc<Shard>>>,
+    /// The thread waits for a first record and must be woken.
+    idle: AtomicBool,
+}
+
+thread_local! {
+    /// This thread's shard of each writer it has sent records to.
+    static MINE: RefCell<Vec<(u64, Arc<Shard>)>> = const { RefCell::new(Vec::new()) };
+}
+
+// A panic while holding one of these locks cannot leave a vector half-updated
+// (pushes and takes are single operations), so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        // A panic while holding the lock cannot leave the queue half-updated
-        // (pushes and takes are single operations), so poisoning is ignored.
-        self.q.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.q)
+    }
+
+    /// Records waiting in every shard.
+    fn pending(&self) -> usize {
+        lock(&self.shards).iter().map(|s| lock(s).len()).sum()
+    }
+
+    /// Takes every shard's records.
+    fn drain(&self) -> Vec<UsageRecord> {
+        let shards = lock(&self.shards);
+        let mut all = Vec::new();
+        for s in shards.iter() {
+            let mut s = lock(s);
+            if all.is_empty() {
+                all = std::mem::take(&mut *s);
+            } else {
+                all.append(&mut s);
+            }
+        }
+        all
     }
 }
 
@@ -61,9 +97,13 @@ const TRIM_EVERY: Duration = Duration::from_secs(3600);
 impl UsageWriter {
     /// Starts the writer thread.
     pub fn spawn(pool: Pool, retention_days: u64) -> UsageWriter {
+        static IDS: AtomicU64 = AtomicU64::new(0);
         let shared = Arc::new(Shared {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             q: Mutex::new(Queue::default()),
             cv: Condvar::new(),
+            shards: Mutex::default(),
+            idle: AtomicBool::new(false),
         });
         let for_thread = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -80,12 +120,29 @@ impl UsageWriter {
     /// Queues a record; never blocks on the database.
     pub fn send(&self, r: UsageRecord) {
         let s = &self.h.0;
-        let mut q = s.lock();
-        q.records.push(r);
-        let wake = q.idle || q.records.len() == MAX_BATCH;
-        q.idle = false;
-        drop(q);
-        if wake {
+        let len = MINE.with(|mine| {
+            let mut mine = mine.borrow_mut();
+            let shard = match mine.iter().find(|(id, _)| *id == s.id) {
+                Some((_, shard)) => shard,
+                None => {
+                    let shard = Arc::new(Shard::default());
+                    lock(&s.shards).push(shard.clone());
+                    mine.push((s.id, shard));
+                    &mine[mine.len() - 1].1
+                }
+            };
+            let mut v = lock(shard);
+            v.push(r);
+            v.len()
+        });
+        // Pairs with the fence in `run`: either this thread sees the writer
+        // idle and wakes it, or the writer, after saying it is idle, sees
+        // this record in the shard.
+        fence(Ordering::SeqCst);
+        if len == MAX_BATCH || s.idle.load(Ordering::Relaxed) {
+            // Taken so that the wake-up cannot fall between the writer's
+            // check of the shards and its wait.
+            let _q = s.lock();
             s.cv.notify_one();
         }
     }
@@ -112,50 +169,58 @@ fn run(pool: Pool, s: Arc<Shared>, retention_days: u64) {
             last_trim = Some(Instant::now());
         }
         let mut q = s.lock();
-        if q.records.is_empty() && q.acks.is_empty() {
-            if q.closed {
-                return;
-            }
-            q.idle = true;
+        if q.acks.is_empty() && !q.closed && {
+            s.idle.store(true, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            s.pending() == 0
+        } {
             let (g, _) =
                 s.cv.wait_timeout_while(q, Duration::from_secs(60), |q| {
-                    q.records.is_empty() && q.acks.is_empty() && !q.closed
+                    q.acks.is_empty() && !q.closed && s.pending() == 0
                 })
                 .unwrap_or_else(|p| p.into_inner());
             q = g;
-            q.idle = false;
-            if q.records.is_empty() && q.acks.is_empty() {
-                continue; // timed out (trim check) or closed
+            s.idle.store(false, Ordering::Relaxed);
+            if q.acks.is_empty() && !q.closed && s.pending() == 0 {
+                continue; // timed out (trim check)
             }
             // Linger after the first record so that, under load, one
             // transaction (one WAL append) carries many records; a flush, a
             // full batch or shutdown ends the wait at once.
             let (g, _) =
                 s.cv.wait_timeout_while(q, LINGER, |q| {
-                    q.acks.is_empty() && q.records.len() < MAX_BATCH && !q.closed
+                    q.acks.is_empty() && !q.closed && s.pending() < MAX_BATCH
                 })
                 .unwrap_or_else(|p| p.into_inner());
             q = g;
-        } else if let Some(rest) = last_write.and_then(|t| LINGER.checked_sub(t.elapsed())) {
-            // Records came in while the last batch was being written: wait
-            // out the rest of the linger since that write began, so that
-            // under load one transaction per LINGER carries them all.
-            let (g, _) =
-                s.cv.wait_timeout_while(q, rest, |q| {
-                    q.acks.is_empty() && q.records.len() < MAX_BATCH && !q.closed
-                })
-                .unwrap_or_else(|p| p.into_inner());
-            q = g;
+        } else {
+            s.idle.store(false, Ordering::Relaxed);
+            if let Some(rest) = last_write.and_then(|t| LINGER.checked_sub(t.elapsed())) {
+                // Records came in while the last batch was being written:
+                // wait out the rest of the linger since that write began, so
+                // that under load one transaction per LINGER carries them all.
+                let (g, _) =
+                    s.cv.wait_timeout_while(q, rest, |q| {
+                        q.acks.is_empty() && !q.closed && s.pending() < MAX_BATCH
+                    })
+                    .unwrap_or_else(|p| p.into_inner());
+                q = g;
+            }
         }
-        let batch = std::mem::take(&mut q.records);
         let acks = std::mem::take(&mut q.acks);
+        let closed = q.closed;
         drop(q);
+        // Taken after the acks: every record sent before a flush is in.
+        let batch = s.drain();
         if !batch.is_empty() {
             last_write = Some(Instant::now());
             write(&pool, &batch);
         }
         for a in acks {
             let _ = a.send(());
+        }
+        if closed && s.pending() == 0 {
+            return;
         }
     }
 }
@@ -191,5 +256,86 @@ fn trim(pool: &Pool, retention_days: u64) {
             "trimmed request records older than {retention_days} days"
         ),
         Err(e) => tracing::warn!(error = %e, "cannot trim old request records"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: i64) -> UsageRecord {
+        UsageRecord {
+            id: 0,
+            request_id: format!("req_{i}"),
+            user_id: 1,
+            username: "u".into(),
+            key_id: None,
+            provider: "p".into(),
+            model: "p/m".into(),
+            upstream_model: "m".into(),
+            endpoint: "chat/completions".into(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            total_tokens: 2,
+            cost_usd: 0.0,
+            estimated: false,
+            priced: false,
+            http_status: 200,
+            outcome: "ok".into(),
+            latency_ms: 1,
+            ttft_ms: None,
+            created_at: "2026-11-26T00:00:00Z".into(),
+        }
+    }
+
+    fn count(pool: &Pool) -> i64 {
+        pool.get()
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_from_many_threads_are_all_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::open(&dir.path().join("w.db")).unwrap();
+        db::migrate(&pool).unwrap();
+        let w = UsageWriter::spawn(pool.clone(), 30);
+        // Four threads, each with its own shard, sending at once.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    for i in 0..700 {
+                        w.send(record(t * 1000 + i));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        w.flush().await;
+        assert_eq!(count(&pool), 2800);
+        // An idle writer is woken by one record, without a flush, well
+        // inside the 100 ms durability bound (5 s here, for a loaded CI).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        w.send(record(99_999));
+        let start = Instant::now();
+        while count(&pool) < 2801 {
+            assert!(start.elapsed() < Duration::from_secs(5), "not woken");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Dropping the last handle writes what is left and stops the thread.
+        w.send(record(100_000));
+        drop(w);
+        let start = Instant::now();
+        while count(&pool) < 2802 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "not written at close"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
