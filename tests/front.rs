@@ -272,15 +272,7 @@ async fn a_client_leaving_a_waiting_call_cancels_it() {
     })
     .await;
     let admin = s.admin_token().await;
-    let v: Value = s
-        .client
-        .get(s.url("/admin/requests?limit=10"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = s.get_as("/admin/requests?limit=10", &admin).await;
+    let v: Value = r.json().await.unwrap();
     assert_eq!(v["data"][0]["outcome"], "client_cancelled", "{v}");
 }

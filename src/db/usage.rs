@@ -399,34 +399,37 @@ pub fn by_request_id(conn: &Connection, request_id: &str) -> DbResult<Vec<UsageR
     Ok(rows)
 }
 
+/// A record for tests: fields vary with `i`.
+#[cfg(test)]
+pub(crate) fn sample_record(i: i64) -> UsageRecord {
+    UsageRecord {
+        id: 0,
+        request_id: format!("req_{i}"),
+        user_id: 1 + i % 3,
+        username: format!("user{}", i % 3),
+        key_id: (i % 2 == 0).then_some(i),
+        provider: "p".into(),
+        model: format!("p/m{}", i % 2),
+        upstream_model: "m".into(),
+        endpoint: "chat/completions".into(),
+        prompt_tokens: i,
+        completion_tokens: 2 * i,
+        total_tokens: 3 * i,
+        cost_usd: i as f64 / 8.0,
+        estimated: i % 5 == 0,
+        priced: i % 7 != 0,
+        http_status: if i % 4 == 0 { 502 } else { 200 },
+        outcome: if i % 4 == 0 { "upstream_error" } else { "ok" }.into(),
+        latency_ms: 10 + i,
+        ttft_ms: (i % 3 != 0).then_some(i),
+        created_at: format!("2026-11-{:02}T00:00:{:02}Z", 1 + i % 28, i % 60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::sample_record as record;
     use super::*;
-
-    fn record(i: i64) -> UsageRecord {
-        UsageRecord {
-            id: 0,
-            request_id: format!("req_{i}"),
-            user_id: 1 + i % 3,
-            username: format!("user{}", i % 3),
-            key_id: (i % 2 == 0).then_some(i),
-            provider: "p".into(),
-            model: format!("p/m{}", i % 2),
-            upstream_model: "m".into(),
-            endpoint: "chat/completions".into(),
-            prompt_tokens: i,
-            completion_tokens: 2 * i,
-            total_tokens: 3 * i,
-            cost_usd: i as f64 / 8.0,
-            estimated: i % 5 == 0,
-            priced: i % 7 != 0,
-            http_status: if i % 4 == 0 { 502 } else { 200 },
-            outcome: if i % 4 == 0 { "upstream_error" } else { "ok" }.into(),
-            latency_ms: 10 + i,
-            ttft_ms: (i % 3 != 0).then_some(i),
-            created_at: format!("2026-11-{:02}T00:00:{:02}Z", 1 + i % 28, i % 60),
-        }
-    }
 
     #[test]
     fn a_batch_of_any_size_is_written_whole_and_in_order() {

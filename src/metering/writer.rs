@@ -262,31 +262,7 @@ fn trim(pool: &Pool, retention_days: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn record(i: i64) -> UsageRecord {
-        UsageRecord {
-            id: 0,
-            request_id: format!("req_{i}"),
-            user_id: 1,
-            username: "u".into(),
-            key_id: None,
-            provider: "p".into(),
-            model: "p/m".into(),
-            upstream_model: "m".into(),
-            endpoint: "chat/completions".into(),
-            prompt_tokens: 1,
-            completion_tokens: 1,
-            total_tokens: 2,
-            cost_usd: 0.0,
-            estimated: false,
-            priced: false,
-            http_status: 200,
-            outcome: "ok".into(),
-            latency_ms: 1,
-            ttft_ms: None,
-            created_at: "2026-11-26T00:00:00Z".into(),
-        }
-    }
+    use crate::db::usage::sample_record as record;
 
     fn count(pool: &Pool) -> i64 {
         pool.get()

@@ -189,7 +189,14 @@ pub async fn serve(
             // The client is gone: dropping the call cancels it.
             _ = gone(stream, &mut buf) => return None,
         };
-        let close = call.close || *stop.borrow();
+        // The client asked to close, the server is stopping, or the answer
+        // says the connection must end (a handler's `Connection: close`).
+        let close = call.close
+            || *stop.borrow()
+            || resp
+                .headers()
+                .get(axum::http::header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         if write(stream, resp, close, &mut out, &mut buf)
             .await
             .is_err()
