@@ -276,3 +276,27 @@ async fn a_client_leaving_a_waiting_call_cancels_it() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["data"][0]["outcome"], "client_cancelled", "{v}");
 }
+
+#[tokio::test]
+async fn http2_without_tls_still_reaches_hyper() {
+    let (_mock, s, _, key) = setup().await;
+    // An HTTP/2 preface is not a head the front reads: hyper takes it.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(s.url("/health")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let r = h2
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat_body("aiml/usage:2:3", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["_usage_info"]["tokens_used"], 5, "{v}");
+}
