@@ -44,6 +44,8 @@ struct DayTotals {
 
 /// Records per multi-row insert.
 const ROWS: usize = 16;
+/// The writer offers its core back after this many groups of [`ROWS`].
+const YIELD_EVERY_GROUPS: usize = 4;
 /// Columns of a record as inserted (see [`bind_record`]).
 const COLUMNS: usize = 19;
 
@@ -115,11 +117,18 @@ pub fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> DbResult<
              ON CONFLICT (period, user_id, key_id) DO UPDATE SET tokens = tokens + excluded.tokens",
         )?;
         let mut groups = records.chunks_exact(ROWS);
-        for group in &mut groups {
+        for (n, group) in (&mut groups).enumerate() {
             for (i, r) in group.iter().enumerate() {
                 bind_record(&mut ins_many, i * COLUMNS, r)?;
             }
             ins_many.raw_execute()?;
+            // A batch takes the writer a millisecond or more. A serving
+            // thread woken on this core meanwhile would wait for the rest of
+            // the writer's time slice (the one-connection p99 was ~0.9 ms
+            // added); every 64 records the core is offered back at once.
+            if n % YIELD_EVERY_GROUPS == YIELD_EVERY_GROUPS - 1 {
+                std::thread::yield_now();
+            }
         }
         for r in groups.remainder() {
             bind_record(&mut ins_one, 0, r)?;
