@@ -121,6 +121,13 @@ async fn read_answer(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
     }
 }
 
+/// Sends `raw` on a new connection and reads one answer.
+async fn one_answer(s: &TestServer, raw: &str) -> Answer {
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(raw.as_bytes()).await.unwrap();
+    read_answer(&mut conn, &mut Vec::new()).await
+}
+
 #[tokio::test]
 async fn pipelined_calls_then_another_route_on_one_connection() {
     let (_mock, s, _, key) = setup().await;
@@ -208,15 +215,12 @@ async fn calls_the_front_does_not_take_are_answered_by_hyper() {
     let (_mock, s, _, key) = setup().await;
     let body = chat_body("aiml/usage:1:2", false).to_string();
     // A chunked body, then one announced with `Expect: 100-continue`.
-    let mut conn = TcpStream::connect(s.addr).await.unwrap();
     let raw = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n\
          Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
         body.len()
     );
-    conn.write_all(raw.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let a = read_answer(&mut conn, &mut buf).await;
+    let a = one_answer(&s, &raw).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(a.body.contains("\"tokens_used\":3"), "{}", a.body);
 
@@ -235,16 +239,13 @@ async fn calls_the_front_does_not_take_are_answered_by_hyper() {
     assert_eq!(a.status, 200, "{}", a.body);
 
     // A bad credential gets the same error shape on the front.
-    let mut conn = TcpStream::connect(s.addr).await.unwrap();
     let raw = post(
         "/v1/chat/completions",
         "sk_live_nope",
         &chat_body("aiml/x", false),
         "",
     );
-    conn.write_all(raw.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let a = read_answer(&mut conn, &mut buf).await;
+    let a = one_answer(&s, &raw).await;
     assert_eq!(a.status, 401);
     let v: Value = serde_json::from_str(&a.body).unwrap();
     assert_eq!(v["error"]["code"], "invalid_api_key", "{v}");

@@ -58,26 +58,14 @@ impl Health {
 
     pub fn record(&self, provider: &str, ok: bool) {
         let now = Instant::now();
-        MINE.with(|mine| {
-            // The shard is looked up in place: no reference count touched.
-            let mine = mine.borrow();
-            if let Some((_, s)) = mine.iter().find(|(id, _)| *id == self.id) {
-                return push(
-                    &mut s.lock().unwrap_or_else(|e| e.into_inner()),
-                    provider,
-                    now,
-                    ok,
-                );
-            }
-            drop(mine);
-            let s = self.shard();
-            push(
-                &mut s.lock().unwrap_or_else(|e| e.into_inner()),
-                provider,
-                now,
-                ok,
-            );
-        })
+        // The shard's reference count is touched by this thread only.
+        let shard = self.shard();
+        push(
+            &mut shard.lock().unwrap_or_else(|e| e.into_inner()),
+            provider,
+            now,
+            ok,
+        );
     }
 
     /// Why the provider is degraded, if its recent calls mostly failed.
