@@ -114,6 +114,16 @@ impl ApiError {
         )
     }
 
+    /// 403 `session_required`: an API key tried to manage the account (SPEC §4
+    /// "What a key may do"); only a signed-in session (a JWT) may.
+    pub fn session_required() -> Self {
+        Self::forbidden_code(
+            "session_required",
+            "An API key can call models and read the account, but not change it. \
+             Sign in (POST /auth/login) and use the access token for this.",
+        )
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

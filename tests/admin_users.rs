@@ -260,14 +260,17 @@ async fn patch_user_fields() {
     let u: Value = patch(json!({"role": "admin"})).await.json().await.unwrap();
     assert_eq!(u["role"], "admin");
     assert_eq!(
-        s.get_as("/admin/users", &key).await.status(),
+        s.get_as("/admin/users", &old_token).await.status(),
         200,
         "promoted at once"
     );
+    // A key of an admin is still only a key (SPEC §4).
+    let r = s.get_as("/admin/users", &key).await;
+    assert_error_is(r, 403, "permission_error", Some("session_required")).await;
     let u: Value = patch(json!({"role": "user"})).await.json().await.unwrap();
     assert_eq!(u["role"], "user");
     assert_eq!(
-        s.get_as("/admin/users", &key).await.status(),
+        s.get_as("/admin/users", &old_token).await.status(),
         403,
         "demoted at once"
     );

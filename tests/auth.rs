@@ -345,6 +345,37 @@ async fn login_throttling_after_ten_failures() {
     s.login("erin", "erin-password-1").await;
 }
 
+#[tokio::test]
+async fn concurrent_wrong_passwords_are_throttled_before_they_are_checked() {
+    // 45 simultaneous wrong passwords for one user: each is counted before its
+    // (slow) hash is checked, so at most 10 are evaluated; the rest are 429.
+    let s = TestServer::start().await;
+    s.create_user("ivy", "ivy-password-1", None).await;
+    let attempts = (0..45).map(|i| {
+        s.client
+            .post(s.url("/auth/login"))
+            .json(&json!({"username": "ivy", "password": format!("wrong-{i}")}))
+            .send()
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    let evaluated = statuses.iter().filter(|s| **s == 401).count();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(evaluated + throttled, 45, "{statuses:?}");
+    assert!(
+        evaluated <= 10,
+        "{evaluated} wrong passwords were evaluated"
+    );
+    // A right password does not use up the allowance of another user's
+    // attempts, and a success is not counted as a failure.
+    for _ in 0..12 {
+        s.admin_token().await;
+    }
+}
+
 async fn failed_login_from(s: &TestServer, user: &str, xff: &str) -> u16 {
     s.client
         .post(s.url("/auth/login"))

@@ -246,19 +246,118 @@ async fn another_users_key_is_404() {
 }
 
 #[tokio::test]
-async fn a_key_can_manage_keys() {
-    // The key itself is a credential on /api/keys (as an extension would use it).
+async fn a_key_cannot_manage_the_account() {
+    // SPEC §4 "What a key may do": a restricted key tries to lift its own
+    // restrictions, mint a broader key, revoke keys and change the password.
     let s = TestServer::start().await;
-    let (_, _, key) = s.user_with_key("gina", None).await;
-    let (id2, key2) = s.create_key(&key, json!({"name": "second"})).await;
-    assert_eq!(s.me_status(&key2).await, 200);
+    let (_, jwt, _) = s.user_with_key("gina", None).await;
+    let (id, key) = s
+        .create_key(
+            &jwt,
+            json!({"name": "narrow", "allowed_models": ["local/cheap"], "monthly_token_limit": 100}),
+        )
+        .await;
+    let as_key = |req: reqwest::RequestBuilder| req.bearer_auth(&key).send();
+    let session_required =
+        |r| assert_error_is(r, 403, "permission_error", Some("session_required"));
+
+    let r = as_key(
+        s.client
+            .patch(s.url(&format!("/api/keys/{id}")))
+            .json(&json!({"allowed_models": null, "monthly_token_limit": null})),
+    )
+    .await
+    .unwrap();
+    session_required(r).await;
+    let r = as_key(
+        s.client
+            .post(s.url("/api/keys"))
+            .json(&json!({"name": "wide"})),
+    )
+    .await
+    .unwrap();
+    session_required(r).await;
+    let r = as_key(s.client.delete(s.url(&format!("/api/keys/{id}"))))
+        .await
+        .unwrap();
+    session_required(r).await;
+    let r = as_key(s.client.post(s.url("/auth/password")).json(
+        &json!({"current_password": "user-password-1", "new_password": "another-password-2"}),
+    ))
+    .await
+    .unwrap();
+    session_required(r).await;
+    // The X-API-Key form is refused the same way.
     let r = s
         .client
-        .delete(s.url(&format!("/api/keys/{id2}")))
+        .post(s.url("/api/keys"))
         .header("x-api-key", &key)
+        .json(&json!({"name": "wide"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 204);
-    assert_eq!(s.me_status(&key2).await, 401);
+    session_required(r).await;
+
+    // What a key may do: read the account and its keys.
+    for path in [
+        "/auth/me",
+        "/api/keys",
+        "/subscriptions/me",
+        "/subscriptions/plans",
+    ] {
+        assert_eq!(s.get_as(path, &key).await.status(), 200, "{path}");
+    }
+    // Nothing changed: the key is as narrow as before, and it is still the
+    // user's only narrow key.
+    let list: Value = s.get_as("/api/keys", &jwt).await.json().await.unwrap();
+    let keys = list["data"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{list}");
+    let narrow = keys.iter().find(|k| k["id"] == id).unwrap();
+    assert_eq!(narrow["allowed_models"], json!(["local/cheap"]));
+    assert_eq!(narrow["monthly_token_limit"], 100);
+    assert_eq!(narrow["revoked"], false);
+    assert_eq!(s.me_status(&key).await, 200);
+
+    // The session itself may do all of it.
+    let r = s
+        .client
+        .patch(s.url(&format!("/api/keys/{id}")))
+        .bearer_auth(&jwt)
+        .json(&json!({"monthly_token_limit": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn an_admins_key_reaches_metrics_but_no_admin_route() {
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let (_, key) = s.create_key(&admin, json!({"name": "scraper"})).await;
+    for (method, path) in [
+        ("GET", "/admin/users"),
+        ("GET", "/admin/keys"),
+        ("GET", "/admin/plans"),
+        ("GET", "/admin/usage"),
+        ("GET", "/admin/requests"),
+        ("POST", "/admin/users"),
+        ("DELETE", "/admin/keys/1"),
+    ] {
+        let r = s
+            .client
+            .request(method.parse().unwrap(), s.url(path))
+            .bearer_auth(&key)
+            .json(&json!({"username": "x", "password": "long-enough-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_error_is(r, 403, "permission_error", Some("session_required")).await;
+    }
+    assert_eq!(s.get_as("/admin/users", &admin).await.status(), 200);
+    // Scrapers hold a key: /metrics alone accepts an admin's.
+    assert_eq!(s.get_as("/metrics", &key).await.status(), 200);
+    let (_, _, user_key) = s.user_with_key("hal", None).await;
+    let r = s.get_as("/metrics", &user_key).await;
+    assert_error_is(r, 403, "permission_error", None).await;
 }

@@ -632,10 +632,15 @@ async fn a_signed_in_user_links_another_provider() {
         c.oauth.insert("other".into(), other);
     })
     .await;
-    let (uid, jwt, _) = s.user_with_key("dave", None).await;
+    let (uid, jwt, key) = s.user_with_key("dave", None).await;
+
+    // Linking changes the account: an API key may not (SPEC §4).
+    idp.sign_in_as(json!({"sub": "d0", "preferred_username": "dave-by-key"}));
+    let mut b = Browser::default();
+    let r = b.login(&s, "mock", &[("link", "1")], Some(&key)).await;
+    assert_error_is(r, 403, "permission_error", Some("session_required")).await;
 
     idp.sign_in_as(json!({"sub": "d1", "preferred_username": "dave-at-mock"}));
-    let mut b = Browser::default();
     let started = b.start(&s, "mock", &[("link", "1")], Some(&jwt)).await;
     let path = b.authorize(&started).await;
     let t = token_from_redirect(&b.callback(&s, &path, None).await, "/ui/");

@@ -215,15 +215,22 @@ async fn no_secret_reaches_the_output() {
     assert_error(login(WRONG_PW, USER_PW2).await, 401).await;
     let r = login("alice", USER_PW2).await;
     assert_eq!(r.status(), 200);
-    secrets.push(
-        r.json::<Value>().await.unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_owned(),
-    );
+    let token2 = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    secrets.push(token2.clone());
+    // A key may not revoke keys (403); the session may.
     let r = c
         .delete(format!("{base}/api/keys/{key_id}"))
         .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403).await;
+    let r = c
+        .delete(format!("{base}/api/keys/{key_id}"))
+        .bearer_auth(&token2)
         .send()
         .await
         .unwrap();

@@ -28,6 +28,20 @@ impl Principal {
     pub fn is_admin(&self) -> bool {
         self.user.role == Role::Admin
     }
+
+    /// A signed-in session (a JWT), not an API key.
+    pub fn is_session(&self) -> bool {
+        self.key.is_none()
+    }
+
+    /// `Ok` for a session; an API key gets 403 `session_required`.
+    pub fn require_session(&self) -> Result<(), ApiError> {
+        if self.is_session() {
+            Ok(())
+        } else {
+            Err(ApiError::session_required())
+        }
+    }
 }
 
 fn credential(headers: &HeaderMap) -> Option<&str> {
@@ -178,7 +192,28 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
     }
 }
 
-/// The authenticated caller, who must be an admin (403 otherwise).
+/// The caller signed in with a session (a JWT). An API key is a credential
+/// for calling models, not for managing the account: with one, this answers
+/// 403 `session_required` (SPEC §4 "What a key may do"), so a restricted key
+/// can never lift its own restrictions or mint a broader key.
+pub struct SessionUser(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, Self::Rejection> {
+        let CurrentUser(p) = CurrentUser::from_request_parts(parts, s).await?;
+        p.require_session()?;
+        Ok(SessionUser(p))
+    }
+}
+
+fn admins_only() -> ApiError {
+    ApiError::forbidden("This route is for administrators only.")
+}
+
+/// The caller, an admin signed in with a session (403 otherwise): every
+/// `/admin` route.
 pub struct AdminUser(pub Principal);
 
 impl<S: Send + Sync> FromRequestParts<S> for AdminUser {
@@ -187,10 +222,25 @@ impl<S: Send + Sync> FromRequestParts<S> for AdminUser {
     async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, Self::Rejection> {
         let CurrentUser(p) = CurrentUser::from_request_parts(parts, s).await?;
         if !p.is_admin() {
-            return Err(ApiError::forbidden(
-                "This route is for administrators only.",
-            ));
+            return Err(admins_only());
         }
+        p.require_session()?;
         Ok(AdminUser(p))
+    }
+}
+
+/// An admin with a session or an admin's API key: `/metrics` only, since
+/// scrapers such as Prometheus hold a long-lived bearer token.
+pub struct AdminOrAdminKey(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for AdminOrAdminKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, Self::Rejection> {
+        let CurrentUser(p) = CurrentUser::from_request_parts(parts, s).await?;
+        if !p.is_admin() {
+            return Err(admins_only());
+        }
+        Ok(AdminOrAdminKey(p))
     }
 }

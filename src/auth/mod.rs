@@ -9,7 +9,7 @@ pub mod oauth;
 pub mod password;
 pub mod throttle;
 
-pub use extract::{AdminUser, CurrentUser, Principal};
+pub use extract::{AdminOrAdminKey, AdminUser, CurrentUser, Principal, SessionUser};
 
 /// `GET /auth/providers`: the enabled OAuth sign-in providers
 /// (`[{"id","name","login_url"}]`).

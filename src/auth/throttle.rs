@@ -2,6 +2,11 @@
 //! from one address, or more than 50 from one address, within 15 minutes are
 //! answered 429 until the window passes — a correct password included.
 //!
+//! An attempt is counted *before* its password is checked ([`LoginThrottle::begin`])
+//! and forgiven if it succeeds, so simultaneous attempts cannot all slip in
+//! while the slow password hash of the first ones runs: of 45 concurrent wrong
+//! passwords for one user, at most 10 are evaluated.
+//!
 //! Times are Unix seconds from the server's clock, so tests can move it.
 
 use std::collections::{HashMap, VecDeque};
@@ -38,8 +43,10 @@ fn wait(q: &VecDeque<i64>, now: i64) -> u64 {
 }
 
 impl LoginThrottle {
-    /// `Err(seconds to wait)` when this login attempt must be refused unseen.
-    pub fn check(&self, username: &str, addr: IpAddr, now: i64) -> Result<(), u64> {
+    /// Counts a sign-in attempt as failed before its password is checked;
+    /// `Err(seconds to wait)` when it must be refused unseen. A successful
+    /// attempt is taken back with [`LoginThrottle::forgive`].
+    pub fn begin(&self, username: &str, addr: IpAddr, now: i64) -> Result<(), u64> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let user_key = (username.to_lowercase(), addr);
         if let Some(q) = st.by_user.get_mut(&user_key) {
@@ -54,15 +61,7 @@ impl LoginThrottle {
                 return Err(wait(q, now));
             }
         }
-        Ok(())
-    }
-
-    pub fn record_failure(&self, username: &str, addr: IpAddr, now: i64) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.by_user
-            .entry((username.to_lowercase(), addr))
-            .or_default()
-            .push_back(now);
+        st.by_user.entry(user_key).or_default().push_back(now);
         st.by_addr.entry(addr).or_default().push_back(now);
         // Keep memory bounded: forget entries whose window has passed.
         if st.by_user.len() > 10_000 {
@@ -74,6 +73,24 @@ impl LoginThrottle {
                 prune(q, now);
                 !q.is_empty()
             });
+        }
+        Ok(())
+    }
+
+    /// Takes back the attempt [`LoginThrottle::begin`] counted at `at`: the
+    /// password was right.
+    pub fn forgive(&self, username: &str, addr: IpAddr, at: i64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let take_back = |q: &mut VecDeque<i64>| {
+            if let Some(i) = q.iter().rposition(|t| *t == at) {
+                q.remove(i);
+            }
+        };
+        if let Some(q) = st.by_user.get_mut(&(username.to_lowercase(), addr)) {
+            take_back(q);
+        }
+        if let Some(q) = st.by_addr.get_mut(&addr) {
+            take_back(q);
         }
     }
 }
@@ -89,16 +106,30 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let now = 1_700_000_000;
         for _ in 0..10 {
-            assert!(t.check("admin", a, now).is_ok());
-            t.record_failure("admin", a, now);
+            assert!(t.begin("admin", a, now).is_ok());
         }
-        let wait = t.check("Admin", a, now).unwrap_err();
+        let wait = t.begin("Admin", a, now).unwrap_err();
         assert!(wait > 800 && wait <= 900);
         assert!(
-            t.check("admin", b, now).is_ok(),
+            t.begin("admin", b, now).is_ok(),
             "another address is not locked out"
         );
-        assert!(t.check("admin", a, now + WINDOW).is_ok());
+        assert!(t.begin("admin", a, now + WINDOW).is_ok());
+    }
+
+    #[test]
+    fn a_successful_attempt_is_forgiven() {
+        let t = LoginThrottle::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let now = 1_700_000_000;
+        for _ in 0..20 {
+            assert!(t.begin("admin", a, now).is_ok());
+            t.forgive("admin", a, now);
+        }
+        for _ in 0..10 {
+            assert!(t.begin("admin", a, now).is_ok());
+        }
+        assert!(t.begin("admin", a, now).is_err());
     }
 
     #[test]
@@ -107,8 +138,8 @@ mod tests {
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let now = 1_700_000_000;
         for i in 0..50 {
-            t.record_failure(&format!("user{i}"), a, now);
+            assert!(t.begin(&format!("user{i}"), a, now).is_ok());
         }
-        assert!(t.check("someone-else", a, now).is_err());
+        assert!(t.begin("someone-else", a, now).is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use super::extract::{client_addr, AppJson, JsonOrForm, Peer};
 use super::views::UserView;
-use crate::auth::{password, CurrentUser};
+use crate::auth::{password, CurrentUser, SessionUser};
 use crate::db::{self, users};
 use crate::error::{ApiError, ApiResult};
 use crate::service::accounts;
@@ -69,10 +69,10 @@ pub async fn login(
     JsonOrForm(b): JsonOrForm<LoginBody>,
 ) -> ApiResult<impl IntoResponse> {
     let addr = client_addr(&st, peer, &headers);
-    if let Err(wait) = st
-        .throttle
-        .check(&b.username, addr, st.clock.now().timestamp())
-    {
+    // Counted before the password is checked (and taken back if it is right),
+    // so that concurrent attempts cannot outrun the throttle.
+    let at = st.clock.now().timestamp();
+    if let Err(wait) = st.throttle.begin(&b.username, addr, at) {
         return Err(ApiError::rate_limited(
             format!("Too many failed sign-ins; try again in {wait} seconds."),
             wait,
@@ -88,12 +88,11 @@ pub async fn login(
     let user = match user {
         Some(u) if ok => u,
         _ => {
-            st.throttle
-                .record_failure(&b.username, addr, st.clock.now().timestamp());
             tracing::info!(%addr, "failed sign-in");
             return Err(ApiError::invalid_credentials());
         }
     };
+    st.throttle.forgive(&b.username, addr, at);
     if user.disabled {
         return Err(ApiError::forbidden_code(
             "account_disabled",
@@ -142,7 +141,7 @@ pub struct PasswordBody {
 
 pub async fn change_password(
     State(st): State<AppState>,
-    CurrentUser(p): CurrentUser,
+    SessionUser(p): SessionUser,
     AppJson(b): AppJson<PasswordBody>,
 ) -> ApiResult<impl IntoResponse> {
     accounts::validate_password(&b.new_password).map_err(|e| e.with_param("new_password"))?;

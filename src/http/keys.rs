@@ -3,7 +3,7 @@
 
 use super::extract::{double_option, AppJson, AppPath};
 use super::views::{CreatedKeyView, DataList, KeyView};
-use crate::auth::CurrentUser;
+use crate::auth::{CurrentUser, SessionUser};
 use crate::db::{self, api_keys};
 use crate::error::{ApiError, ApiResult};
 use crate::service::accounts::{self, KeySpec};
@@ -30,7 +30,7 @@ pub struct CreateKey {
 
 pub async fn create(
     State(st): State<AppState>,
-    CurrentUser(p): CurrentUser,
+    SessionUser(p): SessionUser,
     AppJson(b): AppJson<CreateKey>,
 ) -> ApiResult<impl IntoResponse> {
     let now = db::ts(st.clock.now());
@@ -100,7 +100,7 @@ async fn own_key(st: &AppState, user_id: i64, id: i64) -> ApiResult<api_keys::Ke
 
 pub async fn update(
     State(st): State<AppState>,
-    CurrentUser(p): CurrentUser,
+    SessionUser(p): SessionUser,
     AppPath(id): AppPath<i64>,
     AppJson(b): AppJson<UpdateKey>,
 ) -> ApiResult<impl IntoResponse> {
@@ -138,7 +138,7 @@ pub async fn update(
 
 pub async fn revoke(
     State(st): State<AppState>,
-    CurrentUser(p): CurrentUser,
+    SessionUser(p): SessionUser,
     AppPath(id): AppPath<i64>,
 ) -> ApiResult<impl IntoResponse> {
     own_key(&st, p.user.id, id).await?;

@@ -141,7 +141,7 @@ async fn metrics_text() -> impl IntoResponse {
     )
 }
 
-async fn metrics_admin(_: crate::auth::AdminUser) -> impl IntoResponse {
+async fn metrics_admin(_: crate::auth::AdminOrAdminKey) -> impl IntoResponse {
     metrics_text().await
 }
 

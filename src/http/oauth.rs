@@ -84,7 +84,11 @@ async fn start(
     // the caller instead of signing in.
     let wants_link = q.link.as_deref().is_some_and(|l| l != "0" && l != "false");
     let link_user_id = if wants_link || headers.contains_key(header::AUTHORIZATION) {
-        Some(authenticate(st, headers)?.user.id)
+        // Linking an identity changes the account: a session only, never a
+        // key (the identity would sign in to a session and so mint keys).
+        let p = authenticate(st, headers)?;
+        p.require_session()?;
+        Some(p.user.id)
     } else {
         None
     };
