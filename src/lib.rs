@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod glob;
 pub mod http;
+pub mod json;
 pub mod metering;
 pub mod server;
 pub mod service;

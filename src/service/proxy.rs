@@ -140,6 +140,36 @@ pub fn price_and_limit(
     }
 }
 
+/// `Err(whose list refuses it)` unless the plan and the key allow `model`.
+fn allowed(
+    p: &Principal,
+    plan: &crate::auth::cache::PlanEntry,
+    model: &str,
+) -> Result<(), &'static str> {
+    if !plan.allowed.matches(model) {
+        return Err("your plan");
+    }
+    let key_allows = p
+        .key
+        .as_ref()
+        .and_then(|k| k.allowed_models.as_ref())
+        .is_none_or(|a| a.matches(model));
+    if key_allows {
+        Ok(())
+    } else {
+        Err("this API key")
+    }
+}
+
+/// The dearer of two prices (by the cost of a million tokens each way); an
+/// unknown price is not dearer than a known one.
+fn dearer(a: Option<Price>, b: Option<Price>) -> Option<Price> {
+    match (a, b) {
+        (Some(a), Some(b)) if b.prompt + b.completion > a.prompt + a.completion => Some(b),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The model as a metrics label: known names only, so clients cannot grow the label set.
 pub fn metric_model(st: &AppState, client_model: &str, route: &Route) -> String {
     let canonical = canonical_name(route);
@@ -196,21 +226,20 @@ async fn run(
             p.user.id
         )));
     };
-    let key_allows = p
-        .key
-        .as_ref()
-        .and_then(|k| k.allowed_models.as_ref())
-        .is_none_or(|a| a.matches(&req.model));
-    if !plan.allowed.matches(&req.model) || !key_allows {
-        let whose = if key_allows {
-            "your plan"
-        } else {
-            "this API key"
-        };
-        return Err(refuse(ApiError::forbidden_code(
-            "model_not_allowed",
-            format!("The model {:?} is not allowed for {whose}; see GET /llm/models or ask an administrator.", req.model),
-        )));
+    // The model and every model the upstream may run instead (OpenRouter's
+    // `models`, each named under the provider the call goes to).
+    let alternatives: Vec<String> = req
+        .models
+        .iter()
+        .map(|m| format!("{}/{m}", route.provider.id))
+        .collect();
+    for name in std::iter::once(&req.model).chain(&alternatives) {
+        if let Err(whose) = allowed(&p, &plan, name) {
+            return Err(refuse(ApiError::forbidden_code(
+                "model_not_allowed",
+                format!("The model {name:?} is not allowed for {whose}; see GET /llm/models or ask an administrator."),
+            )));
+        }
     }
     if !route.provider.active() {
         return Err(refuse(ApiError::provider_unavailable(format!(
@@ -233,8 +262,18 @@ async fn run(
         )));
     }
 
-    // Reserve: prompt estimate + cap × n (SPEC §6).
-    let (price, model_limit) = price_and_limit(&st, &req.model, &route);
+    // Reserve: prompt estimate + cap × n (SPEC §6), for the dearest model the
+    // call may run.
+    let (mut price, mut model_limit) = price_and_limit(&st, &req.model, &route);
+    for (name, m) in alternatives.iter().zip(&req.models) {
+        let alt = Route {
+            provider: route.provider.clone(),
+            upstream_model: m.clone(),
+        };
+        let (p, limit) = price_and_limit(&st, name, &alt);
+        price = dearer(price, p);
+        model_limit = model_limit.max(limit);
+    }
     let prompt_estimate = req.prompt_estimate;
     let account = Account {
         user_id: p.user.id,
@@ -245,7 +284,6 @@ async fn run(
     let metering = &st.config.metering;
     let wanted = req
         .client_cap
-        .map(|(_, c)| c)
         .or(model_limit)
         .unwrap_or(metering.default_max_tokens as i64);
     let (min_cap, n) = (metering.min_completion_tokens as i64, req.n);
@@ -278,7 +316,13 @@ async fn run(
 
     let mut targets = vec![route];
     if let Some(alts) = st.config.routing.fallbacks.get(&req.model) {
-        targets.extend(alts.iter().map(|m| st.providers.route(m)));
+        // A fallback on another provider gets the same `models` list: it is
+        // taken only if that provider's names are allowed too.
+        targets.extend(alts.iter().map(|m| st.providers.route(m)).filter(|t| {
+            req.models
+                .iter()
+                .all(|m| allowed(&p, &plan, &format!("{}/{m}", t.provider.id)).is_ok())
+        }));
     }
     let sent = send(&st, &mut meter, &req, ep, cap, &targets).await;
     let (resp, target) = match sent {

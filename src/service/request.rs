@@ -1,420 +1,565 @@
-//! A generation request as the client sent it: checked, measured for the
-//! prompt estimate, and rewritten for each upstream — all on its JSON text.
+//! A generation request as the client sent it: decoded by serde_json, checked,
+//! measured for the prompt estimate, and written again for each upstream.
 //!
-//! The body is validated once (a full syntax check that builds nothing), its
-//! top-level fields are located once, and the upstream body is the client's
-//! text with `model`, the completion cap and `stream_options.include_usage`
-//! edited in place. No `serde_json::Value` tree is built or printed on the
-//! request path; fields the gateway does not know pass through byte for byte.
+//! One reading of the body (SPEC §9): the top-level object is read by
+//! serde_json into decoded keys and raw values ([`crate::json::Fields`]); the
+//! fields the gateway acts on are taken from the decoded keys, and a key that
+//! appears twice, or a letter-case variant of one of those fields, is refused
+//! with 400. The upstream body is written from the decoded keys with the
+//! checked values: `model`, the completion cap in every length field and, for
+//! a stream, `stream_options.include_usage`. Every other value is forwarded as
+//! the client wrote it.
 
 use super::proxy::Endpoint;
 use crate::error::ApiError;
-use crate::metering::estimate::{self, tokens_of_chars};
-use crate::upstream::json_edit::{self, Checked, Edit, Field};
+use crate::json::{self, Fields, Str};
+use crate::metering::estimate::tokens_of_text;
 use bytes::Bytes;
-use serde::de::IgnoredAny;
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::ops::Range;
 
-/// What the request asks for, checked.
-pub(super) struct Request {
-    /// The body, checked to be UTF-8 once.
-    text: String,
-    /// Every top-level field: key range and position.
-    fields: Vec<((usize, usize), Field)>,
-    /// The last occurrence of each key the gateway reads (see [`KNOWN`]).
-    known: [Option<Field>; KNOWN.len()],
-    pub model: String,
-    pub stream: bool,
-    pub n: i64,
-    /// The cap field the client used, and its value.
-    pub client_cap: Option<(&'static str, i64)>,
-    /// Estimated prompt tokens (SPEC §6).
-    pub prompt_estimate: i64,
-    /// A stream whose client asked for the usage chunk.
-    pub wants_usage: bool,
-}
-
-/// The top-level keys the gateway reads, located once at parse time.
-const KNOWN: [&str; 10] = [
+/// The top-level fields the gateway reads. A body with a letter-case variant
+/// of one of them (`"Model"`) is refused: a case-insensitive upstream would
+/// read it where the gateway did not.
+const READ: [&str; 16] = [
     "model",
     "stream",
+    "stream_options",
     "n",
-    "max_completion_tokens",
+    "best_of",
+    "models",
     "max_tokens",
+    "max_completion_tokens",
+    "max_new_tokens",
+    "n_predict",
+    "num_predict",
+    "options",
     "messages",
     "prompt",
     "input",
     "tools",
-    "stream_options",
 ];
+
+/// The completion-length fields: the cap is written into each one present,
+/// at the top level and in `options` (Ollama's native form).
+const LENGTH_FIELDS: [&str; 5] = [
+    "max_tokens",
+    "max_completion_tokens",
+    "max_new_tokens",
+    "n_predict",
+    "num_predict",
+];
+
+/// The largest `n` (and `best_of`) accepted.
+const MAX_N: i64 = 128;
 
 fn field_error(param: &str, msg: impl Into<String>) -> ApiError {
     ApiError::invalid_field(param, msg)
 }
 
+/// A field of the body: its decoded key and where its value is in the text.
+struct Field {
+    key: Key,
+    value: Range<usize>,
+}
+
+enum Key {
+    /// The key had no escapes: its text in the body.
+    At(Range<usize>),
+    /// The key as decoded.
+    Decoded(Box<str>),
+}
+
+/// What the request asks for, checked.
+pub(super) struct Request {
+    /// The body, checked to be UTF-8.
+    text: String,
+    /// Every top-level field, in order (no key twice).
+    fields: Vec<Field>,
+    /// The `options` object's fields, when it has a length field.
+    options: Option<Vec<Field>>,
+    pub model: String,
+    pub stream: bool,
+    /// Completions the call generates: the larger of `n` and `best_of`.
+    pub n: i64,
+    /// The smallest completion cap the client set in any length field.
+    pub client_cap: Option<i64>,
+    /// Estimated prompt tokens (SPEC §6).
+    pub prompt_estimate: i64,
+    /// A stream whose client asked for the usage chunk.
+    pub wants_usage: bool,
+    /// Other models the upstream may run instead (OpenRouter's `models`),
+    /// as the client wrote them.
+    pub models: Vec<String>,
+}
+
+/// Where `inner` (a slice of `outer`) starts in `outer`.
+fn offset(outer: &str, inner: &str) -> usize {
+    inner.as_ptr() as usize - outer.as_ptr() as usize
+}
+
+fn locate(text: &str, fields: &Fields<'_>) -> Vec<Field> {
+    fields
+        .0
+        .iter()
+        .map(|(k, v)| {
+            let key = match k {
+                std::borrow::Cow::Borrowed(s) => {
+                    let at = offset(text, s);
+                    Key::At(at..at + s.len())
+                }
+                std::borrow::Cow::Owned(s) => Key::Decoded(s.as_str().into()),
+            };
+            let at = offset(text, v.get());
+            Field {
+                key,
+                value: at..at + v.get().len(),
+            }
+        })
+        .collect()
+}
+
+/// Refuses an object with a key twice, or with a letter-case variant of one
+/// of `read`; `path` prefixes the key named in `param`.
+fn one_reading(fields: &Fields<'_>, read: &[&str], path: &str) -> Result<(), ApiError> {
+    if let Some(k) = fields.duplicate() {
+        return Err(field_error(
+            &format!("{path}{k}"),
+            format!("The key {path}{k:?} appears more than once (after escapes are decoded); send it once."),
+        ));
+    }
+    for (k, _) in &fields.0 {
+        if let Some(f) = read.iter().find(|f| json::case_variant(k, f)) {
+            return Err(field_error(
+                &format!("{path}{k}"),
+                format!(
+                    "The key {path}{k:?} differs from {path}{f:?} only in letter case; use {f:?}."
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An integer field, `null` read as absent.
+fn integer(raw: &RawValue, param: &str, what: &str) -> Result<Option<i64>, ApiError> {
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    serde_json::from_str::<i64>(raw.get())
+        .map(Some)
+        .map_err(|_| field_error(param, format!("`{param}` must be {what}.")))
+}
+
+/// A completion-length field: `Some(cap)` for a cap, `None` for `null` or,
+/// in llama.cpp's and Ollama's `n_predict`/`num_predict`, a negative
+/// ("no limit") value.
+fn length_cap(name: &str, raw: &RawValue, param: &str) -> Result<Option<i64>, ApiError> {
+    let vendor = name == "n_predict" || name == "num_predict";
+    let what = if vendor {
+        "an integer"
+    } else {
+        "a non-negative integer"
+    };
+    match integer(raw, param, what)? {
+        Some(c) if c >= 0 => Ok(Some(c)),
+        Some(_) if vendor => Ok(None),
+        Some(_) => Err(field_error(param, format!("`{param}` must be {what}."))),
+        None => Ok(None),
+    }
+}
+
+fn min_cap(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 impl Request {
-    fn text(&self) -> &str {
-        &self.text
-    }
-
-    /// The last `key` field (as a JSON parser keeps the last); `key` is one
-    /// of [`KNOWN`].
-    fn field(&self, key: &str) -> Option<Field> {
-        let i = KNOWN.iter().position(|k| *k == key)?;
-        self.known[i]
-    }
-
-    /// The value text of [`Request::field`].
-    fn get(&self, key: &str) -> Option<&str> {
-        self.field(key).map(|f| json_edit::value(self.text(), &f))
-    }
-
-    fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
-        let t = self.text();
-        self.fields
-            .iter()
-            .filter(move |((s, e), _)| &t[*s..*e] == key)
-            .map(|(_, f)| f)
-    }
-
     pub fn parse(ep: Endpoint, raw: Bytes) -> Result<Request, ApiError> {
-        let not_object = || ApiError::bad_request("The request body must be a JSON object.");
         let not_json = |e: serde_json::Error| {
             ApiError::bad_request(format!("The body is not valid JSON: {e}"))
         };
-        let text = match String::from_utf8(Vec::from(raw)) {
-            Ok(t) => t,
-            Err(e) => {
-                return Err(match serde_json::from_slice::<IgnoredAny>(e.as_bytes()) {
-                    Err(e) => not_json(e),
-                    Ok(_) => not_object(),
-                })
+        let text = String::from_utf8(Vec::from(raw))
+            .map_err(|_| ApiError::bad_request("The body is not valid JSON: it is not UTF-8."))?;
+        json::check_depth(&text).map_err(|_| {
+            ApiError::bad_request(format!(
+                "The body is nested deeper than {} levels.",
+                json::MAX_DEPTH
+            ))
+        })?;
+        let fields = Fields::parse(&text).map_err(|e| {
+            if e.is_data() {
+                ApiError::bad_request("The request body must be a JSON object.")
+            } else {
+                not_json(e)
             }
-        };
-        let located = match json_edit::check(&text) {
-            Checked::Object(fields) => fields,
-            Checked::Other => return Err(not_object()),
-            // serde_json words the error; or the text is valid but nested
-            // deeper than the check goes, and is located the slow way.
-            Checked::Invalid => match serde_json::from_str::<IgnoredAny>(&text) {
-                Err(e) => return Err(not_json(e)),
-                Ok(_) => json_edit::fields(&text).ok_or_else(not_object)?,
-            },
-        };
-        let mut known = [None; KNOWN.len()];
-        for (k, f) in &located {
-            if let Some(i) = KNOWN.iter().position(|n| n == k) {
-                known[i] = Some(*f);
-            }
-        }
-        let fields = located
-            .iter()
-            .map(|(k, f)| ((f.key_start + 1, f.key_start + 1 + k.len()), *f))
-            .collect();
-        let mut req = Request {
-            text,
-            fields,
-            known,
-            model: String::new(),
-            stream: false,
-            n: 1,
-            client_cap: None,
-            prompt_estimate: 0,
-            wants_usage: false,
-        };
-        req.model = match req.get("model") {
-            Some(v) => match string_value(v) {
-                Some(s) if !s.trim().is_empty() => s,
+        })?;
+        one_reading(&fields, &READ, "")?;
+        let get = |k: &str| fields.get(k);
+
+        let model = match get("model") {
+            None => return Err(field_error("model", "Missing required field `model`.")),
+            Some(v) => match serde_json::from_str::<Str>(v.get()) {
+                Ok(Str(s)) if !s.trim().is_empty() => s.into_owned(),
                 _ => return Err(field_error("model", "`model` must be a non-empty string.")),
             },
-            None => return Err(field_error("model", "Missing required field `model`.")),
         };
-        req.stream = match req.get("stream") {
+        let stream = match get("stream").map(RawValue::get) {
             None | Some("null") | Some("false") => false,
             Some("true") => ep != Endpoint::Embeddings,
             Some(_) => return Err(field_error("stream", "`stream` must be true or false.")),
         };
-        req.n = match req.get("n") {
-            None | Some("null") => 1,
-            Some(v) => match serde_json::from_str::<i64>(v) {
-                Ok(n) if (1..=128).contains(&n) => n,
-                _ => return Err(field_error("n", "`n` must be an integer from 1 to 128.")),
-            },
-        };
-        if ep != Endpoint::Embeddings {
-            for f in ["max_completion_tokens", "max_tokens"] {
-                match req.get(f) {
-                    None | Some("null") => {}
-                    Some(v) => match serde_json::from_str::<i64>(v) {
-                        Ok(c) if c >= 0 => {
-                            req.client_cap = Some((f, c));
-                            break;
-                        }
-                        _ => {
-                            return Err(field_error(
-                                f,
-                                format!("`{f}` must be a non-negative integer."),
-                            ))
-                        }
-                    },
+        let mut n = 1;
+        for name in ["n", "best_of"] {
+            if let Some(v) = get(name) {
+                let what = format!("an integer from 1 to {MAX_N}");
+                match integer(v, name, &what)? {
+                    Some(x) if (1..=MAX_N).contains(&x) => n = n.max(x),
+                    None => {}
+                    Some(_) => return Err(field_error(name, format!("`{name}` must be {what}."))),
                 }
             }
         }
-        let starts =
-            |k: &str, with: &[u8]| req.get(k).is_some_and(|v| with.contains(&v.as_bytes()[0]));
-        let (name, ok) = match ep {
-            Endpoint::Chat => ("messages", starts("messages", b"[")),
-            Endpoint::Completions => ("prompt", starts("prompt", b"\"[")),
-            Endpoint::Embeddings => ("input", starts("input", b"\"[")),
+
+        // The completion cap: every length field, at the top level and in `options`.
+        let mut client_cap = None;
+        let mut options = None;
+        if ep != Endpoint::Embeddings {
+            for name in LENGTH_FIELDS {
+                if let Some(v) = get(name) {
+                    client_cap = min_cap(client_cap, length_cap(name, v, name)?);
+                }
+            }
+            if let Some(o) = get("options").filter(|o| o.get().starts_with('{')) {
+                let inner = Fields::parse(o.get()).map_err(not_json)?;
+                one_reading(&inner, &LENGTH_FIELDS, "options.")?;
+                let mut any = false;
+                for name in LENGTH_FIELDS {
+                    if let Some(v) = inner.get(name) {
+                        any = true;
+                        let param = format!("options.{name}");
+                        client_cap = min_cap(client_cap, length_cap(name, v, &param)?);
+                    }
+                }
+                if any {
+                    options = Some(locate(o.get(), &inner));
+                }
+            }
+        }
+
+        let mut wants_usage = false;
+        if let Some(so) = get("stream_options").filter(|_| stream) {
+            match so.get().as_bytes()[0] {
+                b'{' => {
+                    let inner = Fields::parse(so.get()).map_err(not_json)?;
+                    one_reading(&inner, &["include_usage"], "stream_options.")?;
+                    wants_usage = inner.get("include_usage").map(RawValue::get) == Some("true");
+                }
+                _ if so.get() == "null" => {}
+                _ => {
+                    return Err(field_error(
+                        "stream_options",
+                        "`stream_options` must be an object.",
+                    ))
+                }
+            }
+        }
+
+        let models = match get("models") {
+            None => vec![],
+            Some(v) if v.get() == "null" => vec![],
+            Some(v) => match serde_json::from_str::<Vec<Str>>(v.get()) {
+                Ok(list) if list.iter().all(|s| !s.as_str().trim().is_empty()) => {
+                    list.into_iter().map(|s| s.0.into_owned()).collect()
+                }
+                _ => {
+                    return Err(field_error(
+                        "models",
+                        "`models` must be an array of model names.",
+                    ))
+                }
+            },
         };
-        if !ok {
-            let what = match ep {
-                Endpoint::Chat => "an array of messages",
-                _ => "a string or an array",
-            };
+
+        let (name, what) = match ep {
+            Endpoint::Chat => ("messages", "an array of messages"),
+            Endpoint::Completions => ("prompt", "a string or an array"),
+            Endpoint::Embeddings => ("input", "a string or an array"),
+        };
+        let prompt = get(name).filter(|v| match ep {
+            Endpoint::Chat => v.get().starts_with('['),
+            _ => v.get().starts_with(['[', '"']),
+        });
+        let Some(prompt) = prompt else {
             return Err(field_error(
                 name,
                 format!("`{name}` is required and must be {what}."),
             ));
-        }
-        req.prompt_estimate = match ep {
-            Endpoint::Chat => chat_prompt(req.get("messages"), req.get("tools")),
-            Endpoint::Completions => 1 + input_tokens(req.get("prompt")),
-            Endpoint::Embeddings => input_tokens(req.get("input")),
         };
-        req.wants_usage = req.stream
-            && req.get("stream_options").is_some_and(|so| {
-                json_edit::fields(so).is_some_and(|f| {
-                    f.iter()
-                        .rev()
-                        .find(|(k, _)| *k == "include_usage")
-                        .is_some_and(|(_, v)| json_edit::value(so, v) == "true")
-                })
-            });
-        Ok(req)
+        let bad_prompt = |_| field_error(name, format!("`{name}` must be {what}."));
+        let prompt_estimate = match ep {
+            Endpoint::Chat => chat_prompt(prompt, get("tools")).map_err(bad_prompt)?,
+            Endpoint::Completions => 1 + input_tokens(prompt).map_err(bad_prompt)?,
+            Endpoint::Embeddings => input_tokens(prompt).map_err(bad_prompt)?,
+        };
+
+        let located = locate(&text, &fields);
+        drop(fields);
+        Ok(Request {
+            fields: located,
+            options,
+            text,
+            model,
+            stream,
+            n,
+            client_cap,
+            prompt_estimate,
+            wants_usage,
+            models,
+        })
     }
 
-    /// The body for one upstream: the client's text with `model` set to
-    /// `upstream_model`, the completion cap (when the gateway sets one) in the
-    /// client's cap field or else in `cap_field`, and, for a stream,
-    /// `stream_options.include_usage` true.
+    fn key<'a>(&'a self, f: &'a Field, within: &'a str) -> &'a str {
+        match &f.key {
+            Key::At(r) => &within[r.clone()],
+            Key::Decoded(k) => k,
+        }
+    }
+
+    /// The body for one upstream: the decoded fields written again with
+    /// `model` set to `upstream_model`, the completion cap (when the gateway
+    /// sets one) in every length field present — and in `cap_field` when
+    /// neither `max_tokens` nor `max_completion_tokens` is — and, for a
+    /// stream, `stream_options.include_usage` true.
     pub fn upstream_body(&self, upstream_model: &str, cap: Option<i64>, cap_field: &str) -> Bytes {
-        let t = self.text();
-        let mut edits: Vec<Edit> = Vec::with_capacity(4);
-        let model_json = json_edit::quoted(upstream_model);
-        for f in self.all("model") {
-            if json_edit::value(t, f) != model_json {
-                edits.push(Edit::replace(f, model_json.as_str()));
-            }
-        }
-        // New top-level fields (`"key":value`, comma-separated), added before the brace.
-        let mut added = String::new();
-        let mut add = |key: &str, value: &str| {
-            if !added.is_empty() {
-                added.push(',');
-            }
-            json_edit::push_quoted(&mut added, key);
-            added.push(':');
-            added.push_str(value);
-        };
+        let t = self.text.as_str();
+        let mut w = json::Writer::with_capacity(t.len() + 64);
         let mut cap_buf = itoa::Buffer::new();
-        if let Some(cap) = cap {
-            let cap_text = cap_buf.format(cap);
-            let field = self.client_cap.map_or(cap_field, |(f, _)| f);
-            let mut placed = false;
-            for f in self.all(field) {
-                edits.push(Edit::replace(f, cap_text));
-                placed = true;
-            }
-            if !placed {
-                add(field, cap_text);
-            }
-        }
-        if self.stream {
-            const INCLUDE: &str = "\"include_usage\":true";
-            match self.field("stream_options") {
-                Some(f) => {
-                    let v = json_edit::value(t, &f);
-                    match json_edit::fields(v) {
-                        Some(inner) => {
-                            let mut found = false;
-                            for (_, g) in inner.iter().filter(|(k, _)| *k == "include_usage") {
-                                found = true;
-                                edits.push(Edit {
-                                    start: f.value_start + g.value_start,
-                                    end: f.value_start + g.value_end,
-                                    with: "true".into(),
-                                });
-                            }
-                            if !found {
-                                edits.extend(Edit::append(v, f.value_start, INCLUDE));
-                            }
+        let cap_text = cap.map(|c| cap_buf.format(c));
+        let mut standard_cap = false;
+        let mut stream_options = false;
+        for f in &self.fields {
+            let key = self.key(f, t);
+            let raw = &t[f.value.clone()];
+            match (key, cap_text) {
+                ("model", _) => json::push_quoted(w.key(key), upstream_model),
+                (k, Some(c)) if LENGTH_FIELDS.contains(&k) => {
+                    standard_cap |= k == "max_tokens" || k == "max_completion_tokens";
+                    w.raw(k, c);
+                }
+                ("options", Some(c)) if self.options.is_some() => {
+                    let inner = self.options.as_deref().unwrap_or_default();
+                    let mut o = json::Writer::with_capacity(raw.len() + 16);
+                    for g in inner {
+                        let k = self.key(g, raw);
+                        if LENGTH_FIELDS.contains(&k) {
+                            o.raw(k, c);
+                        } else {
+                            o.raw(k, &raw[g.value.clone()]);
                         }
-                        None => edits.push(Edit::replace(&f, format!("{{{INCLUDE}}}"))),
                     }
+                    w.key(key).extend_from_slice(&o.finish());
                 }
-                None => add("stream_options", &format!("{{{INCLUDE}}}")),
+                ("stream_options", _) if self.stream => {
+                    stream_options = true;
+                    w.key(key)
+                        .extend_from_slice(&include_usage(raw).unwrap_or_default());
+                }
+                _ => w.raw(key, raw),
             }
         }
-        if !added.is_empty() {
-            edits.extend(Edit::append(t, 0, &added));
+        if let (Some(c), false) = (cap_text, standard_cap) {
+            w.raw(cap_field, c);
         }
-        if edits.is_empty() {
-            return Bytes::from(self.text.clone());
+        if self.stream && !stream_options {
+            w.raw("stream_options", "{\"include_usage\":true}");
         }
-        Bytes::from(json_edit::edited(t, &mut edits))
+        Bytes::from(w.finish())
     }
 }
 
-/// Tokens of a JSON value printed compactly (a rare shape: parsed to be exact).
-fn tokens_of_json(raw: &str) -> i64 {
-    serde_json::from_str::<Value>(raw)
-        .map(|v| estimate::tokens_of_text(&v.to_string()))
-        .unwrap_or(0)
+/// A stream's `stream_options` with `include_usage` true, its other fields
+/// kept (`null`, or anything not an object, becomes just that flag).
+fn include_usage(raw: &str) -> Option<Vec<u8>> {
+    let mut w = json::Writer::with_capacity(raw.len() + 24);
+    if let Ok(fields) = Fields::parse(raw) {
+        for (k, v) in &fields.0 {
+            if k != "include_usage" {
+                w.raw(k, v.get());
+            }
+        }
+    }
+    w.raw("include_usage", "true");
+    Some(w.finish())
 }
 
-/// A message `content`: a string, parts (text, or a fixed allowance for an
-/// image or other part), or anything else printed. As `estimate::chat_prompt`.
-fn content_tokens(raw: &str) -> i64 {
-    let b = raw.as_bytes();
-    match b.first() {
-        Some(b'"') => tokens_of_chars(json_edit::string_chars(raw).unwrap_or(0)),
-        Some(b'n') if raw == "null" => 0,
-        Some(b'[') => {
+/// Tokens of a JSON text kept as it is (tool definitions, odd shapes):
+/// its characters, four to a token.
+fn tokens_of_raw(raw: &RawValue) -> i64 {
+    tokens_of_text(raw.get())
+}
+
+/// Tokens of a JSON string value, decoded.
+fn tokens_of_string(raw: &RawValue) -> Result<i64, serde_json::Error> {
+    serde_json::from_str::<Str>(raw.get()).map(|s| tokens_of_text(s.as_str()))
+}
+
+/// A chat message: only what the estimate reads.
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tool_calls: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+}
+
+/// A content part: its `text`, if it has one.
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+}
+
+/// A message `content`: a string; parts (text, or a fixed allowance for an
+/// image or other part); anything else counted as written. Never recurses.
+fn content_tokens(raw: &RawValue) -> Result<i64, serde_json::Error> {
+    match raw.get().as_bytes()[0] {
+        b'"' => tokens_of_string(raw),
+        b'n' => Ok(0),
+        b'[' => {
             let mut n = 0;
-            let _ = json_edit::walk_array(b, 0, |ps| {
-                let pe = json_edit::value_end(b, ps)?;
-                let part = &raw[ps..pe];
-                if part.starts_with('{') {
-                    let text = json_edit::fields(part).and_then(|f| {
-                        f.iter()
-                            .rev()
-                            .find(|(k, _)| *k == "text")
-                            .map(|(_, f)| json_edit::value(part, f).to_owned())
-                    });
-                    n += match text.as_deref().and_then(json_edit::string_chars) {
-                        Some(c) => tokens_of_chars(c),
-                        None => 85,
-                    };
-                } else {
-                    n += content_tokens(part);
-                }
-                Some(pe)
-            });
-            n
+            for part in serde_json::from_str::<Vec<&RawValue>>(raw.get())? {
+                n += match part.get().as_bytes()[0] {
+                    b'{' => match serde_json::from_str::<Part>(part.get())?.text {
+                        Some(t) if t.get().starts_with('"') => tokens_of_string(t)?,
+                        _ => 85,
+                    },
+                    b'"' => tokens_of_string(part)?,
+                    _ => tokens_of_raw(part),
+                };
+            }
+            Ok(n)
         }
-        _ => tokens_of_json(raw),
+        _ => Ok(tokens_of_raw(raw)),
     }
 }
 
-/// The prompt of a chat completion, as `estimate::chat_prompt` counts it.
-fn chat_prompt(messages: Option<&str>, tools: Option<&str>) -> i64 {
+/// The prompt of a chat completion: 3, and for each message 4 plus its
+/// content, tool calls and name; plus the tool definitions.
+fn chat_prompt(messages: &RawValue, tools: Option<&RawValue>) -> Result<i64, serde_json::Error> {
     let mut n = 3;
-    if let Some(m) = messages {
-        let b = m.as_bytes();
-        let _ = json_edit::walk_array(b, 0, |ms| {
-            n += 4;
-            if b[ms] != b'{' {
-                return json_edit::value_end(b, ms);
-            }
-            // The last occurrence of each key counts, as in a parsed object.
-            let (mut content, mut calls, mut name) = (None, None, None);
-            let me = json_edit::walk_object(b, ms, |key, _, vs| {
-                let ve = json_edit::value_end(b, vs)?;
-                match key {
-                    b"content" => content = Some((vs, ve)),
-                    b"tool_calls" => calls = Some((vs, ve)),
-                    b"name" => name = Some((vs, ve)),
-                    _ => {}
-                }
-                Some(ve)
-            })?;
-            if let Some((s, e)) = content {
-                n += content_tokens(&m[s..e]);
-            }
-            if let Some((s, e)) = calls {
-                n += tokens_of_json(&m[s..e]);
-            }
-            if let Some(c) = name.and_then(|(s, e)| json_edit::string_chars(&m[s..e])) {
-                n += tokens_of_chars(c);
-            }
-            Some(me)
-        });
+    for m in serde_json::from_str::<Vec<&RawValue>>(messages.get())? {
+        n += 4;
+        if !m.get().starts_with('{') {
+            n += tokens_of_raw(m);
+            continue;
+        }
+        let m: Message = serde_json::from_str(m.get())?;
+        if let Some(c) = m.content {
+            n += content_tokens(c)?;
+        }
+        if let Some(t) = m.tool_calls {
+            n += tokens_of_raw(t);
+        }
+        if let Some(name) = m.name.filter(|v| v.get().starts_with('"')) {
+            n += tokens_of_string(name)?;
+        }
     }
     if let Some(t) = tools {
-        n += tokens_of_json(t);
+        n += tokens_of_raw(t);
     }
-    n
+    Ok(n)
 }
 
-/// A JSON string value's text: borrowed straight from the body when it has
-/// no escapes, decoded otherwise; `None` if `raw` is not a string.
-fn string_value(raw: &str) -> Option<String> {
-    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-    if !inner.contains('\\') && !inner.bytes().any(|c| c < 0x20) {
-        return Some(inner.to_owned());
+/// A completion `prompt` or an embeddings `input`: a string, strings, a
+/// token array (a token each) or token arrays. Never recurses.
+fn input_tokens(raw: &RawValue) -> Result<i64, serde_json::Error> {
+    let b = raw.get().as_bytes()[0];
+    if b == b'"' {
+        return tokens_of_string(raw);
     }
-    serde_json::from_str::<String>(raw).ok()
-}
-
-/// A completion `prompt` or an embeddings `input` (rarely large; parsed).
-fn input_tokens(raw: Option<&str>) -> i64 {
-    raw.and_then(|r| serde_json::from_str::<Value>(r).ok())
-        .map(|v| estimate::input_tokens(&v))
-        .unwrap_or(0)
+    if b != b'[' {
+        return Ok(tokens_of_raw(raw));
+    }
+    let items = serde_json::from_str::<Vec<&RawValue>>(raw.get())?;
+    let mut n = 0;
+    for item in &items {
+        n += match item.get().as_bytes()[0] {
+            b'"' => tokens_of_string(item)?,
+            b'[' => serde_json::from_str::<Vec<&RawValue>>(item.get())?.len() as i64,
+            b'-' | b'0'..=b'9' => 1,
+            _ => tokens_of_raw(item),
+        };
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn parse(ep: Endpoint, v: &Value) -> Request {
         Request::parse(ep, Bytes::from(v.to_string())).unwrap()
     }
 
+    fn err(body: &str) -> ApiError {
+        Request::parse(Endpoint::Chat, Bytes::from(body.to_owned()))
+            .err()
+            .unwrap()
+    }
+
     #[test]
-    fn estimates_match_the_tree_walk() {
-        let bodies = [
-            json!({"model":"m","messages":[{"role":"user","content":"abcdefgh"}]}),
-            json!({"model":"m","messages":[
-                {"role":"system","content":"You are terse. é😀 \"quoted\"\n"},
-                {"role":"user","content":[{"type":"text","text":"look"},{"type":"image_url","image_url":{"url":"x"}},"bare", 7]},
-                {"role":"assistant","content":null,"tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{\"a\": 1}"}}]},
-                {"role":"tool","name":"f","content":{"odd":true}},
-                "not an object",
-                {"role":"user","content":12.5}
-            ],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}),
-        ];
-        for b in bodies {
-            let want = estimate::chat_prompt(b.as_object().unwrap());
-            assert_eq!(parse(Endpoint::Chat, &b).prompt_estimate, want, "{b}");
-        }
-        let c = json!({"model":"m","prompt":["abcd","efgh"]});
-        assert_eq!(
-            parse(Endpoint::Completions, &c).prompt_estimate,
-            estimate::completion_prompt(c.as_object().unwrap())
+    fn estimates() {
+        let r = parse(
+            Endpoint::Chat,
+            &json!({"model":"m","messages":[{"role":"user","content":"abcdefgh"}]}),
         );
+        assert_eq!(r.prompt_estimate, 3 + 4 + 2);
+        // Escapes are decoded before counting: "é😀" is two characters.
+        let r = Request::parse(
+            Endpoint::Chat,
+            Bytes::from(
+                r#"{"model":"m","messages":[{"content":"\u00e9\ud83d\ude00","name":"ab"}]}"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.prompt_estimate, 3 + 4 + 1 + 1);
+        let parts = json!({"model":"m","messages":[
+            {"role":"user","content":[{"type":"text","text":"look"},{"type":"image_url","image_url":{"url":"x"}},"bare", 7]},
+            "not an object",
+            {"role":"assistant","content":null,"tool_calls":[{"id":"t"}]}
+        ],"tools":[{"type":"function"}]});
+        let want = 3 + (4 + 1 + 85 + 1 + 1) + (4 + 4) + (4 + 4) + 5;
+        assert_eq!(parse(Endpoint::Chat, &parts).prompt_estimate, want);
+        let c = json!({"model":"m","prompt":["abcd","efgh"]});
+        assert_eq!(parse(Endpoint::Completions, &c).prompt_estimate, 1 + 2);
         let e = json!({"model":"m","input":[[1,2],[3]]});
+        assert_eq!(parse(Endpoint::Embeddings, &e).prompt_estimate, 3);
+        let e = json!({"model":"m","input":[1,2,3]});
         assert_eq!(parse(Endpoint::Embeddings, &e).prompt_estimate, 3);
     }
 
     #[test]
-    fn upstream_body_edits_only_what_it_must() {
-        let raw = r#"{ "model" : "aiml/gpt", "messages":[{"role":"user","content":"model"}], "x":{"model":"keep"} }"#;
+    fn upstream_body_keeps_values_and_sets_what_was_checked() {
+        let raw = r#"{ "model" : "aiml/gpt", "messages":[{"role":"user","content":"model"}], "x":{"model":"keep",  "n": 1.50} }"#;
         let r = Request::parse(Endpoint::Chat, Bytes::from(raw)).unwrap();
-        let out: Value =
-            serde_json::from_slice(&r.upstream_body("gpt", Some(50), "max_tokens")).unwrap();
+        let out = r.upstream_body("gpt", Some(50), "max_tokens");
         assert_eq!(
-            out,
-            json!({"model":"gpt","messages":[{"role":"user","content":"model"}],"x":{"model":"keep"},"max_tokens":50})
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"model":"gpt","messages":[{"role":"user","content":"model"}],"x":{"model":"keep",  "n": 1.50},"max_tokens":50}"#
         );
         // The client's own cap field gets the cap; stream options are added or completed.
         let r = parse(
             Endpoint::Chat,
             &json!({"model":"m","messages":[],"max_completion_tokens":900,"stream":true,"stream_options":{"other":1}}),
         );
-        assert_eq!(r.client_cap, Some(("max_completion_tokens", 900)));
+        assert_eq!(r.client_cap, Some(900));
         assert!(!r.wants_usage);
         let out: Value =
             serde_json::from_slice(&r.upstream_body("u", Some(100), "max_tokens")).unwrap();
@@ -424,12 +569,7 @@ mod tests {
             out["stream_options"],
             json!({"other":1,"include_usage":true})
         );
-        for so in [
-            json!({}),
-            json!(null),
-            json!("x"),
-            json!({"include_usage": false}),
-        ] {
+        for so in [json!({}), json!(null), json!({"include_usage": false})] {
             let r = parse(
                 Endpoint::Chat,
                 &json!({"model":"m","messages":[],"stream":true,"stream_options":so}),
@@ -443,46 +583,128 @@ mod tests {
             &json!({"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}),
         );
         assert!(r.wants_usage);
-        // A model name with escapes is decoded.
+        // Escaped keys and values are decoded, and written plainly.
         let r = Request::parse(
             Endpoint::Chat,
-            Bytes::from(r#"{"model":"a\u0062\/c","messages":[]}"#),
+            Bytes::from(r#"{"m\u006fdel":"a\u0062\/c","messages":[]}"#),
         )
         .unwrap();
         assert_eq!(r.model, "ab/c");
-        // Nothing to change: the very bytes the client sent.
-        let raw = Bytes::from(r#"{"model":"m","messages":[]}"#);
-        let r = Request::parse(Endpoint::Chat, raw.clone()).unwrap();
-        assert_eq!(r.upstream_body("m", None, "max_tokens"), raw);
+        let out = r.upstream_body("up", None, "max_tokens");
+        assert_eq!(&out[..], br#"{"model":"up","messages":[]}"#);
+    }
+
+    #[test]
+    fn every_length_field_gets_the_cap() {
+        let r = parse(
+            Endpoint::Chat,
+            &json!({"model":"m","messages":[],"max_completion_tokens":20,"max_tokens":100000,
+                    "num_predict":-1,"options":{"num_predict":500,"temperature":0.5},"max_new_tokens":null}),
+        );
+        assert_eq!(r.client_cap, Some(20));
+        let out: Value =
+            serde_json::from_slice(&r.upstream_body("m", Some(20), "max_tokens")).unwrap();
+        for f in [
+            "max_completion_tokens",
+            "max_tokens",
+            "num_predict",
+            "max_new_tokens",
+        ] {
+            assert_eq!(out[f], 20, "{f}");
+        }
+        assert_eq!(out["options"], json!({"num_predict":20,"temperature":0.5}));
+        // Only a vendor field: the standard cap field is added too.
+        let r = parse(
+            Endpoint::Completions,
+            &json!({"model":"m","prompt":"x","options":{"num_predict":7}}),
+        );
+        assert_eq!(r.client_cap, Some(7));
+        let out: Value =
+            serde_json::from_slice(&r.upstream_body("m", Some(7), "max_completion_tokens"))
+                .unwrap();
+        assert_eq!(out["options"]["num_predict"], 7);
+        assert_eq!(out["max_completion_tokens"], 7);
+        // best_of counts like n.
+        let r = parse(
+            Endpoint::Completions,
+            &json!({"model":"m","prompt":"x","n":2,"best_of":5}),
+        );
+        assert_eq!(r.n, 5);
+    }
+
+    #[test]
+    fn one_reading_of_every_field() {
+        for (body, param) in [
+            (r#"{"model":"a","m\u006fdel":"b","messages":[]}"#, "model"),
+            (r#"{"model":"a","Model":"b","messages":[]}"#, "Model"),
+            (
+                r#"{"model":"a","messages":[],"max_tokens":1,"max_t\u006fkens":9}"#,
+                "max_tokens",
+            ),
+            (r#"{"model":"a","messages":[],"n":1,"\u006e":120}"#, "n"),
+            (
+                r#"{"model":"a","messages":[],"stream":false,"str\u0065am":true}"#,
+                "stream",
+            ),
+            (r#"{"model":"a","messages":[],"STREAM":true}"#, "STREAM"),
+            (r#"{"model":"a","messages":[],"x":1,"x":2}"#, "x"),
+            (
+                r#"{"model":"a","messages":[],"options":{"num_predict":1,"num_predict":2}}"#,
+                "options.num_predict",
+            ),
+            (
+                r#"{"model":"a","messages":[],"stream":true,"stream_options":{"include_usage":false,"include_usage":true}}"#,
+                "stream_options.include_usage",
+            ),
+            (
+                r#"{"model":"a","messages":[],"Max_Tokens":5}"#,
+                "Max_Tokens",
+            ),
+            (
+                r#"{"model":"a","messages":[],"max_to\u212Aens":5}"#,
+                "max_to\u{212A}ens",
+            ),
+        ] {
+            let e = err(body);
+            assert_eq!(e.status.as_u16(), 400, "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+        }
+        // A single escaped key is simply that key.
+        let r = Request::parse(
+            Endpoint::Chat,
+            Bytes::from(r#"{"model":"a","messages":[],"\u006e":120}"#),
+        )
+        .unwrap();
+        assert_eq!(r.n, 120);
     }
 
     #[test]
     fn bad_requests_say_which_field() {
-        let err = |body: &str| {
-            Request::parse(Endpoint::Chat, Bytes::from(body.to_owned()))
-                .err()
-                .unwrap()
-        };
         assert!(err("{").message.contains("not valid JSON"));
         assert!(err("[1]").message.contains("must be a JSON object"));
         assert!(err(r#"{"model":"m","messages":[01]}"#)
             .message
-            .contains("not valid JSON: invalid number"));
+            .contains("not valid JSON"));
         let latin1 = Request::parse(Endpoint::Chat, Bytes::from(&b"{\"model\":\"\xe9\"}"[..]));
-        assert!(latin1
-            .err()
-            .unwrap()
-            .message
-            .contains("must be a JSON object"));
-        // Nested deeper than the one-pass check goes: still read.
+        assert!(latin1.err().unwrap().message.contains("not UTF-8"));
+        // Nested deeper than 128 levels: refused, without recursing.
         let deep = format!(
-            r#"{{"model":"m","messages":[{{"role":"user","content":"hi","x":{}{}}}]}}"#,
-            "[".repeat(300),
-            "]".repeat(300)
+            r#"{{"model":"m","messages":[{{"role":"user","content":{}{}}}]}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
         );
-        let r = Request::parse(Endpoint::Chat, Bytes::from(deep)).unwrap();
-        assert_eq!(r.model, "m");
-        assert!(r.prompt_estimate > 3);
+        assert!(err(&deep).message.contains("nested deeper"));
+        let ok = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"hi","x":{}{}}}]}}"#,
+            "[".repeat(120),
+            "]".repeat(120)
+        );
+        assert_eq!(
+            Request::parse(Endpoint::Chat, Bytes::from(ok))
+                .unwrap()
+                .model,
+            "m"
+        );
         for (body, param) in [
             (r#"{"messages":[]}"#, "model"),
             (r#"{"model":null,"messages":[]}"#, "model"),
@@ -490,14 +712,219 @@ mod tests {
             (r#"{"model":"m","messages":[],"stream":1}"#, "stream"),
             (r#"{"model":"m","messages":[],"n":0}"#, "n"),
             (r#"{"model":"m","messages":[],"n":2.0}"#, "n"),
+            (r#"{"model":"m","messages":[],"n":129}"#, "n"),
+            (r#"{"model":"m","messages":[],"best_of":1e3}"#, "best_of"),
             (
                 r#"{"model":"m","messages":[],"max_tokens":-1}"#,
                 "max_tokens",
             ),
+            (
+                r#"{"model":"m","messages":[],"max_tokens":99999999999999999999}"#,
+                "max_tokens",
+            ),
+            (
+                r#"{"model":"m","messages":[],"max_completion_tokens":"5"}"#,
+                "max_completion_tokens",
+            ),
+            (
+                r#"{"model":"m","messages":[],"options":{"max_tokens":1.5}}"#,
+                "options.max_tokens",
+            ),
+            (r#"{"model":"m","messages":[],"models":"x"}"#, "models"),
+            (r#"{"model":"m","messages":[],"models":[""]}"#, "models"),
+            (
+                r#"{"model":"m","messages":[],"stream":true,"stream_options":3}"#,
+                "stream_options",
+            ),
             (r#"{"model":"m","messages":"hi"}"#, "messages"),
+            (
+                r#"{"model":"m","messages":[{"content":{"a":1},"content":2}]}"#,
+                "messages",
+            ),
             (r#"{"model":"m"}"#, "messages"),
         ] {
             assert_eq!(err(body).param.as_deref(), Some(param), "{body}");
         }
+    }
+
+    /// A small deterministic generator of hostile bodies.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+            xs[(self.next() % xs.len() as u64) as usize]
+        }
+        fn value(&mut self, depth: usize) -> String {
+            match self.next() % 12 {
+                0 => "null".into(),
+                1 => "true".into(),
+                2 => "false".into(),
+                3 => self
+                    .pick(&[
+                        "0",
+                        "1",
+                        "-1",
+                        "20",
+                        "2.0",
+                        "1e5",
+                        "99999999999999999999",
+                        "-0",
+                        "128",
+                        "129",
+                    ])
+                    .into(),
+                4 => self
+                    .pick(&[r#""a""#, r#""b\u0061""#, r#""""#, r#"" ""#, r#""\ud800""#])
+                    .into(),
+                5 if depth < 150 => {
+                    let n = (self.next() % 3) as usize;
+                    let inner: Vec<String> = (0..n).map(|_| self.value(depth + 1)).collect();
+                    format!("[{}]", inner.join(","))
+                }
+                6 if depth < 150 => self.object(depth + 1, 3),
+                7 => {
+                    let d = (self.next() % 140) as usize;
+                    format!("{}{}", "[".repeat(d), "]".repeat(d))
+                }
+                8 => r#"[{"role":"user","content":"hi"}]"#.into(),
+                9 => r#"{"include_usage":true,"num_predict":5}"#.into(),
+                _ => r#""m""#.into(),
+            }
+        }
+        fn object(&mut self, depth: usize, max: u64) -> String {
+            let n = self.next() % (max + 1);
+            let fields: Vec<String> = (0..n)
+                .map(|_| {
+                    let k = self.pick(&[
+                        "model",
+                        "Model",
+                        "m\\u006fdel",
+                        "stream",
+                        "str\\u0065am",
+                        "n",
+                        "\\u006e",
+                        "best_of",
+                        "max_tokens",
+                        "max_t\\u006fkens",
+                        "MAX_TOKENS",
+                        "max_completion_tokens",
+                        "num_predict",
+                        "options",
+                        "stream_options",
+                        "messages",
+                        "prompt",
+                        "models",
+                        "x",
+                        "\\u0078",
+                        "include_usage",
+                    ]);
+                    format!("\"{k}\":{}", self.value(depth))
+                })
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+    }
+
+    /// The value of `field` as a decoder reads it: the last key equal to it
+    /// (Python's `json.loads`), or with `fold`, the last key equal to it
+    /// ignoring letter case (Go's `encoding/json`).
+    fn read(v: &Value, field: &str, fold: bool) -> Option<Value> {
+        let obj = v.as_object()?;
+        // serde_json's map keeps the last of duplicated keys already.
+        if !fold {
+            return obj.get(field).cloned();
+        }
+        obj.iter()
+            .rfind(|(k, _)| *k == field || json::case_variant(k, field))
+            .map(|(_, v)| v.clone())
+    }
+
+    fn python_and_go_agree(text: &str) {
+        // Python and Go read the checked fields of an accepted body alike.
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        for f in READ {
+            assert_eq!(read(&v, f, false), read(&v, f, true), "{f} in {text}");
+        }
+    }
+
+    #[test]
+    fn what_is_forwarded_decodes_to_what_was_checked() {
+        let mut g = Gen(0x9E37_79B9_7F4A_7C15);
+        let mut accepted = 0;
+        for i in 0..40_000 {
+            let mut body = g.object(0, 6);
+            if i % 3 == 0 {
+                // Most cases carry a valid core, so that many are accepted.
+                let core = r#""model":"m","messages":[],"prompt":"p""#;
+                body = if body == "{}" {
+                    format!("{{{core}}}")
+                } else {
+                    format!("{{{core},{}", &body[1..])
+                };
+            }
+            let ep = if i % 2 == 0 {
+                Endpoint::Chat
+            } else {
+                Endpoint::Completions
+            };
+            let Ok(r) = Request::parse(ep, Bytes::from(body.clone())) else {
+                continue;
+            };
+            accepted += 1;
+            // (serde_json refuses lone surrogates such as "\ud800", which
+            // Python reads and the gateway forwards untouched in values it
+            // does not read; such bodies are left out of the comparison.)
+            let Ok(original) = serde_json::from_str::<Value>(&body) else {
+                assert!(body.contains("\\ud800"), "accepted but not JSON: {body}");
+                continue;
+            };
+            python_and_go_agree(&body);
+            assert_eq!(
+                read(&original, "model", false),
+                Some(json!(r.model)),
+                "{body}"
+            );
+            let stream = read(&original, "stream", false) == Some(json!(true));
+            assert_eq!(r.stream, stream, "{body}");
+            for cap in [None, Some(0), Some(77)] {
+                let out = r.upstream_body("up", cap, "max_tokens");
+                let text = std::str::from_utf8(&out).unwrap();
+                python_and_go_agree(text);
+                let fwd: Value = serde_json::from_str(text).expect("forwarded bodies are JSON");
+                assert_eq!(fwd["model"], "up", "{body} -> {text}");
+                assert_eq!(fwd.get("stream") == Some(&json!(true)), r.stream, "{text}");
+                for name in ["n", "best_of"] {
+                    if let Some(n) = read(&fwd, name, true).and_then(|v| v.as_i64()) {
+                        assert!(n <= r.n, "{name} {n} > {} in {text}", r.n);
+                    }
+                }
+                if let Some(c) = cap {
+                    for f in LENGTH_FIELDS {
+                        if let Some(v) = fwd.get(f) {
+                            assert_eq!(v, &json!(c), "{f} in {text}");
+                        }
+                        if let Some(v) = fwd["options"].get(f) {
+                            assert_eq!(v, &json!(c), "options.{f} in {text}");
+                        }
+                    }
+                    assert!(
+                        fwd.get("max_tokens").is_some()
+                            || fwd.get("max_completion_tokens").is_some()
+                    );
+                }
+                if r.stream {
+                    assert_eq!(fwd["stream_options"]["include_usage"], true, "{text}");
+                }
+            }
+        }
+        assert!(accepted > 2_000, "only {accepted} bodies were accepted");
     }
 }

@@ -22,7 +22,11 @@ pub struct Recorded {
     pub provider: String,
     pub path: String,
     pub headers: HeaderMap,
+    /// The body as a standard parser reads it (serde_json, which like Python's
+    /// `json.loads` keeps the last of a duplicated key).
     pub body: Value,
+    /// The bytes as they arrived.
+    pub raw: Bytes,
 }
 
 #[derive(Default)]
@@ -123,13 +127,16 @@ impl Flags {
     }
 }
 
-fn record(st: &MockState, provider: &str, path: &str, headers: &HeaderMap, body: &Value) {
+fn record(st: &MockState, provider: &str, path: &str, headers: &HeaderMap, raw: &Bytes) -> Value {
+    let body: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
     st.calls.lock().unwrap().push(Recorded {
         provider: provider.to_owned(),
         path: path.to_owned(),
         headers: headers.clone(),
         body: body.clone(),
+        raw: raw.clone(),
     });
+    body
 }
 
 async fn models(
@@ -137,7 +144,7 @@ async fn models(
     Path(provider): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    record(&st, &provider, "/models", &headers, &Value::Null);
+    record(&st, &provider, "/models", &headers, &Bytes::new());
     if st.failing_lists.lock().unwrap().contains(&provider) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "model list exploded").into_response();
     }
@@ -230,9 +237,9 @@ async fn chat(
     State(st): State<Arc<MockState>>,
     Path(provider): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<Value>,
+    raw: Bytes,
 ) -> Response {
-    record(&st, &provider, "/chat/completions", &headers, &body);
+    let body = record(&st, &provider, "/chat/completions", &headers, &raw);
     let model = body["model"].as_str().unwrap_or("").to_owned();
     let f = Flags::parse(&model);
     if let Some(r) = scripted_failure(&st, &model, &f).await {
@@ -262,9 +269,9 @@ async fn completions(
     State(st): State<Arc<MockState>>,
     Path(provider): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<Value>,
+    raw: Bytes,
 ) -> Response {
-    record(&st, &provider, "/completions", &headers, &body);
+    let body = record(&st, &provider, "/completions", &headers, &raw);
     let model = body["model"].as_str().unwrap_or("").to_owned();
     let f = Flags::parse(&model);
     if let Some(r) = scripted_failure(&st, &model, &f).await {
@@ -291,9 +298,9 @@ async fn embeddings(
     State(st): State<Arc<MockState>>,
     Path(provider): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<Value>,
+    raw: Bytes,
 ) -> Response {
-    record(&st, &provider, "/embeddings", &headers, &body);
+    let body = record(&st, &provider, "/embeddings", &headers, &raw);
     let model = body["model"].as_str().unwrap_or("").to_owned();
     let f = Flags::parse(&model);
     if let Some(r) = scripted_failure(&st, &model, &f).await {
