@@ -130,6 +130,10 @@ pub struct RoutingConfig {
     pub default_provider: String,
     pub retries: u32,
     pub fallbacks: BTreeMap<String, Vec<String>>,
+    /// A whole (non-streaming) upstream answer larger than this is a 502.
+    pub max_response_bytes: usize,
+    /// A single SSE event larger than this ends the stream with a 502 error event.
+    pub max_event_bytes: usize,
 }
 
 impl Default for RoutingConfig {
@@ -138,6 +142,8 @@ impl Default for RoutingConfig {
             default_provider: "openrouter".into(),
             retries: 1,
             fallbacks: BTreeMap::new(),
+            max_response_bytes: 64 * 1024 * 1024,
+            max_event_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -476,6 +482,17 @@ impl Config {
                         format!("expected \"max_tokens\" or \"max_completion_tokens\", got {f:?}"),
                     );
                 }
+            }
+        }
+        for (k, v) in [
+            (
+                "routing.max_response_bytes",
+                self.routing.max_response_bytes,
+            ),
+            ("routing.max_event_bytes", self.routing.max_event_bytes),
+        ] {
+            if v < 1024 {
+                return err(k, "expected at least 1024 bytes".into());
             }
         }
         for (model, alts) in &self.routing.fallbacks {

@@ -227,24 +227,23 @@ impl<'de> Visitor<'de> for Depth {
     }
 }
 
-/// Writes a JSON object field by field: keys quoted by serde_json, values as
-/// raw JSON text.
-pub struct Writer {
-    out: Vec<u8>,
+/// Writes a JSON object field by field into a buffer: keys quoted by
+/// serde_json, values as raw JSON text.
+pub struct Writer<'b> {
+    out: &'b mut Vec<u8>,
     first: bool,
 }
 
-impl Writer {
-    pub fn with_capacity(n: usize) -> Writer {
-        let mut out = Vec::with_capacity(n);
+impl<'b> Writer<'b> {
+    /// Starts an object at the end of `out`.
+    pub fn new(out: &'b mut Vec<u8>) -> Writer<'b> {
         out.push(b'{');
         Writer { out, first: true }
     }
 
     /// Adds `"key":` followed by `raw` (JSON text).
     pub fn raw(&mut self, key: &str, raw: &str) {
-        self.key(key);
-        self.out.extend_from_slice(raw.as_bytes());
+        self.key(key).extend_from_slice(raw.as_bytes());
     }
 
     /// Adds `"key":` and returns the buffer for the value to be written into.
@@ -253,23 +252,24 @@ impl Writer {
             self.out.push(b',');
         }
         self.first = false;
-        push_quoted(&mut self.out, key);
+        push_quoted(self.out, key);
         self.out.push(b':');
-        &mut self.out
+        self.out
     }
 
     /// Adds `"key":` and `value` serialized by serde_json.
     pub fn value<T: serde::Serialize + ?Sized>(&mut self, key: &str, value: &T) {
         let out = self.key(key);
+        let mark = out.len();
         if serde_json::to_writer(&mut *out, value).is_err() {
+            out.truncate(mark);
             out.extend_from_slice(b"null");
         }
     }
 
-    /// The object's text.
-    pub fn finish(mut self) -> Vec<u8> {
+    /// Closes the object.
+    pub fn finish(self) {
         self.out.push(b'}');
-        self.out
     }
 }
 
@@ -360,18 +360,19 @@ mod tests {
 
     #[test]
     fn writer_quotes_keys_like_serde_json() {
-        let mut w = Writer::with_capacity(16);
+        let mut out = Vec::new();
+        let mut w = Writer::new(&mut out);
         w.raw("a\"b", "[1, 2]");
         w.value("é\n", &json!({"x": null}));
         w.raw("model", "\"m\"");
-        let text = String::from_utf8(w.finish()).unwrap();
+        w.finish();
+        let text = String::from_utf8(out).unwrap();
         assert_eq!(text, r#"{"a\"b":[1, 2],"é\n":{"x":null},"model":"m"}"#);
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["a\"b"], json!([1, 2]));
         assert_eq!(quoted("x\u{1}"), "\"x\\u0001\"");
-        assert_eq!(
-            String::from_utf8(Writer::with_capacity(2).finish()).unwrap(),
-            "{}"
-        );
+        let mut out = b"data: ".to_vec();
+        Writer::new(&mut out).finish();
+        assert_eq!(out, b"data: {}");
     }
 }

@@ -10,6 +10,7 @@ use super::pricing::Price;
 use crate::db::{self, usage::UsageRecord};
 use crate::state::AppState;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,69 +42,46 @@ pub struct Usage {
     pub cost_usd: Option<f64>,
 }
 
-/// A `usage` object read without building a tree; numbers kept as JSON
-/// numbers so that the rules of [`Usage::from_json`] apply unchanged.
+/// What the gateway reads of a `usage` object: each count as the JSON text
+/// it was sent as, so that a count of another type (`"12"`, `1.5`) reads as
+/// absent rather than failing the whole object.
 #[derive(serde::Deserialize)]
-struct UsageWire {
-    prompt_tokens: Option<serde_json::Number>,
-    input_tokens: Option<serde_json::Number>,
-    completion_tokens: Option<serde_json::Number>,
-    output_tokens: Option<serde_json::Number>,
-    total_tokens: Option<serde_json::Number>,
-    cost: Option<serde_json::Number>,
+struct UsageWire<'a> {
+    #[serde(borrow, default)]
+    prompt_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    input_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    output_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    total_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cost: Option<&'a RawValue>,
 }
 
 impl Usage {
-    /// [`Usage::from_json`] on the text of a `usage` value. The common shape
-    /// is read into a flat struct; anything else (a count sent as a string,
-    /// say) is parsed and read as a tree, so the result is the same.
-    pub fn from_json_text(raw: &str) -> Option<Usage> {
-        let Ok(w) = serde_json::from_str::<UsageWire>(raw) else {
-            return serde_json::from_str::<serde_json::Value>(raw)
-                .ok()
-                .as_ref()
-                .and_then(Usage::from_json);
-        };
-        let int = |n: &Option<serde_json::Number>| n.as_ref().and_then(serde_json::Number::as_i64);
-        let prompt = int(&w.prompt_tokens).or_else(|| int(&w.input_tokens));
-        let completion = int(&w.completion_tokens).or_else(|| int(&w.output_tokens));
-        let total = int(&w.total_tokens);
+    /// Reads an OpenAI `usage` object (its JSON text); `None` when it is not
+    /// an object, holds no token counts, or names a count twice.
+    pub fn from_raw(raw: &RawValue) -> Option<Usage> {
+        let w: UsageWire = serde_json::from_str(raw.get()).ok()?;
+        let int = |v: Option<&RawValue>| v.and_then(|v| v.get().parse::<i64>().ok());
+        let prompt = int(w.prompt_tokens).or_else(|| int(w.input_tokens));
+        let completion = int(w.completion_tokens).or_else(|| int(w.output_tokens));
+        let total = int(w.total_tokens);
         if prompt.is_none() && completion.is_none() && total.is_none() {
             return None;
         }
         let (p, c) = (prompt.unwrap_or(0).max(0), completion.unwrap_or(0).max(0));
         let cost = w
             .cost
-            .as_ref()
-            .and_then(serde_json::Number::as_f64)
+            .and_then(|v| v.get().parse::<f64>().ok())
             .filter(|c| c.is_finite() && *c >= 0.0);
         Some(Usage {
             prompt_tokens: p,
             completion_tokens: c,
             total_tokens: total.unwrap_or(p + c).max(p + c),
-            cost_usd: cost,
-        })
-    }
-
-    /// Reads an OpenAI `usage` object; `None` when it holds no token counts.
-    pub fn from_json(v: &serde_json::Value) -> Option<Usage> {
-        let obj = v.as_object()?;
-        let get = |k: &str| obj.get(k).and_then(serde_json::Value::as_i64);
-        let prompt = get("prompt_tokens").or_else(|| get("input_tokens"));
-        let completion = get("completion_tokens").or_else(|| get("output_tokens"));
-        if prompt.is_none() && completion.is_none() && get("total_tokens").is_none() {
-            return None;
-        }
-        let (p, c) = (prompt.unwrap_or(0).max(0), completion.unwrap_or(0).max(0));
-        let total = get("total_tokens").unwrap_or(p + c).max(p + c);
-        let cost = obj
-            .get("cost")
-            .and_then(serde_json::Value::as_f64)
-            .filter(|c| c.is_finite() && *c >= 0.0);
-        Some(Usage {
-            prompt_tokens: p,
-            completion_tokens: c,
-            total_tokens: total,
             cost_usd: cost,
         })
     }
@@ -120,50 +98,6 @@ pub struct UsageInfo {
     pub provider: String,
     pub request_id: String,
     pub estimated: bool,
-}
-
-impl UsageInfo {
-    /// The object as JSON text, as serde_json prints it (field order, number
-    /// and float format), without going through a serializer per call.
-    pub fn to_json(&self) -> String {
-        let mut out = String::with_capacity(200);
-        self.write_json(&mut out);
-        out
-    }
-
-    /// [`UsageInfo::to_json`] appended to `out`.
-    pub fn write_json(&self, out: &mut String) {
-        use crate::upstream::json_edit::push_quoted;
-        let mut int = itoa::Buffer::new();
-        out.push_str("{\"tokens_used\":");
-        out.push_str(int.format(self.tokens_used));
-        out.push_str(",\"prompt_tokens\":");
-        out.push_str(int.format(self.prompt_tokens));
-        out.push_str(",\"completion_tokens\":");
-        out.push_str(int.format(self.completion_tokens));
-        out.push_str(",\"cost_usd\":");
-        match self.cost_usd {
-            c if !c.is_finite() => out.push_str("null"),
-            c => match ryu::Buffer::new().format_finite(c) {
-                // serde_json writes exponents its own way ("3e+21").
-                t if t.contains('e') => {
-                    out.push_str(&serde_json::to_string(&c).unwrap_or_else(|_| "null".into()))
-                }
-                t => out.push_str(t),
-            },
-        }
-        out.push_str(",\"remaining_tokens\":");
-        out.push_str(int.format(self.remaining_tokens));
-        out.push_str(",\"provider\":");
-        push_quoted(out, &self.provider);
-        out.push_str(",\"request_id\":");
-        push_quoted(out, &self.request_id);
-        out.push_str(if self.estimated {
-            ",\"estimated\":true}"
-        } else {
-            ",\"estimated\":false}"
-        });
-    }
 }
 
 /// What a call is, for its record.
@@ -237,12 +171,8 @@ impl CallMeter {
         }
     }
 
-    /// Counts generated text, for an estimate if no usage arrives.
-    pub fn add_generated(&mut self, text: &str) {
-        self.generated_chars += text.chars().count();
-    }
-
-    /// Counts `n` characters of generated text.
+    /// Counts `n` characters of generated text, for an estimate if no usage
+    /// arrives.
     pub fn add_generated_chars(&mut self, n: usize) {
         self.generated_chars += n;
     }
@@ -259,8 +189,11 @@ impl CallMeter {
         http_status: u16,
         usage: Option<Usage>,
     ) -> UsageInfo {
+        // An upstream that reported usage did the work: that is charged, even
+        // when the call then failed (a stream cut after its usage chunk, an
+        // answer streamed though a whole one was asked for).
         let (prompt, completion, total, estimated) = match (outcome, usage) {
-            (Outcome::UpstreamError | Outcome::Refused, _) => (0, 0, 0, false),
+            (Outcome::Refused, _) | (Outcome::UpstreamError, None) => (0, 0, 0, false),
             (_, Some(u)) => (u.prompt_tokens, u.completion_tokens, u.total_tokens, false),
             (_, None) => {
                 let c = (self.generated_chars as i64 + 3) / 4;
@@ -376,57 +309,49 @@ pub fn estimate_text(text: &str) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn usage_info_json_is_serde_jsons() {
-        for (cost, provider, estimated) in [
-            (0.0, "openrouter", false),
-            (0.000123, "a\"b", true),
-            (1e-9, "x", false),
-            (12.5, "custom_1", true),
-            (3.0e21, "big", false),
-            (f64::NAN, "nan", false),
-            (0.1 + 0.2, "sum", false),
-            (1.5e-5, "small", false),
-            (123456789.123, "mid", false),
-            (5e-324, "tiny", false),
-        ] {
-            let info = UsageInfo {
-                tokens_used: 19,
-                prompt_tokens: -1,
-                completion_tokens: i64::MAX,
-                cost_usd: cost,
-                remaining_tokens: i64::MIN,
-                provider: provider.into(),
-                request_id: "req_0123abc".into(),
-                estimated,
-            };
-            assert_eq!(info.to_json(), serde_json::to_string(&info).unwrap());
-        }
+    use super::Usage;
+    use serde_json::value::RawValue;
+
+    fn read(raw: &str) -> Option<Usage> {
+        Usage::from_raw(&serde_json::from_str::<Box<RawValue>>(raw).unwrap())
     }
 
-    use super::{Usage, UsageInfo};
-
     #[test]
-    fn usage_from_text_reads_like_the_tree() {
+    fn usage_is_read_leniently_but_never_twice() {
+        let u = read(r#"{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":0},"cost":0.00042}"#).unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (12, 7, 19)
+        );
+        assert_eq!(u.cost_usd, Some(0.00042));
+        let u = read(r#"{"input_tokens":3,"output_tokens":4}"#).unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (3, 4, 7)
+        );
+        // A total below its parts is raised to them; negative counts are 0.
+        let u = read(r#"{"prompt_tokens":5,"completion_tokens":6,"total_tokens":2}"#).unwrap();
+        assert_eq!(u.total_tokens, 11);
+        let u = read(r#"{"prompt_tokens":-5,"completion_tokens":null,"total_tokens":9}"#).unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (0, 0, 9)
+        );
+        // Counts of another type read as absent; a negative cost is none.
+        let u = read(r#"{"prompt_tokens":"12","completion_tokens":7,"cost":-1}"#).unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.cost_usd),
+            (0, 7, None)
+        );
         for raw in [
-            r#"{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}"#,
-            r#"{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":0},"cost":0.00042}"#,
-            r#"{"input_tokens":3,"output_tokens":4}"#,
-            r#"{"prompt_tokens":5,"completion_tokens":6,"total_tokens":2}"#,
-            r#"{"prompt_tokens":-5,"completion_tokens":null,"total_tokens":9}"#,
-            r#"{"prompt_tokens":"12","completion_tokens":7}"#,
-            r#"{"prompt_tokens":1.5,"completion_tokens":7,"cost":-1}"#,
             r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
             r#"{"cost":1}"#,
             "null",
             "[]",
             "{}",
+            "7",
         ] {
-            let tree = serde_json::from_str::<serde_json::Value>(raw)
-                .ok()
-                .as_ref()
-                .and_then(Usage::from_json);
-            assert_eq!(Usage::from_json_text(raw), tree, "{raw}");
+            assert_eq!(read(raw), None, "{raw}");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Logic shared by the HTTP handlers and the CLI; it calls `db` and never `http`.
 
 pub mod accounts;
+mod answer;
 pub mod oauth;
 pub mod proxy;
 mod request;

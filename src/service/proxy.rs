@@ -7,10 +7,12 @@
 //! The request body is kept as the client sent it; only `model`, the completion
 //! cap and `stream_options.include_usage` are changed.
 
+use super::answer::Answer;
 use super::request::Request;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::metering::call::{record_refusal, CallInfo, CallMeter, Outcome, Usage};
+use crate::json;
+use crate::metering::call::{record_refusal, CallInfo, CallMeter, Outcome};
 use crate::metering::ledger::Account;
 use crate::metering::pricing::Price;
 use crate::state::AppState;
@@ -49,6 +51,9 @@ impl Endpoint {
         }
     }
 }
+
+/// The most of an upstream error's body that is read.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// Turns a normalised upstream error into our error.
 pub fn api_error(n: Normalized) -> ApiError {
@@ -419,7 +424,9 @@ async fn send(
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let retry_after = resp.retry_after().map(str::to_owned);
-                    let body = resp.bytes().await.unwrap_or_default();
+                    // An error's message is all that is read of it: a body
+                    // larger than that reads as empty.
+                    let body = resp.bytes(ERROR_BODY_LIMIT).await.unwrap_or_default();
                     let n = errors::normalize(
                         &prov.name,
                         status,
@@ -501,75 +508,11 @@ fn finish_error(last: Option<ApiError>, attempts: u32) -> ApiError {
     }
 }
 
-pub(super) fn generated_text(choice: &Value, mut f: impl FnMut(&str)) {
-    for path in [
-        &["message", "content"][..],
-        &["delta", "content"],
-        &["text"],
-        &["delta", "reasoning"],
-    ] {
-        let mut v = choice;
-        for k in path {
-            v = &v[*k];
-        }
-        if let Some(s) = v.as_str() {
-            f(s);
-        }
-    }
-    for holder in ["message", "delta"] {
-        if let Some(calls) = choice[holder]["tool_calls"].as_array() {
-            for c in calls {
-                if let Some(a) = c["function"]["arguments"].as_str() {
-                    f(a);
-                }
-            }
-        }
-    }
-}
-
-/// A non-streaming answer: the upstream body with `model` as the client named
-/// it and `_usage_info` added.
-/// The common case without building a tree: an object with `usage` and no
-/// `error`, checked for structure in one pass over its top-level fields
-/// (`json_edit::fields`), gets `model` renamed and `_usage_info` appended in
-/// its text. `None` sends the answer down the general path, which parses it.
-fn whole_response_fast(
-    meter: &mut CallMeter,
-    bytes: &[u8],
-    client_model: &str,
-) -> Option<Response> {
-    use crate::upstream::json_edit;
-    let text = std::str::from_utf8(bytes).ok()?;
-    let fields = json_edit::fields(text)?;
-    let field = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, f)| f);
-    if field("error").is_some() {
-        return None;
-    }
-    let usage = Usage::from_json_text(json_edit::value(text, field("usage")?))?;
-    let close = text.rfind('}')?;
-    let model_json = json_edit::quoted(client_model);
-    let mut edits = Vec::with_capacity(2);
-    if let Some(f) = field("model") {
-        if json_edit::value(text, f) != model_json {
-            edits.push(json_edit::Edit::replace(f, model_json.as_str()));
-        }
-    }
-    meter.first_token();
-    let info = meter.finish(Outcome::Ok, 200, Some(usage));
-    // `_usage_info` goes before the closing brace (the object has `usage`,
-    // so it is not empty); both edits are made in one copy of the text.
-    let mut added = String::with_capacity(256);
-    added.push_str(",\"_usage_info\":");
-    info.write_json(&mut added);
-    edits.push(json_edit::Edit {
-        start: close,
-        end: close,
-        with: added.into(),
-    });
-    let out = json_edit::edited(text, &mut edits);
-    Some(([(header::CONTENT_TYPE, "application/json")], out).into_response())
-}
-
+/// A non-streaming answer: the upstream's object written again with `model`
+/// as the client named it and `_usage_info` added. An answer that is not a
+/// JSON object, or is larger than `[routing] max_response_bytes`, is a 502;
+/// one that is an event stream (the upstream streamed though it was asked
+/// for a whole answer) is a 502 too, charged for the usage it reported.
 async fn whole_response(
     st: &AppState,
     meter: &mut CallMeter,
@@ -578,12 +521,19 @@ async fn whole_response(
     client_model: &str,
 ) -> Result<Response, ApiError> {
     let prov = &target.provider;
-    let bytes = match resp.bytes().await {
+    let limit = st.config.routing.max_response_bytes;
+    let streamed = resp.is_event_stream();
+    let bytes = match resp.bytes(limit).await {
         Ok(b) => b,
         Err(e) => {
             let err = if e.is_timeout() {
                 ApiError::upstream_timeout(format!(
                     "{}: the provider did not finish its answer in time.",
+                    prov.name
+                ))
+            } else if e.is_too_large() {
+                ApiError::upstream(format!(
+                    "{}: the provider's answer is larger than {limit} bytes ([routing] max_response_bytes).",
                     prov.name
                 ))
             } else {
@@ -593,50 +543,47 @@ async fn whole_response(
             return Err(err);
         }
     };
-    if let Some(resp) = whole_response_fast(meter, &bytes, client_model) {
-        return Ok(resp);
+    if streamed {
+        let usage = super::stream::usage_of_events(&bytes, st.config.routing.max_event_bytes);
+        let err = ApiError::upstream(format!(
+            "{}: the provider streamed its answer, though a whole one was asked for.",
+            prov.name
+        ));
+        st.health.record(&prov.id, false);
+        meter.finish(Outcome::UpstreamError, 502, usage);
+        return Err(err);
     }
-    let mut body = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(m)) => m,
-        _ => {
-            st.health.record(&prov.id, false);
-            let err = ApiError::upstream(format!(
-                "{}: the provider answered something that is not a JSON object.",
-                prov.name
-            ));
-            meter.finish(Outcome::UpstreamError, 502, None);
-            return Err(err);
-        }
+    let answer = std::str::from_utf8(&bytes).ok().and_then(Answer::parse);
+    let Some(answer) = answer else {
+        st.health.record(&prov.id, false);
+        meter.finish(Outcome::UpstreamError, 502, None);
+        return Err(ApiError::upstream(format!(
+            "{}: the provider answered something that is not a JSON object.",
+            prov.name
+        )));
     };
-    if body.contains_key("error") {
-        let v = Value::Object(std::mem::take(&mut body));
-        if let Some(n) = errors::from_json_error(&prov.name, &v, prov.api_key.expose()) {
-            let err = api_error(n);
-            meter.finish(Outcome::UpstreamError, err.status.as_u16(), None);
-            return Err(err);
-        }
-        if let Value::Object(m) = v {
-            body = m;
-        }
+    if answer.has_error() {
+        let n = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| errors::from_json_error(&prov.name, &v, prov.api_key.expose()));
+        let err = match n {
+            Some(n) => api_error(n),
+            None => ApiError::upstream(format!("{}: the provider reported an error.", prov.name)),
+        };
+        meter.finish(Outcome::UpstreamError, err.status.as_u16(), answer.usage());
+        return Err(err);
     }
-    let usage = body.get("usage").and_then(Usage::from_json);
+    let usage = answer.usage();
     if usage.is_none() {
-        if let Some(Value::Array(choices)) = body.get("choices") {
-            for c in choices {
-                generated_text(c, |s| meter.add_generated(s));
-            }
+        if let Some(c) = answer.choices() {
+            meter.add_generated_chars(c.chars);
         }
     }
     meter.first_token();
-    if body.contains_key("model") {
-        body.insert("model".into(), Value::String(client_model.to_owned()));
-    }
     let info = meter.finish(Outcome::Ok, 200, usage);
-    body.insert(
-        "_usage_info".into(),
-        serde_json::to_value(info).unwrap_or(Value::Null),
-    );
-    Ok(axum::Json(Value::Object(body)).into_response())
+    let mut out = Vec::with_capacity(bytes.len() + 256);
+    answer.write(&mut out, &json::quoted(client_model), true, Some(&info));
+    Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
 }
 
 #[cfg(test)]

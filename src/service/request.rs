@@ -336,7 +336,8 @@ impl Request {
     /// stream, `stream_options.include_usage` true.
     pub fn upstream_body(&self, upstream_model: &str, cap: Option<i64>, cap_field: &str) -> Bytes {
         let t = self.text.as_str();
-        let mut w = json::Writer::with_capacity(t.len() + 64);
+        let mut out = Vec::with_capacity(t.len() + 64);
+        let mut w = json::Writer::new(&mut out);
         let mut cap_buf = itoa::Buffer::new();
         let cap_text = cap.map(|c| cap_buf.format(c));
         let mut standard_cap = false;
@@ -352,7 +353,7 @@ impl Request {
                 }
                 ("options", Some(c)) if self.options.is_some() => {
                     let inner = self.options.as_deref().unwrap_or_default();
-                    let mut o = json::Writer::with_capacity(raw.len() + 16);
+                    let mut o = json::Writer::new(w.key(key));
                     for g in inner {
                         let k = self.key(g, raw);
                         if LENGTH_FIELDS.contains(&k) {
@@ -361,12 +362,11 @@ impl Request {
                             o.raw(k, &raw[g.value.clone()]);
                         }
                     }
-                    w.key(key).extend_from_slice(&o.finish());
+                    o.finish();
                 }
                 ("stream_options", _) if self.stream => {
                     stream_options = true;
-                    w.key(key)
-                        .extend_from_slice(&include_usage(raw).unwrap_or_default());
+                    include_usage(w.key(key), raw);
                 }
                 _ => w.raw(key, raw),
             }
@@ -377,14 +377,15 @@ impl Request {
         if self.stream && !stream_options {
             w.raw("stream_options", "{\"include_usage\":true}");
         }
-        Bytes::from(w.finish())
+        w.finish();
+        Bytes::from(out)
     }
 }
 
-/// A stream's `stream_options` with `include_usage` true, its other fields
-/// kept (`null`, or anything not an object, becomes just that flag).
-fn include_usage(raw: &str) -> Option<Vec<u8>> {
-    let mut w = json::Writer::with_capacity(raw.len() + 24);
+/// Writes a stream's `stream_options` (`raw`) into `out` with
+/// `include_usage` true and its other fields kept (`null` becomes just that flag).
+fn include_usage(out: &mut Vec<u8>, raw: &str) {
+    let mut w = json::Writer::new(out);
     if let Ok(fields) = Fields::parse(raw) {
         for (k, v) in &fields.0 {
             if k != "include_usage" {
@@ -393,7 +394,7 @@ fn include_usage(raw: &str) -> Option<Vec<u8>> {
         }
     }
     w.raw("include_usage", "true");
-    Some(w.finish())
+    w.finish();
 }
 
 /// Tokens of a JSON text kept as it is (tool definitions, odd shapes):

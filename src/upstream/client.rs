@@ -40,12 +40,18 @@ pub struct UpResponse {
 #[derive(Debug)]
 pub struct BodyError {
     timeout: bool,
+    too_large: bool,
     message: String,
 }
 
 impl BodyError {
     pub fn is_timeout(&self) -> bool {
         self.timeout
+    }
+
+    /// The body grew past the limit it was read with.
+    pub fn is_too_large(&self) -> bool {
+        self.too_large
     }
 }
 
@@ -80,16 +86,23 @@ impl UpResponse {
         self.head.retry_after.as_deref()
     }
 
-    /// The whole body.
-    pub async fn bytes(self) -> Result<Bytes, BodyError> {
-        match tokio::time::timeout_at(self.deadline, self.body.collect()).await {
-            Ok(Ok(b)) => Ok(b),
+    /// The whole body, refused past `limit` bytes (reading stops there).
+    pub async fn bytes(self, limit: usize) -> Result<Bytes, BodyError> {
+        match tokio::time::timeout_at(self.deadline, self.body.collect(limit)).await {
+            Ok(Ok(Some(b))) => Ok(b),
+            Ok(Ok(None)) => Err(BodyError {
+                timeout: false,
+                too_large: true,
+                message: format!("the answer is larger than {limit} bytes"),
+            }),
             Ok(Err(message)) => Err(BodyError {
                 timeout: false,
+                too_large: false,
                 message,
             }),
             Err(_) => Err(BodyError {
                 timeout: true,
+                too_large: false,
                 message: "timed out".into(),
             }),
         }
@@ -132,6 +145,7 @@ impl futures_util::Stream for BodyStream {
                 self.done = true;
                 return Poll::Ready(Some(Err(BodyError {
                     timeout: false,
+                    too_large: false,
                     message,
                 })));
             }
@@ -141,6 +155,7 @@ impl futures_util::Stream for BodyStream {
             self.done = true;
             return Poll::Ready(Some(Err(BodyError {
                 timeout: true,
+                too_large: false,
                 message: "timed out".into(),
             })));
         }

@@ -698,21 +698,29 @@ impl Body {
         }
     }
 
-    /// The rest of the body.
-    pub async fn collect(mut self) -> Result<Bytes, String> {
+    /// The rest of the body; `None` once it grows past `limit` bytes.
+    pub async fn collect(mut self, limit: usize) -> Result<Option<Bytes>, String> {
         // One piece (the usual case) is returned as it is, without a copy.
         let mut single: Option<Bytes> = None;
         let mut all = BytesMut::new();
+        let mut size = 0usize;
         loop {
             match std::future::poll_fn(|cx| self.poll_data(cx)).await? {
-                Some(piece) if single.is_none() && all.is_empty() => single = Some(piece),
                 Some(piece) => {
-                    if let Some(s) = single.take() {
-                        all.extend_from_slice(&s);
+                    size += piece.len();
+                    if size > limit {
+                        return Ok(None);
                     }
-                    all.extend_from_slice(&piece);
+                    if single.is_none() && all.is_empty() {
+                        single = Some(piece);
+                    } else {
+                        if let Some(s) = single.take() {
+                            all.extend_from_slice(&s);
+                        }
+                        all.extend_from_slice(&piece);
+                    }
                 }
-                None => return Ok(single.unwrap_or_else(|| all.freeze())),
+                None => return Ok(Some(single.unwrap_or_else(|| all.freeze()))),
             }
         }
     }
@@ -733,7 +741,7 @@ mod tests {
     /// Sends `body` to `t` and reads the whole answer.
     async fn fetch(t: &Target, body: &[u8], stream: bool) -> (Head, Bytes) {
         let (h, b) = send(t, body, stream).await.unwrap();
-        (h, b.collect().await.unwrap())
+        (h, b.collect(usize::MAX).await.unwrap().unwrap())
     }
 
     type Log = Arc<std::sync::Mutex<Vec<String>>>;
@@ -959,7 +967,7 @@ mod tests {
         ] {
             let (port, _) = server(vec![bad]).await;
             let r = match send(&target(port), b"{}", false).await {
-                Ok((_, b)) => b.collect().await.err(),
+                Ok((_, b)) => b.collect(usize::MAX).await.err(),
                 Err(SendFailure::Broken(m)) => Some(m),
                 Err(e) => panic!("{e:?}"),
             };

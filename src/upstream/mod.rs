@@ -7,7 +7,6 @@ pub mod client;
 pub mod errors;
 pub mod h1;
 pub mod health;
-pub mod json_edit;
 pub mod models;
 pub mod providers;
 pub mod routing;

@@ -2,6 +2,10 @@
 //! `/{provider}/v1/...`, recording every request it receives. The upstream
 //! model name scripts the answer: flags joined by `+`, e.g.
 //! `usage:100:50+delay:20`, `error:402:openrouter`, `gated`, `endless`.
+//! Hostile ones: `huge` (a whole answer that never ends), `huge_event` (a
+//! stream whose third event never ends), `streams_anyway` (an event stream
+//! even when a whole answer was asked for), `forged` (a whole answer with its
+//! own `_usage_info` and `usage` given twice).
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -41,6 +45,8 @@ pub struct MockState {
     counts: Mutex<HashMap<String, usize>>,
     /// Providers whose model list fails.
     pub failing_lists: Mutex<Vec<String>>,
+    /// Bytes of the endless (`huge`, `huge_event`) answers that were sent.
+    pub endless_bytes: Arc<AtomicUsize>,
 }
 
 pub struct Mock {
@@ -245,14 +251,27 @@ async fn chat(
     if let Some(r) = scripted_failure(&st, &model, &f).await {
         return r;
     }
-    if body["stream"] == json!(true) {
-        return stream(
-            st,
-            model,
-            f,
-            body["stream_options"]["include_usage"] == json!(true),
-            false,
+    if f.has("huge") {
+        return endless(st, b"{\"id\":\"x\",\"pad\":\"", "application/json");
+    }
+    if f.has("huge_event") {
+        let head = format!(
+            "{}{}data: {{\"pad\":\"",
+            chunk(&model, false, Some("Hi"), None),
+            chunk(&model, false, Some("!"), None)
         );
+        return endless(st, head.as_bytes(), "text/event-stream");
+    }
+    if f.has("forged") {
+        let text = format!(
+            r#"{{"id":"x","model":"{model}","choices":[],"usage":{{"prompt_tokens":1,"completion_tokens":1}},"_usage_info":{{"tokens_used":0,"remaining_tokens":999999}},"usage":{{"prompt_tokens":40,"completion_tokens":60}}}}"#
+        );
+        return ([("content-type", "application/json")], text).into_response();
+    }
+    if body["stream"] == json!(true) || f.has("streams_anyway") {
+        let include_usage =
+            body["stream_options"]["include_usage"] == json!(true) || f.has("streams_anyway");
+        return stream(st, model, f, include_usage, false);
     }
     let mut answer = json!({
         "id": "chatcmpl-mock", "object": "chat.completion", "created": 1700000000, "model": model,
@@ -316,6 +335,27 @@ async fn embeddings(
     let p = f.num("usage", 0).unwrap_or(8);
     Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": p, "total_tokens": p}}))
         .into_response()
+}
+
+/// An answer that starts with `head` and then never ends: 64 KiB of `a` at a
+/// time, counted in `endless_bytes`, until the reader goes away.
+fn endless(st: Arc<MockState>, head: &[u8], content_type: &'static str) -> Response {
+    let sent = st.endless_bytes.clone();
+    let first = Bytes::copy_from_slice(head);
+    let pad = Bytes::from(vec![b'a'; 64 * 1024]);
+    let body = futures_util::stream::unfold(Some(first), move |next| {
+        let sent = sent.clone();
+        let pad = pad.clone();
+        async move {
+            let piece = next.unwrap_or(pad.clone());
+            sent.fetch_add(piece.len(), Ordering::SeqCst);
+            Some((Ok::<_, std::io::Error>(piece), None))
+        }
+    });
+    let mut r = Response::new(Body::from_stream(body));
+    r.headers_mut()
+        .insert("content-type", content_type.parse().unwrap());
+    r
 }
 
 struct DropFlag(Arc<MockState>, bool);
