@@ -66,6 +66,17 @@ pub struct ServerConfig {
     /// Threads serving connections, each with its own event loop and upstream
     /// connection pool; 0 means one per CPU.
     pub workers: usize,
+    /// The longest a request head may take to arrive, from its first byte
+    /// (on a new connection: from the connect).
+    pub header_timeout_secs: u64,
+    /// The longest wait for the next piece of a request body.
+    pub body_timeout_secs: u64,
+    /// How long a connection may sit idle between requests.
+    pub keep_alive_secs: u64,
+    /// Open connections in all; more are refused at once.
+    pub max_connections: usize,
+    /// Open connections from one peer address; more are refused at once.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +91,11 @@ impl Default for ServerConfig {
             metrics: MetricsAccess::Admin,
             shutdown_grace_secs: 30,
             workers: 0,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            keep_alive_secs: 75,
+            max_connections: 4096,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -407,6 +423,23 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return err("server.max_body_bytes", "expected at least 1024".into());
+        }
+        for (k, v) in [
+            (
+                "server.header_timeout_secs",
+                self.server.header_timeout_secs,
+            ),
+            ("server.body_timeout_secs", self.server.body_timeout_secs),
+            ("server.keep_alive_secs", self.server.keep_alive_secs),
+            ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.max_connections_per_ip",
+                self.server.max_connections_per_ip as u64,
+            ),
+        ] {
+            if v == 0 {
+                return err(k, "expected a number above 0".into());
+            }
         }
         for (i, p) in self.server.cors_allowed_origins.iter().enumerate() {
             if let Err(e) = globset::Glob::new(p) {

@@ -265,7 +265,9 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static(if retry { "true" } else { "false" }),
             );
         }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE
+            || self.status == StatusCode::REQUEST_TIMEOUT
+        {
             // The rest of the body is not read: say the connection ends, so
             // that the client does not send its next request on it.
             headers.insert(
@@ -284,6 +286,33 @@ impl From<crate::db::DbError> for ApiError {
             other => ApiError::internal(other),
         }
     }
+}
+
+/// The answer to a request body that could not be read: 408 when it stalled
+/// past `[server] body_timeout_secs`, 413 over `max_body_bytes`, else 400.
+/// Both refusals end the connection (the rest of the body is not read).
+pub fn body_read_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return request_timeout();
+        }
+        if c.is::<http_body_util::LengthLimitError>() {
+            return body_too_large();
+        }
+        cause = c.source();
+    }
+    ApiError::bad_request(format!("Failed to read the request body: {e}"))
+}
+
+/// 408: the request body stalled.
+pub fn request_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "invalid_request_error",
+        Some("request_timeout"),
+        "The request body stopped arriving ([server] body_timeout_secs); send it again.",
+    )
 }
 
 /// The answer to a body over `[server] max_body_bytes`.
@@ -369,6 +398,7 @@ impl From<JsonRejection> for ApiError {
                 Some("unsupported_media_type"),
                 "Send the body as JSON with 'Content-Type: application/json'.",
             ),
+            JsonRejection::BytesRejection(b) if stalled(b) => request_timeout(),
             JsonRejection::BytesRejection(b) => body_rejection(b.status(), b.body_text(), false),
             other => body_rejection(other.status(), other.body_text(), false),
         }
@@ -377,8 +407,23 @@ impl From<JsonRejection> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
+        if stalled(&r) {
+            return request_timeout();
+        }
         body_rejection(r.status(), r.body_text(), false)
     }
+}
+
+/// The body could not be read because it stopped arriving.
+fn stalled(r: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(r);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl From<FormRejection> for ApiError {

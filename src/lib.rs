@@ -139,6 +139,7 @@ pub async fn serve(
             .clone()
             .refresh_loop(state.http.clone(), state.providers.clone()),
     );
+    server::raise_open_files_limit();
     let app = http::router(state.clone());
     // Stop accepting on the signal, then give calls in flight (streams
     // included) up to the grace period to finish.

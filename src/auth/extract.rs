@@ -167,6 +167,17 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         match authenticate(&self.state, req.headers()) {
+            // Known caller, body declared too large: refused before it is read.
+            Ok(_)
+                if crate::http::declared_too_large(
+                    req.headers(),
+                    self.state.config.server.max_body_bytes,
+                ) =>
+            {
+                Either::Left(std::future::ready(Ok(
+                    crate::error::body_too_large().into_response()
+                )))
+            }
             Ok(p) => {
                 req.extensions_mut().insert(p);
                 Either::Right(self.inner.call(req))

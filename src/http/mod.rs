@@ -59,6 +59,10 @@ pub fn new_request_id() -> String {
     s
 }
 
+/// The largest body a route without a credential reads (or `max_body_bytes`
+/// when that is smaller).
+pub const PUBLIC_BODY_LIMIT: usize = 64 * 1024;
+
 /// Builds the whole router for `state`.
 pub fn router(state: AppState) -> Router {
     let mut public = Router::new()
@@ -72,6 +76,17 @@ pub fn router(state: AppState) -> Router {
     if state.config.server.metrics == MetricsAccess::Public {
         public = public.route("/metrics", get(metrics_text));
     }
+    // Nobody is known yet on these routes: a sign-in is small, so an
+    // unauthenticated client cannot make the server hold megabytes.
+    let public_limit = PUBLIC_BODY_LIMIT.min(state.config.server.max_body_bytes);
+    let public =
+        public
+            .layer(DefaultBodyLimit::max(public_limit))
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    small_bodies_only(public_limit, req, next)
+                },
+            ));
 
     let protected = Router::new()
         .route("/auth/me", get(auth::me))
@@ -121,6 +136,28 @@ pub fn router(state: AppState) -> Router {
         app = app.layer(cors);
     }
     app.with_state(state)
+}
+
+/// 413 from the head for a body declared larger than the public routes take.
+async fn small_bodies_only(
+    limit: usize,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if declared_too_large(req.headers(), limit) {
+        return crate::error::body_too_large().into_response();
+    }
+    next.run(req).await
+}
+
+/// The request's `Content-Length` says its body is larger than `limit`: it
+/// can be refused before a byte of it is read.
+pub fn declared_too_large(headers: &axum::http::HeaderMap, limit: usize) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64)
 }
 
 fn panic_response() -> Response {
@@ -238,35 +275,6 @@ fn finish(
     resp
 }
 
-/// A generation call read by the server's own HTTP/1.1 front
-/// ([`crate::server::front`]): a POST to `path` whose whole body has been read
-/// and whose credential is in `headers`. Answers as [`dispatch`] would.
-pub async fn generation_call(
-    st: AppState,
-    ep: crate::service::proxy::Endpoint,
-    path: &str,
-    headers: &axum::http::HeaderMap,
-    body: bytes::Bytes,
-) -> Response {
-    use futures_util::FutureExt;
-    use std::panic::AssertUnwindSafe;
-    let id = new_request_id();
-    let start = Instant::now();
-    let id_header = HeaderValue::from_str(&id).ok();
-    let call = async move {
-        let p = match crate::auth::extract::authenticate(&st, headers) {
-            Ok(p) => p,
-            Err(e) => return e.into_response(),
-        };
-        if body.len() > st.config.server.max_body_bytes {
-            return crate::error::body_too_large().into_response();
-        }
-        crate::service::proxy::handle(st, p, id, ep, body).await
-    };
-    let resp = AssertUnwindSafe(call).catch_unwind().await;
-    finish(resp, id_header, &Method::POST, path, start)
-}
-
 /// A generation call the router need not see: a POST to `/v1`, `/llm` or the
 /// root's `chat/completions`, `completions` or `embeddings`, without an
 /// `Origin` (a browser's request goes through the router and its CORS layer).
@@ -310,18 +318,15 @@ where
         Err(e) => return e.into_response(),
     };
     let limit = st.config.server.max_body_bytes;
+    if declared_too_large(req.headers(), limit) {
+        return crate::error::body_too_large().into_response();
+    }
     let body = match http_body_util::Limited::new(req.into_body(), limit)
         .collect()
         .await
     {
         Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return crate::error::body_too_large().into_response()
-        }
-        Err(e) => {
-            return ApiError::bad_request(format!("Failed to buffer the request body: {e}"))
-                .into_response()
-        }
+        Err(e) => return crate::error::body_read_error(&*e).into_response(),
     };
     crate::service::proxy::handle(st, p, request_id, ep, body).await
 }

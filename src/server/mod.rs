@@ -9,36 +9,81 @@
 //! runtime, where every task wake could unpark another worker. Blocking work
 //! (SQLite, password hashing) still goes to each runtime's blocking pool.
 //!
-//! Each connection is read first by [`front`], which answers generation calls
-//! itself and hands anything else to hyper and the router.
+//! Every connection is served by hyper (HTTP/1.1, or HTTP/2 with prior
+//! knowledge), below which [`watch::Watched`] keeps the head and keep-alive
+//! deadlines. Before a connection reaches a worker, [`ConnCount`] holds it to
+//! `max_connections` in all and `max_connections_per_ip` per peer; one over
+//! a cap gets a short 503 and is closed at once.
 
-pub mod front;
+pub mod watch;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Not;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use tokio::sync::{mpsc, watch, Notify};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch as signal, Notify};
 
-type Conn = (std::net::TcpStream, SocketAddr);
+type Conn = (std::net::TcpStream, SocketAddr, ConnGuard);
 
-/// Open connections across all workers, to wait for them at shutdown.
+/// Open connections across all workers: counted against the caps, and
+/// waited for at shutdown.
 #[derive(Default)]
 pub struct ConnCount {
     n: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     zero: Notify,
 }
 
-struct ConnGuard(Arc<ConnCount>);
+/// One open connection, counted until it is dropped.
+pub struct ConnGuard {
+    count: Arc<ConnCount>,
+    ip: IpAddr,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    TooMany,
+    TooManyFromIp,
+}
 
 impl ConnCount {
-    fn enter(self: &Arc<Self>) -> ConnGuard {
-        self.n.fetch_add(1, Ordering::AcqRel);
-        ConnGuard(self.clone())
+    /// Counts a new connection from `ip`, unless that would pass `max` in
+    /// all or `max_per_ip` from that address.
+    pub fn enter(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max: usize,
+        max_per_ip: usize,
+    ) -> Result<ConnGuard, Refused> {
+        if self.n.fetch_add(1, Ordering::AcqRel) >= max {
+            self.leave_total();
+            return Err(Refused::TooMany);
+        }
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per_ip.entry(ip).or_default();
+        if *n >= max_per_ip {
+            drop(per_ip);
+            self.leave_total();
+            return Err(Refused::TooManyFromIp);
+        }
+        *n += 1;
+        Ok(ConnGuard {
+            count: self.clone(),
+            ip,
+        })
+    }
+
+    fn leave_total(&self) {
+        if self.n.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.zero.notify_waiters();
+        }
     }
 
     pub fn open(&self) -> usize {
@@ -61,9 +106,35 @@ impl ConnCount {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        if self.0.n.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.zero.notify_waiters();
+        {
+            let mut per_ip = self.count.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&self.ip);
+                }
+            }
         }
+        self.count.leave_total();
+    }
+}
+
+/// The answer to a connection over a cap, written without waiting (it is
+/// the server's own fixed text; nothing of the client's is read) before the
+/// connection is closed.
+fn refusal(why: &Refused) -> &'static [u8] {
+    match why {
+        Refused::TooMany => b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 168\r\n\r\n{\"error\":{\"message\":\"The server has too many open connections ([server] max_connections); retry shortly.\",\"type\":\"api_error\",\"code\":\"too_many_connections\",\"param\":null}}",
+        Refused::TooManyFromIp => b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 184\r\n\r\n{\"error\":{\"message\":\"Too many open connections from your address ([server] max_connections_per_ip); close some and retry.\",\"type\":\"api_error\",\"code\":\"too_many_connections\",\"param\":null}}",
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, so that the
+/// connection caps, not the operating system, decide when to refuse.
+pub fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
 }
 
@@ -73,6 +144,8 @@ pub struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
     next: usize,
     pub conns: Arc<ConnCount>,
+    max: usize,
+    max_per_ip: usize,
 }
 
 /// How many workers `configured` (0 = one per CPU) means.
@@ -84,6 +157,16 @@ pub fn worker_count(configured: usize) -> usize {
     }
 }
 
+/// What every connection of a worker is served with.
+#[derive(Clone)]
+struct Serving {
+    app: Router,
+    /// Without CORS, generation calls bypass the router (`http::dispatch`).
+    fast: Option<crate::state::AppState>,
+    limits: watch::Limits,
+    body_timeout: Duration,
+}
+
 impl Workers {
     /// Starts `n` workers serving `app`; `stop` turning true starts a graceful
     /// shutdown of every connection.
@@ -91,12 +174,20 @@ impl Workers {
         n: usize,
         app: Router,
         state: &crate::state::AppState,
-        stop: watch::Receiver<bool>,
+        stop: signal::Receiver<bool>,
     ) -> std::io::Result<Workers> {
-        // Without CORS, generation calls bypass the router (`http::dispatch`).
-        let fast = crate::http::cors_configured(state)
-            .not()
-            .then(|| state.clone());
+        let cfg = &state.config.server;
+        let serving = Serving {
+            app,
+            fast: crate::http::cors_configured(state)
+                .not()
+                .then(|| state.clone()),
+            limits: watch::Limits {
+                header_timeout: Duration::from_secs(cfg.header_timeout_secs),
+                keep_alive: Duration::from_secs(cfg.keep_alive_secs),
+            },
+            body_timeout: Duration::from_secs(cfg.body_timeout_secs),
+        };
         let conns = Arc::new(ConnCount::default());
         let mut senders = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
@@ -109,16 +200,14 @@ impl Workers {
                 .on_thread_park(crate::telemetry::flush_local)
                 .thread_name(format!("tollgate-worker-{i}"))
                 .build()?;
-            let app = app.clone();
-            let fast = fast.clone();
+            let serving = serving.clone();
             let stop = stop.clone();
-            let conns = conns.clone();
             let t = std::thread::Builder::new()
                 .name(format!("tollgate-worker-{i}"))
                 .spawn(move || {
-                    rt.block_on(worker(rx, app, fast, stop, conns));
+                    rt.block_on(worker(rx, serving, stop));
                     // Blocking tasks (a database call) get a moment to finish.
-                    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+                    rt.shutdown_timeout(Duration::from_secs(5));
                 })?;
             senders.push(tx);
             threads.push(t);
@@ -128,11 +217,23 @@ impl Workers {
             threads,
             next: 0,
             conns,
+            max: cfg.max_connections,
+            max_per_ip: cfg.max_connections_per_ip,
         })
     }
 
-    /// Hands a freshly accepted connection to the next worker.
+    /// Hands a freshly accepted connection to the next worker, or refuses it
+    /// at once when it is over a cap.
     pub fn dispatch(&mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        let guard = match self.conns.enter(peer.ip(), self.max, self.max_per_ip) {
+            Ok(g) => g,
+            Err(why) => {
+                tracing::debug!(peer = %peer.ip(), ?why, "connection refused: over a cap");
+                // Whatever fits in the socket buffer now; never waited for.
+                let _ = stream.try_write(refusal(&why));
+                return;
+            }
+        };
         // Deregistered from this runtime's reactor; the worker registers it with its own.
         let std_stream = match stream.into_std() {
             Ok(s) => s,
@@ -141,7 +242,7 @@ impl Workers {
                 return;
             }
         };
-        let mut conn = (std_stream, peer);
+        let mut conn = (std_stream, peer, guard);
         for _ in 0..self.senders.len() {
             let i = self.next % self.senders.len();
             self.next = self.next.wrapping_add(1);
@@ -167,21 +268,19 @@ impl Workers {
 
 async fn worker(
     mut rx: mpsc::UnboundedReceiver<Conn>,
-    app: Router,
-    fast: Option<crate::state::AppState>,
-    mut stop: watch::Receiver<bool>,
-    conns: Arc<ConnCount>,
+    serving: Serving,
+    mut stop: signal::Receiver<bool>,
 ) {
     // Connections watch a channel local to this thread, so that polling the
     // shutdown signal never touches state shared with other threads.
-    let (local_tx, local_rx) = watch::channel(false);
+    let (local_tx, local_rx) = signal::channel(false);
     tokio::spawn(async move {
         let _ = stop.wait_for(|s| *s).await;
         let _ = local_tx.send(true);
         // Keep the sender (and so the signal) alive until the worker ends.
         std::future::pending::<()>().await;
     });
-    while let Some((std_stream, peer)) = rx.recv().await {
+    while let Some((std_stream, peer, guard)) = rx.recv().await {
         let stream = match tokio::net::TcpStream::from_std(std_stream) {
             Ok(s) => s,
             Err(e) => {
@@ -189,12 +288,10 @@ async fn worker(
                 continue;
             }
         };
-        let guard = conns.enter();
         tokio::spawn(connection(
             stream,
             peer,
-            app.clone(),
-            fast.clone(),
+            serving.clone(),
             local_rx.clone(),
             guard,
         ));
@@ -202,11 +299,10 @@ async fn worker(
 }
 
 async fn connection(
-    mut stream: tokio::net::TcpStream,
+    stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    app: Router,
-    fast: Option<crate::state::AppState>,
-    mut stop: watch::Receiver<bool>,
+    serving: Serving,
+    mut stop: signal::Receiver<bool>,
     _guard: ConnGuard,
 ) {
     // Small writes (SSE chunks, short answers) go out at once: without
@@ -214,21 +310,29 @@ async fn connection(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::trace!(error = %e, "cannot set TCP_NODELAY");
     }
-    let ahead = match &fast {
-        Some(st) => match front::serve(&mut stream, st, &mut stop).await {
-            Some(read) => read.freeze(),
-            None => return,
-        },
-        None => bytes::Bytes::new(),
-    };
-    let io = TokioIo::new(front::Rewind::new(stream, ahead));
+    let state = watch::ConnState::new();
+    let io = TokioIo::new(watch::Watched::new(stream, state.clone(), serving.limits));
+    let Serving {
+        app,
+        fast,
+        body_timeout,
+        ..
+    } = serving;
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let in_flight = state.begin();
         req.extensions_mut().insert(ConnectInfo(peer));
+        let req = req.map(|b| tower_http::timeout::TimeoutBody::new(body_timeout, b));
         let app = app.clone();
         let fast = fast.clone();
-        async move { Ok::<_, std::convert::Infallible>(crate::http::dispatch(app, fast, req).await) }
+        async move {
+            let resp = crate::http::dispatch(app, fast, req).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| watch::Tracked::new(b, in_flight)))
+        }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A request head is at most this large (hyper answers 431 past it), so
+    // that slow or idle clients pin little memory each.
+    builder.http1().max_buf_size(MAX_HEAD_BYTES);
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let stopping = tokio::select! {
@@ -245,6 +349,9 @@ async fn connection(
     }
     let _ = conn.as_mut().await;
 }
+
+/// The largest request head read (and hyper's read buffer).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Accept errors that concern one connection only: go on at once.
 pub fn is_connection_error(e: &std::io::Error) -> bool {
