@@ -150,6 +150,13 @@ pub struct RoutingConfig {
     pub max_response_bytes: usize,
     /// A single SSE event larger than this ends the stream with a 502 error event.
     pub max_event_bytes: usize,
+    /// Extra trusted root certificates (PEM) for every provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// An HTTP proxy for every provider; without one, the environment's
+    /// (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`) is used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 impl Default for RoutingConfig {
@@ -160,6 +167,8 @@ impl Default for RoutingConfig {
             fallbacks: BTreeMap::new(),
             max_response_bytes: 64 * 1024 * 1024,
             max_event_bytes: 8 * 1024 * 1024,
+            ca_file: None,
+            proxy: None,
         }
     }
 }
@@ -212,6 +221,12 @@ pub struct ProviderConfig {
     pub models_ttl_secs: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cap_field: Option<String>,
+    /// Extra trusted root certificates (PEM) for this provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// An HTTP proxy for this provider (overrides `[routing] proxy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -527,6 +542,27 @@ impl Config {
             if v < 1024 {
                 return err(k, "expected at least 1024 bytes".into());
             }
+        }
+        let tls_ok = |k: &str, f: &Option<PathBuf>| match f {
+            Some(path) => crate::upstream::conn::tls_config(Some(path))
+                .map(|_| ())
+                .map_err(|e| ConfigError::new(file, k, e)),
+            None => Ok(()),
+        };
+        let proxy_ok = |k: &str, p: &Option<String>| match p.as_deref() {
+            Some(p) => {
+                let any = axum::http::Uri::from_static("https://example.com/");
+                crate::upstream::conn::Proxy::for_url(&any, Some(p))
+                    .map(|_| ())
+                    .map_err(|e| ConfigError::new(file, k, e))
+            }
+            None => Ok(()),
+        };
+        tls_ok("routing.ca_file", &self.routing.ca_file)?;
+        proxy_ok("routing.proxy", &self.routing.proxy)?;
+        for (name, p) in &self.providers {
+            tls_ok(&format!("providers.{name}.ca_file"), &p.ca_file)?;
+            proxy_ok(&format!("providers.{name}.proxy"), &p.proxy)?;
         }
         for (model, alts) in &self.routing.fallbacks {
             if alts.is_empty() {

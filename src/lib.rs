@@ -109,10 +109,11 @@ pub fn build_state(
         throttle: Default::default(),
         clock: Clock::default(),
         trusted_proxies,
-        http: upstream::client::build_client(),
         oauth_http: auth::oauth::build_http_client(),
         providers: Arc::new(upstream::providers::Providers::from_config(&cfg_ref)),
-        catalog: Default::default(),
+        catalog: Arc::new(upstream::catalog::Catalog::new(
+            cfg_ref.routing.max_response_bytes,
+        )),
         health: Default::default(),
         metering: Metering {
             ledger: metering::ledger::Ledger::new(&period, &totals),
@@ -133,12 +134,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let poller = tokio::spawn(state.creds.clone().poll_changes());
     let flusher = tokio::spawn(state.creds.clone().flush_last_used_loop());
-    let refresher = tokio::spawn(
-        state
-            .catalog
-            .clone()
-            .refresh_loop(state.http.clone(), state.providers.clone()),
-    );
+    let refresher = tokio::spawn(state.catalog.clone().refresh_loop(state.providers.clone()));
     server::raise_open_files_limit();
     let app = http::router(state.clone());
     // Stop accepting on the signal, then give calls in flight (streams

@@ -261,8 +261,7 @@ fn providers(cfg: &Config, probe: bool) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = tollgate::upstream::client::build_client();
-    let catalog = tollgate::upstream::catalog::Catalog::default();
+    let catalog = tollgate::upstream::catalog::Catalog::new(cfg.routing.max_response_bytes);
     for prov in &p.list {
         let status = if prov.active() { "active" } else { "inactive" };
         let default = if prov.is_default { " (default)" } else { "" };
@@ -271,7 +270,7 @@ fn providers(cfg: &Config, probe: bool) -> Result<()> {
             println!("             {reason}");
         } else if probe {
             eprintln!("             probing {} …", prov.models_url);
-            match rt.block_on(catalog.refresh(&client, prov)) {
+            match rt.block_on(catalog.refresh(prov)) {
                 Ok(models) => println!("             model list: {} models", models.len()),
                 Err(reason) => println!("             model list failed: {reason}"),
             }

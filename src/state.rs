@@ -26,8 +26,6 @@ pub struct Inner {
     pub throttle: LoginThrottle,
     pub clock: Clock,
     pub trusted_proxies: Vec<IpAddr>,
-    /// The HTTP client for model lists (generation calls use `upstream::h1`).
-    pub http: reqwest::Client,
     /// The client for OAuth token and userinfo calls (follows no redirects).
     pub oauth_http: reqwest::Client,
     pub providers: Arc<Providers>,

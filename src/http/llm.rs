@@ -90,8 +90,7 @@ async fn merged(st: &AppState, p: &Principal, only: Option<&str>) -> Vec<ModelEn
         .cloned()
         .collect();
     let lists =
-        futures_util::future::join_all(wanted.iter().map(|prov| st.catalog.list(&st.http, prov)))
-            .await;
+        futures_util::future::join_all(wanted.iter().map(|prov| st.catalog.list(prov))).await;
     let allowed = |id: &str| {
         p.plan.as_ref().is_some_and(|pl| pl.allowed.matches(id))
             && p.key

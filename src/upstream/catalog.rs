@@ -16,14 +16,30 @@ struct Entry {
     error: Option<String>,
 }
 
-#[derive(Default)]
 pub struct Catalog {
     entries: RwLock<HashMap<String, Entry>>,
     /// One fetch at a time per provider.
     fetching: tokio::sync::Mutex<()>,
+    /// The largest model list read (`[routing] max_response_bytes`).
+    max_bytes: usize,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog::new(64 * 1024 * 1024)
+    }
 }
 
 impl Catalog {
+    /// An empty catalogue reading lists of at most `max_bytes`.
+    pub fn new(max_bytes: usize) -> Catalog {
+        Catalog {
+            entries: Default::default(),
+            fetching: Default::default(),
+            max_bytes,
+        }
+    }
+
     fn fresh(&self, p: &Provider) -> Option<Arc<Vec<ModelInfo>>> {
         let m = self.entries.read().unwrap_or_else(|e| e.into_inner());
         let e = m.get(&p.id)?;
@@ -62,11 +78,7 @@ impl Catalog {
 
     /// The provider's list: fresh from the cache, else fetched now. A stale list
     /// is better than none when the refresh fails.
-    pub async fn list(
-        &self,
-        client: &reqwest::Client,
-        p: &Provider,
-    ) -> Result<Arc<Vec<ModelInfo>>, String> {
+    pub async fn list(&self, p: &Provider) -> Result<Arc<Vec<ModelInfo>>, String> {
         if let Some(m) = self.fresh(p) {
             return Ok(m);
         }
@@ -74,16 +86,12 @@ impl Catalog {
         if let Some(m) = self.fresh(p) {
             return Ok(m);
         }
-        self.refresh(client, p).await
+        self.refresh(p).await
     }
 
     /// Fetches the provider's list now and stores the result.
-    pub async fn refresh(
-        &self,
-        client: &reqwest::Client,
-        p: &Provider,
-    ) -> Result<Arc<Vec<ModelInfo>>, String> {
-        let result = match super::client::get_models(client, p).await {
+    pub async fn refresh(&self, p: &Provider) -> Result<Arc<Vec<ModelInfo>>, String> {
+        let result = match super::client::get_models(p, self.max_bytes).await {
             Ok(body) => parse_model_list(p.kind, &body).map(Arc::new),
             Err(e) => Err(e),
         };
@@ -108,7 +116,7 @@ impl Catalog {
     }
 
     /// Keeps every active provider's list fresh, checking every few seconds.
-    pub async fn refresh_loop(self: Arc<Self>, client: reqwest::Client, providers: Arc<Providers>) {
+    pub async fn refresh_loop(self: Arc<Self>, providers: Arc<Providers>) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -117,7 +125,7 @@ impl Catalog {
                 if self.fresh(p).is_none() {
                     let _guard = self.fetching.lock().await;
                     if self.fresh(p).is_none() {
-                        let _ = self.refresh(&client, p).await;
+                        let _ = self.refresh(p).await;
                     }
                 }
             }

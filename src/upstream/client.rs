@@ -1,39 +1,24 @@
-//! The HTTP clients the gateway calls providers with (rustls, keep-alive).
-//!
-//! Generation calls, the hot path, go through [`post_json`] and the HTTP/1.1
-//! client in [`super::h1`]: prebuilt request heads, keep-alive connections
-//! pooled per serving thread and read by the call's own task. Model lists
-//! and OAuth use reqwest.
+//! Calls to providers: generation calls ([`post_json`]) and model lists
+//! ([`get_models`]), over the connections of [`super::conn`], each with the
+//! provider's deadline, and their answers read with a bound.
 
-use super::h1;
+use super::conn::{self, Conn, Origin, SendFailure, Target};
 use super::providers::Provider;
-use bytes::Bytes;
+use axum::http::{header, StatusCode};
+use bytes::{Bytes, BytesMut};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-pub fn build_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        // An API answer is never a redirect to follow; skipping the policy layer saves work per call.
-        .redirect(reqwest::redirect::Policy::none())
-        // Upstreams are reached directly: no per-call proxy matching (which
-        // re-parses the URL) and no surprise from HTTP_PROXY in the environment.
-        .no_proxy()
-        .pool_max_idle_per_host(512)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .tcp_keepalive(Duration::from_secs(30))
-        .connect_timeout(Duration::from_secs(10))
-        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default()
-}
-
-/// An upstream's answer to a generation call; its body must arrive before the
-/// call's deadline (the provider's `timeout_secs`, counted from the send).
+/// A provider's answer; its body must arrive before the call's deadline (the
+/// provider's `timeout_secs`, counted from the send).
 pub struct UpResponse {
-    head: h1::Head,
-    body: h1::Body,
-    deadline: tokio::time::Instant,
+    head: axum::http::response::Parts,
+    body: BodyStream,
 }
 
 /// Why an answer's body could not be read.
@@ -53,6 +38,14 @@ impl BodyError {
     pub fn is_too_large(&self) -> bool {
         self.too_large
     }
+
+    fn broken(message: String) -> BodyError {
+        BodyError {
+            timeout: false,
+            too_large: false,
+            message,
+        }
+    }
 }
 
 impl std::fmt::Display for BodyError {
@@ -61,155 +54,173 @@ impl std::fmt::Display for BodyError {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut src = e.source();
-    while let Some(s) = src {
-        parts.push(s.to_string());
-        src = s.source();
-    }
-    parts.join(": ")
-}
-
 impl UpResponse {
-    pub fn status(&self) -> axum::http::StatusCode {
-        axum::http::StatusCode::from_u16(self.head.status)
-            .unwrap_or(axum::http::StatusCode::BAD_GATEWAY)
+    pub fn status(&self) -> StatusCode {
+        self.head.status
     }
 
     /// The answer is a Server-Sent Events stream.
     pub fn is_event_stream(&self) -> bool {
-        self.head.event_stream
+        self.head
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .get(..17)
+                    .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+            })
     }
 
     pub fn retry_after(&self) -> Option<&str> {
-        self.head.retry_after.as_deref()
+        self.head
+            .headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
     }
 
-    /// The whole body, refused past `limit` bytes (reading stops there).
+    /// The whole body, refused past `limit` bytes (reading stops there and
+    /// the connection is closed).
     pub async fn bytes(self, limit: usize) -> Result<Bytes, BodyError> {
-        match tokio::time::timeout_at(self.deadline, self.body.collect(limit)).await {
-            Ok(Ok(Some(b))) => Ok(b),
-            Ok(Ok(None)) => Err(BodyError {
-                timeout: false,
-                too_large: true,
-                message: format!("the answer is larger than {limit} bytes"),
-            }),
-            Ok(Err(message)) => Err(BodyError {
-                timeout: false,
-                too_large: false,
-                message,
-            }),
-            Err(_) => Err(BodyError {
-                timeout: true,
-                too_large: false,
-                message: "timed out".into(),
-            }),
+        use futures_util::StreamExt;
+        let mut body = self.body;
+        // One piece (the usual case) is returned as it is, without a copy.
+        let mut single: Option<Bytes> = None;
+        let mut all = BytesMut::new();
+        let mut size = 0usize;
+        while let Some(piece) = body.next().await {
+            let piece = piece?;
+            size += piece.len();
+            if size > limit {
+                return Err(BodyError {
+                    timeout: false,
+                    too_large: true,
+                    message: format!("the answer is larger than {limit} bytes"),
+                });
+            }
+            if single.is_none() && all.is_empty() {
+                single = Some(piece);
+            } else {
+                if let Some(s) = single.take() {
+                    all.extend_from_slice(&s);
+                }
+                all.extend_from_slice(&piece);
+            }
         }
+        Ok(single.unwrap_or_else(|| all.freeze()))
     }
 
-    /// The body as it arrives: what each network read brought, decoded.
+    /// The body as it arrives.
     pub fn bytes_stream(self) -> BodyStream {
-        BodyStream {
-            body: self.body,
-            timer: Box::pin(tokio::time::sleep_until(self.deadline)),
-            done: false,
-        }
+        self.body
     }
 }
 
+/// An answer's body as it arrives. Read to its end, its connection goes
+/// back to the pool (when the answer's framing allows); dropped earlier, the
+/// connection is closed, which tells the provider to stop.
 pub struct BodyStream {
-    body: h1::Body,
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    body: Incoming,
+    /// The connection, its origin, and whether it may carry another call.
+    conn: Option<(Conn, Arc<Origin>, bool)>,
+    timer: Pin<Box<tokio::time::Sleep>>,
     done: bool,
+}
+
+impl BodyStream {
+    fn end(&mut self) {
+        self.done = true;
+        if let Some((conn, origin, reusable)) = self.conn.take() {
+            conn::release(&origin, conn, reusable);
+        }
+    }
 }
 
 impl futures_util::Stream for BodyStream {
     type Item = Result<Bytes, BodyError>;
 
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        if self.done {
-            return Poll::Ready(None);
-        }
-        match self.body.poll_data(cx) {
-            Poll::Ready(Ok(Some(data))) => return Poll::Ready(Some(Ok(data))),
-            Poll::Ready(Ok(None)) => {
-                self.done = true;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.done {
                 return Poll::Ready(None);
             }
-            Poll::Ready(Err(message)) => {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers
+                    };
+                    if self.body.is_end_stream() {
+                        self.end();
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Poll::Ready(None) => {
+                    self.end();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.done = true;
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(BodyError::broken(conn::describe(&e)))));
+                }
+                Poll::Pending => {}
+            }
+            if self.timer.as_mut().poll(cx).is_ready() {
                 self.done = true;
+                self.conn = None;
                 return Poll::Ready(Some(Err(BodyError {
-                    timeout: false,
+                    timeout: true,
                     too_large: false,
-                    message,
+                    message: "timed out".into(),
                 })));
             }
-            Poll::Pending => {}
+            return Poll::Pending;
         }
-        if std::future::Future::poll(self.timer.as_mut(), cx).is_ready() {
-            self.done = true;
-            return Poll::Ready(Some(Err(BodyError {
-                timeout: true,
-                too_large: false,
-                message: "timed out".into(),
-            })));
-        }
-        Poll::Pending
     }
 }
 
 /// Why a request got no HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {
-    /// Could not connect (refused, DNS, TLS): safe to retry.
+    /// Could not connect (refused, DNS, TLS, proxy): safe to retry.
     Connect(String),
     Timeout,
     /// Reset or broken after connecting.
     Broken(String),
 }
 
-impl SendError {
-    fn from_reqwest(e: reqwest::Error) -> Self {
-        if e.is_timeout() {
-            SendError::Timeout
-        } else if e.is_connect() {
-            SendError::Connect(describe(&e))
-        } else {
-            SendError::Broken(describe(&e))
-        }
-    }
-}
-
-/// An error's message chain without the URL (which may carry a key in a query).
-pub fn describe(e: &reqwest::Error) -> String {
-    match std::error::Error::source(e) {
-        Some(s) => chain(s),
-        None => {
-            let s = e.to_string();
-            match e.url() {
-                Some(u) => s.replace(u.as_str(), "<upstream>"),
-                None => s,
+/// Sends `body` to `target` within `timeout` (the whole call: connecting,
+/// sending, and later reading the body).
+async fn call(
+    target: &Target,
+    body: Bytes,
+    accept_events: bool,
+    timeout: Duration,
+) -> Result<UpResponse, SendError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    match tokio::time::timeout_at(deadline, conn::send(target, body, accept_events)).await {
+        Ok(Ok((resp, c))) => {
+            let (head, body) = resp.into_parts();
+            let reusable = conn::reusable_after(&head.headers);
+            let mut stream = BodyStream {
+                body,
+                conn: Some((c, target.origin.clone(), reusable)),
+                timer: Box::pin(tokio::time::sleep_until(deadline)),
+                done: false,
+            };
+            if stream.body.is_end_stream() {
+                stream.end();
             }
+            Ok(UpResponse { head, body: stream })
         }
+        Ok(Err(SendFailure::Connect(m))) => Err(SendError::Connect(m)),
+        Ok(Err(SendFailure::Broken(m))) => Err(SendError::Broken(m)),
+        Err(_) => Err(SendError::Timeout),
     }
 }
 
-fn authorised(mut req: reqwest::RequestBuilder, p: &Provider) -> reqwest::RequestBuilder {
-    if !p.api_key.is_empty() {
-        req = req.bearer_auth(p.api_key.expose());
-    }
-    for (k, v) in &p.headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    req
-}
-
-/// POSTs a JSON body to `<base_url><path>` (`path` one of
+/// POSTs a JSON body to the provider's endpoint `path` (one of
 /// [`ENDPOINT_PATHS`](super::providers::ENDPOINT_PATHS)).
 pub async fn post_json(
     p: &Provider,
@@ -220,38 +231,34 @@ pub async fn post_json(
     let target = p.endpoint(path).ok_or_else(|| {
         SendError::Connect("the provider's base_url is not a valid http(s) URL".into())
     })?;
-    let deadline = tokio::time::Instant::now() + p.timeout;
-    match tokio::time::timeout_at(deadline, h1::send(target, &body, stream)).await {
-        Ok(Ok((head, body))) => Ok(UpResponse {
-            head,
-            body,
-            deadline,
-        }),
-        Ok(Err(h1::SendFailure::Connect(e))) => Err(SendError::Connect(chain(&e))),
-        Ok(Err(h1::SendFailure::Broken(m))) => Err(SendError::Broken(m)),
-        Err(_) => Err(SendError::Timeout),
-    }
+    call(target, body, stream, p.timeout).await
 }
 
-/// GETs the provider's model list; its body on success, a reason otherwise.
-pub async fn get_models(client: &reqwest::Client, p: &Provider) -> Result<Bytes, String> {
-    let req = client
-        .get(&p.models_url)
-        .timeout(p.timeout.min(Duration::from_secs(30)));
-    let resp = authorised(req, p)
-        .send()
-        .await
-        .map_err(|e| match SendError::from_reqwest(e) {
-            SendError::Timeout => "the model list timed out".to_owned(),
-            SendError::Connect(m) | SendError::Broken(m) => {
-                format!("cannot fetch the model list: {m}")
-            }
-        })?;
+/// GETs the provider's model list (at most `limit` bytes); its body on
+/// success, a reason otherwise.
+pub async fn get_models(p: &Provider, limit: usize) -> Result<Bytes, String> {
+    let target = p
+        .models_target
+        .as_ref()
+        .ok_or("the provider's models_url is not a valid http(s) URL")?;
+    let resp = call(
+        target,
+        Bytes::new(),
+        false,
+        p.timeout.min(Duration::from_secs(30)),
+    )
+    .await
+    .map_err(|e| match e {
+        SendError::Timeout => "the model list timed out".to_owned(),
+        SendError::Connect(m) | SendError::Broken(m) => {
+            format!("cannot fetch the model list: {m}")
+        }
+    })?;
     let status = resp.status();
     let body = resp
-        .bytes()
+        .bytes(limit)
         .await
-        .map_err(|e| format!("cannot read the model list: {}", describe(&e)))?;
+        .map_err(|e| format!("cannot read the model list: {e}"))?;
     if !status.is_success() {
         let n = super::errors::normalize(&p.name, status.as_u16(), None, &body, p.api_key.expose());
         return Err(format!(

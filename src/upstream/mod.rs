@@ -4,8 +4,8 @@
 
 pub mod catalog;
 pub mod client;
+pub mod conn;
 pub mod errors;
-pub mod h1;
 pub mod health;
 pub mod models;
 pub mod providers;

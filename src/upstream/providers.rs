@@ -1,7 +1,9 @@
 //! The configured providers: the four built-ins with their defaults, every field
 //! overridable in `[providers.NAME]`, plus any custom OpenAI-compatible server.
 
+use super::conn::Target;
 use crate::config::{Config, Secret, BUILTIN_PROVIDERS};
+use axum::http::{Method, Uri};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,11 +31,12 @@ pub struct Provider {
     pub models_ttl: Duration,
     pub cap_field: String,
     pub is_default: bool,
-    /// `<base_url><path>` for each generation endpoint, parsed once.
-    /// Each generation endpoint with its request head: the headers every
-    /// call carries (host, content type, user agent, the key as a bearer
-    /// token, `headers`), built once.
-    pub endpoints: Vec<(&'static str, super::h1::Target)>,
+    /// Each generation endpoint, prepared once: where to connect and the
+    /// headers every call carries (host, content type, user agent, the key as
+    /// a bearer token, `headers`).
+    pub endpoints: Vec<(&'static str, super::conn::Target)>,
+    /// The model list, prepared the same way.
+    pub models_target: Option<super::conn::Target>,
 }
 
 /// The generation endpoints, relative to a provider's base URL.
@@ -41,7 +44,7 @@ pub const ENDPOINT_PATHS: [&str; 3] = ["/chat/completions", "/completions", "/em
 
 impl Provider {
     /// The prepared endpoint `path` (one of [`ENDPOINT_PATHS`]).
-    pub fn endpoint(&self, path: &str) -> Option<&super::h1::Target> {
+    pub fn endpoint(&self, path: &str) -> Option<&super::conn::Target> {
         self.endpoints
             .iter()
             .find(|(p, _)| *p == path)
@@ -129,7 +132,7 @@ impl Providers {
                 }
                 None => format!("{base_url}/models"),
             };
-            let headers = match section.headers {
+            let headers = match section.headers.clone() {
                 Some(h) => h.into_iter().collect(),
                 None if kind == Kind::OpenRouter => vec![
                     ("HTTP-Referer".to_owned(), cfg.server.public_url.clone()),
@@ -137,14 +140,25 @@ impl Providers {
                 ],
                 None => vec![],
             };
-            let request_headers = request_headers(&base_url, &section.api_key, &headers);
-            let endpoints = ENDPOINT_PATHS
-                .iter()
-                .filter_map(|path| {
-                    let url = format!("{base_url}{path}");
-                    Some((*path, super::h1::Target::new(&url, &request_headers)?))
-                })
-                .collect();
+            let call_headers = request_headers(&base_url, &section.api_key, &headers);
+            let reach = Reach::of(cfg, &section);
+            let endpoints = match base_url.parse::<Uri>().ok().and_then(|u| reach.origin(&u)) {
+                Some(origin) => ENDPOINT_PATHS
+                    .iter()
+                    .filter_map(|path| {
+                        let url: Uri = format!("{base_url}{path}").parse().ok()?;
+                        let t =
+                            Target::new(Method::POST, &url, origin.clone(), call_headers.clone());
+                        Some((*path, t))
+                    })
+                    .collect(),
+                None => vec![],
+            };
+            let models_target = models_url.parse::<Uri>().ok().and_then(|url| {
+                let mut h = request_headers(&models_url, &section.api_key, &headers);
+                h.remove(axum::http::header::CONTENT_TYPE);
+                Some(Target::new(Method::GET, &url, reach.origin(&url)?, h))
+            });
             list.push(Arc::new(Provider {
                 name: section
                     .name
@@ -162,6 +176,7 @@ impl Providers {
                     .unwrap_or_else(|| "max_tokens".into()),
                 is_default: id == cfg.routing.default_provider,
                 endpoints,
+                models_target,
                 base_url,
                 id,
             }));
@@ -182,6 +197,49 @@ impl Providers {
         // validate() guarantees the default names a provider.
         self.by_id.get(&self.default_id).unwrap_or(&self.list[0])
     }
+}
+
+/// How a provider is reached: its TLS roots and its proxy setting.
+struct Reach {
+    tls: Arc<rustls::ClientConfig>,
+    proxy: Option<String>,
+}
+
+impl Reach {
+    /// The provider's `ca_file` and `proxy`, else `[routing]`'s (validated
+    /// with the configuration; a file that became unreadable since falls
+    /// back to the built-in roots, with a warning).
+    fn of(cfg: &Config, section: &crate::config::ProviderConfig) -> Reach {
+        let ca_file = section.ca_file.as_ref().or(cfg.routing.ca_file.as_ref());
+        let tls = super::conn::tls_config(ca_file.map(|p| p.as_path())).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "using the built-in TLS roots only");
+            super::conn::tls_config(None).unwrap_or_else(|_| default_tls())
+        });
+        Reach {
+            tls,
+            proxy: section.proxy.clone().or_else(|| cfg.routing.proxy.clone()),
+        }
+    }
+
+    fn origin(&self, url: &Uri) -> Option<Arc<super::conn::Origin>> {
+        let proxy = super::conn::Proxy::for_url(url, self.proxy.as_deref()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring a provider's proxy");
+            None
+        });
+        super::conn::Origin::new(url, self.tls.clone(), proxy)
+    }
+}
+
+/// rustls' defaults with the built-in roots, when the ring provider cannot
+/// be set up (it always can; this only avoids a panic path).
+fn default_tls() -> Arc<rustls::ClientConfig> {
+    Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            })
+            .with_no_client_auth(),
+    )
 }
 
 fn request_headers(

@@ -55,14 +55,18 @@ pub struct Mock {
 }
 
 impl Mock {
-    pub async fn start() -> Mock {
-        let state = Arc::new(MockState::default());
-        let app = Router::new()
+    fn app(state: Arc<MockState>) -> Router {
+        Router::new()
             .route("/{provider}/v1/models", get(models))
             .route("/{provider}/v1/chat/completions", post(chat))
             .route("/{provider}/v1/completions", post(completions))
             .route("/{provider}/v1/embeddings", post(embeddings))
-            .with_state(state.clone());
+            .with_state(state)
+    }
+
+    pub async fn start() -> Mock {
+        let state = Arc::new(MockState::default());
+        let app = Self::app(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -70,6 +74,16 @@ impl Mock {
         });
         Mock {
             url: format!("http://{addr}"),
+            state,
+        }
+    }
+
+    /// The same mock over TLS, with the test CA's certificate for 127.0.0.1.
+    pub async fn start_tls() -> Mock {
+        let state = Arc::new(MockState::default());
+        let port = super::raw::serve_tls(Self::app(state.clone())).await;
+        Mock {
+            url: format!("https://127.0.0.1:{port}"),
             state,
         }
     }

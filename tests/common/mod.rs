@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mock;
+pub mod raw;
 
 use serde_json::{json, Value};
 use std::net::SocketAddr;
