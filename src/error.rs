@@ -294,7 +294,7 @@ impl From<crate::db::DbError> for ApiError {
 pub fn body_read_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
-        if c.is::<tower_http::timeout::TimeoutError>() {
+        if c.is::<crate::server::watch::BodyStalled>() {
             return request_timeout();
         }
         if c.is::<http_body_util::LengthLimitError>() {
@@ -418,7 +418,7 @@ impl From<BytesRejection> for ApiError {
 fn stalled(r: &BytesRejection) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(r);
     while let Some(c) = cause {
-        if c.is::<tower_http::timeout::TimeoutError>() {
+        if c.is::<crate::server::watch::BodyStalled>() {
             return true;
         }
         cause = c.source();

@@ -89,19 +89,11 @@ impl<'a> Fields<'a> {
 
     /// The first key that appears more than once, if any.
     pub fn duplicate(&self) -> Option<&str> {
-        let f = &self.0;
-        if f.len() <= 16 {
-            for (i, (k, _)) in f.iter().enumerate() {
-                if f[..i].iter().any(|(j, _)| j == k) {
-                    return Some(k);
-                }
-            }
-            return None;
-        }
-        let mut seen = hashbrown::HashSet::with_capacity(f.len());
-        f.iter()
-            .find(|(k, _)| !seen.insert(k.as_ref()))
-            .map(|(k, _)| k.as_ref())
+        let keys: Vec<&str> = self.0.iter().map(|(k, _)| k.as_ref()).collect();
+        duplicate(&keys).map(|k| {
+            let at = keys.iter().position(|j| *j == k).unwrap_or(0);
+            self.0[at].0.as_ref()
+        })
     }
 
     /// Keeps only the last of each duplicated key, in its place: what a JSON
@@ -122,33 +114,40 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// Whether `key` is a spelling of `field` that differs only in letter case,
-/// as a case-insensitive decoder (Go's `encoding/json`) would match it:
-/// `"Model"`, `"MODEL"`, or `"maxſtokens"`-style Unicode folds. `field` is
-/// lower-case ASCII; an exact match is not a variant.
-pub fn case_variant(key: &str, field: &str) -> bool {
-    if key == field {
-        return false;
+/// The first of `keys` that appears more than once, if any.
+pub fn duplicate<K: AsRef<str>>(keys: &[K]) -> Option<&str> {
+    if keys.len() <= 16 {
+        for (i, k) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|j| j.as_ref() == k.as_ref()) {
+                return Some(k.as_ref());
+            }
+        }
+        return None;
     }
-    // A lower-case ASCII key folds to itself: it cannot be a variant.
-    if key
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || !b.is_ascii_alphabetic() && b.is_ascii())
-    {
-        return false;
+    let mut seen = hashbrown::HashSet::with_capacity(keys.len());
+    keys.iter().map(AsRef::as_ref).find(|k| !seen.insert(*k))
+}
+
+/// The field of `fields` (lower-case ASCII names) that `key` spells with
+/// other letter cases, as a case-insensitive decoder (Go's `encoding/json`)
+/// would match it: `"Model"`, `"MODEL"`, or Unicode folds such as `"ſtream"`
+/// (long s) for `stream`. An exact match is not a variant.
+pub fn case_variant_of<'f>(key: &str, fields: &[&'f str]) -> Option<&'f str> {
+    // Lower-case ASCII folds to itself: only an exact match could be equal.
+    if key.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+        return None;
     }
-    let mut folded = key
+    let folded: String = key
         .chars()
         .flat_map(char::to_uppercase)
-        .flat_map(char::to_lowercase);
-    let mut want = field.chars();
-    loop {
-        match (folded.next(), want.next()) {
-            (None, None) => return true,
-            (Some(a), Some(b)) if a == b => {}
-            _ => return false,
-        }
-    }
+        .flat_map(char::to_lowercase)
+        .collect();
+    fields.iter().copied().find(|f| folded == *f && key != *f)
+}
+
+/// Whether `key` is a letter-case variant of `field` (see [`case_variant_of`]).
+pub fn case_variant(key: &str, field: &str) -> bool {
+    case_variant_of(key, &[field]).is_some()
 }
 
 /// Refuses JSON nested deeper than [`MAX_DEPTH`]. A text with no more
@@ -273,10 +272,75 @@ impl<'b> Writer<'b> {
     }
 }
 
-/// `s` as a JSON string, appended to `out` (serde_json's escaping).
+/// A JSON text rewritten at the places serde_json located: the raw values
+/// of fields it read ([`RawValue`]s borrowed from the text) are replaced, and
+/// fields can be added before the top-level object's closing brace. All else
+/// is copied as it came.
+pub struct Splice<'t> {
+    text: &'t str,
+    edits: Vec<(std::ops::Range<usize>, Cow<'t, str>)>,
+}
+
+impl<'t> Splice<'t> {
+    pub fn new(text: &'t str) -> Splice<'t> {
+        Splice {
+            text,
+            edits: Vec::with_capacity(4),
+        }
+    }
+
+    /// Replaces the text at `at` (a value's range) with `with`.
+    pub fn replace(&mut self, at: std::ops::Range<usize>, with: impl Into<Cow<'t, str>>) {
+        self.edits.push((at, with.into()));
+    }
+
+    /// Adds `fields` (`"key":value` pairs, comma-separated) as the last
+    /// fields of the top-level object, which already has fields.
+    pub fn append(&mut self, fields: String) {
+        // serde_json read the text as one object: it ends with its brace,
+        // whitespace after it aside.
+        let close = self.text.trim_end().len().saturating_sub(1);
+        self.edits
+            .push((close..close, Cow::Owned(format!(",{fields}"))));
+    }
+
+    /// The text with its edits, appended to `out`.
+    pub fn write(mut self, out: &mut Vec<u8>) {
+        self.edits.sort_by_key(|(r, _)| (r.start, r.end));
+        let t = self.text.as_bytes();
+        let mut at = 0;
+        for (r, with) in &self.edits {
+            if r.start < at {
+                continue; // overlapping: cannot come from distinct values
+            }
+            out.extend_from_slice(&t[at..r.start]);
+            out.extend_from_slice(with.as_bytes());
+            at = r.end;
+        }
+        out.extend_from_slice(&t[at..]);
+    }
+}
+
+/// Where `inner`, a slice of `outer` (a raw value serde_json borrowed from
+/// it), lies in `outer`; `None` if it is not part of it.
+pub fn range_in(outer: &str, inner: &str) -> Option<std::ops::Range<usize>> {
+    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    (start + inner.len() <= outer.len()).then(|| start..start + inner.len())
+}
+
+/// `s` as a JSON string, appended to `out` (serde_json's escaping). Text
+/// with nothing to escape, as names and keys almost always are, is copied
+/// between quotes.
 pub fn push_quoted(out: &mut Vec<u8>, s: &str) {
-    // Serializing a `str` into a Vec cannot fail.
-    let _ = serde_json::to_writer(out, s);
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Serializing a `str` into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, s);
+    }
 }
 
 /// `s` as a JSON string.
@@ -371,6 +435,20 @@ mod tests {
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["a\"b"], json!([1, 2]));
         assert_eq!(quoted("x\u{1}"), "\"x\\u0001\"");
+        for k in [
+            "",
+            "plain",
+            "a\"b",
+            "back\\slash",
+            "tab\t",
+            "é😀",
+            "\u{7f}",
+            "\u{1f}",
+        ] {
+            let mut out = Vec::new();
+            push_quoted(&mut out, k);
+            assert_eq!(out, serde_json::to_vec(k).unwrap(), "{k:?}");
+        }
         let mut out = b"data: ".to_vec();
         Writer::new(&mut out).finish();
         assert_eq!(out, b"data: {}");

@@ -85,20 +85,26 @@ async fn an_escaped_model_key_cannot_pick_another_model() {
     // Row 5: a letter-case variant, which Go's decoder (Ollama) reads as `model`.
     let body = format!(r#"{{"model":"local/cheap","Model":"local/expensive",{MSG}}}"#);
     refused(&s, &mock, &key, &body, "Model").await;
-    // Alone, an escaped key is just that key: checked against the allowlist.
-    let body = format!(r#"{{"m\u006fdel":"local/expensive",{MSG}}}"#);
+    // Alone, a key the gateway reads may not be written with escapes: a
+    // parser that does not decode them would read no model at all.
+    let body = format!(r#"{{"m\u006fdel":"local/cheap",{MSG}}}"#);
+    refused(&s, &mock, &key, &body, "model").await;
+    let body = format!(r#"{{"model":"local/expensive",{MSG}}}"#);
     let r = send(&s, &key, &body).await;
     assert_error_is(r, 403, "permission_error", Some("model_not_allowed")).await;
-    let body = format!(r#"{{"m\u006fdel":"local/cheap",{MSG}}}"#);
+    let body =
+        format!(r#"{{"model":"local/cheap","n\u0065ws":"escapes elsewhere are fine",{MSG}}}"#);
     assert_eq!(send(&s, &key, &body).await.status(), 200);
     let calls = mock.generation_calls();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].body["model"], "cheap");
+    assert_eq!(calls[0].body["news"], "escapes elsewhere are fine");
     assert!(
         std::str::from_utf8(&calls[0].raw)
             .unwrap()
             .starts_with(r#"{"model":"cheap""#),
-        "keys are forwarded as decoded"
+        "{:?}",
+        calls[0].raw
     );
 }
 
@@ -125,15 +131,17 @@ async fn escaped_length_fields_n_and_stream_are_refused() {
 }
 
 #[tokio::test]
-async fn an_escaped_n_alone_is_reserved_as_n() {
-    // `\u006e` alone is `n`: the reservation covers every choice, so a plan
-    // of 2,000 tokens cannot buy 120 choices of 100 tokens.
+async fn an_escaped_n_alone_is_refused_and_n_is_reserved() {
+    // Row 3: `\u006e` alone is refused; a plain `n` is reserved for every
+    // choice, so a plan of 2,000 tokens cannot buy 128 choices of 100 tokens.
     let (mock, s, key) = setup().await;
-    let body = format!(r#"{{"model":"local/cheap",{MSG},"max_tokens":100,"\u006e":128}}"#);
+    let body = format!(r#"{{"model":"local/cheap",{MSG},"\u006e":120}}"#);
+    refused(&s, &mock, &key, &body, "n").await;
+    let body = format!(r#"{{"model":"local/cheap",{MSG},"max_tokens":100,"n":128}}"#);
     let r = send(&s, &key, &body).await;
     assert_error_is(r, 429, "insufficient_quota", Some("insufficient_quota")).await;
     assert!(mock.generation_calls().is_empty());
-    let body = format!(r#"{{"model":"local/usage:9:30",{MSG},"max_tokens":100,"\u006e":3}}"#);
+    let body = format!(r#"{{"model":"local/usage:9:30",{MSG},"max_tokens":100,"n":3}}"#);
     assert_eq!(send(&s, &key, &body).await.status(), 200);
     let c = &mock.generation_calls()[0];
     assert_eq!(c.body["n"], 3);

@@ -321,7 +321,7 @@ async fn connection(
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let in_flight = state.begin();
         req.extensions_mut().insert(ConnectInfo(peer));
-        let req = req.map(|b| tower_http::timeout::TimeoutBody::new(body_timeout, b));
+        let req = req.map(|b| watch::Stalled::new(b, body_timeout));
         let app = app.clone();
         let fast = fast.clone();
         async move {

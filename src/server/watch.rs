@@ -9,8 +9,8 @@
 //! `header_timeout` after the first byte of a new request arrived (for a new
 //! connection, after the connect). While a request is in flight (from its
 //! head to the end of its answer, [`InFlight`]) reads have no deadline here:
-//! the body's pieces have their own timer, and an answer may take as long as
-//! its upstream.
+//! the body's pieces have their own timer ([`Stalled`]), and an answer may
+//! take as long as its upstream.
 
 use std::future::Future;
 use std::io;
@@ -216,6 +216,77 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body whose next piece must come within `limit`
+/// (`[server] body_timeout_secs`). The timer is armed only while the body
+/// waits, so a body that is already in (the usual case) costs none.
+pub struct Stalled<B> {
+    body: B,
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<B> Stalled<B> {
+    pub fn new(body: B, limit: Duration) -> Stalled<B> {
+        Stalled {
+            body,
+            limit,
+            timer: None,
+        }
+    }
+}
+
+/// A request body stopped arriving for longer than `body_timeout_secs`.
+#[derive(Debug)]
+pub struct BodyStalled;
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body stopped arriving")
+    }
+}
+
+impl std::error::Error for BodyStalled {}
+
+impl<B> http_body::Body for Stalled<B>
+where
+    B: http_body::Body + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let limit = this.limit;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

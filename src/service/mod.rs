@@ -3,6 +3,7 @@
 pub mod accounts;
 mod answer;
 pub mod oauth;
+mod prompt;
 pub mod proxy;
 mod request;
 pub mod stream;

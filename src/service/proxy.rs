@@ -7,7 +7,7 @@
 //! The request body is kept as the client sent it; only `model`, the completion
 //! cap and `stream_options.include_usage` are changed.
 
-use super::answer::Answer;
+use super::answer::{Answer, Wanted};
 use super::request::Request;
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -553,7 +553,9 @@ async fn whole_response(
         meter.finish(Outcome::UpstreamError, 502, usage);
         return Err(err);
     }
-    let answer = std::str::from_utf8(&bytes).ok().and_then(Answer::parse);
+    let answer = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|t| Answer::parse(t, Wanted::default()));
     let Some(answer) = answer else {
         st.health.record(&prov.id, false);
         meter.finish(Outcome::UpstreamError, 502, None);

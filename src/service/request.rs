@@ -1,22 +1,27 @@
-//! A generation request as the client sent it: decoded by serde_json, checked,
-//! measured for the prompt estimate, and written again for each upstream.
+//! A generation request as the client sent it: read once by serde_json,
+//! checked, measured for the prompt estimate, and rewritten for each upstream.
 //!
-//! One reading of the body (SPEC §9): the top-level object is read by
-//! serde_json into decoded keys and raw values ([`crate::json::Fields`]); the
-//! fields the gateway acts on are taken from the decoded keys, and a key that
-//! appears twice, or a letter-case variant of one of those fields, is refused
-//! with 400. The upstream body is written from the decoded keys with the
-//! checked values: `model`, the completion cap in every length field and, for
-//! a stream, `stream_options.include_usage`. Every other value is forwarded as
-//! the client wrote it.
+//! One reading of the body (SPEC §9): serde_json reads the top-level object
+//! in one pass, decoding every key. The fields the gateway acts on are kept
+//! as raw values (where serde_json found them), the prompt field is counted
+//! as it is read ([`super::prompt`]), and the rest is only checked. A key
+//! that appears twice, or a letter-case variant of a field the gateway reads,
+//! is refused with 400, as is one of those fields whose key is written with
+//! escapes (`"m\u006fdel"`): every parser must read the same key, however
+//! it treats escapes. The upstream body is the client's text with the
+//! checked values written over those raw values — `model`, the completion cap
+//! in every length field and, for a stream, `stream_options.include_usage` —
+//! and any field the gateway adds before the closing brace.
 
+use super::prompt::{tokens_of_raw, Prompt, PromptSeed};
 use super::proxy::Endpoint;
 use crate::error::ApiError;
 use crate::json::{self, Fields, Str};
-use crate::metering::estimate::tokens_of_text;
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
 use std::ops::Range;
 
 /// The top-level fields the gateway reads. A body with a letter-case variant
@@ -58,27 +63,18 @@ fn field_error(param: &str, msg: impl Into<String>) -> ApiError {
     ApiError::invalid_field(param, msg)
 }
 
-/// A field of the body: its decoded key and where its value is in the text.
-struct Field {
-    key: Key,
-    value: Range<usize>,
-}
-
-enum Key {
-    /// The key had no escapes: its text in the body.
-    At(Range<usize>),
-    /// The key as decoded.
-    Decoded(Box<str>),
-}
-
 /// What the request asks for, checked.
 pub(super) struct Request {
     /// The body, checked to be UTF-8.
     text: String,
-    /// Every top-level field, in order (no key twice).
-    fields: Vec<Field>,
-    /// The `options` object's fields, when it has a length field.
-    options: Option<Vec<Field>>,
+    /// Where the values the gateway writes over are in `text`.
+    model_at: Range<usize>,
+    lengths_at: Vec<Range<usize>>,
+    /// `max_tokens` or `max_completion_tokens` is among them.
+    standard_cap: bool,
+    /// `options`, when it holds a length field.
+    options_at: Option<Range<usize>>,
+    stream_options_at: Option<Range<usize>>,
     pub model: String,
     pub stream: bool,
     /// Completions the call generates: the larger of `n` and `best_of`.
@@ -94,43 +90,83 @@ pub(super) struct Request {
     pub models: Vec<String>,
 }
 
-/// Where `inner` (a slice of `outer`) starts in `outer`.
-fn offset(outer: &str, inner: &str) -> usize {
-    inner.as_ptr() as usize - outer.as_ptr() as usize
+/// The body as serde_json read it in one pass.
+struct Read<'a> {
+    ep: Endpoint,
+    /// Every key, decoded, in order.
+    keys: Vec<Cow<'a, str>>,
+    /// The raw values of the fields the gateway acts on (the last of each).
+    values: Vec<(&'static str, &'a RawValue)>,
+    prompt: Option<Prompt>,
+    /// The first field the gateway reads whose key came with escapes.
+    escaped: Option<String>,
 }
 
-fn locate(text: &str, fields: &Fields<'_>) -> Vec<Field> {
-    fields
-        .0
-        .iter()
-        .map(|(k, v)| {
-            let key = match k {
-                std::borrow::Cow::Borrowed(s) => {
-                    let at = offset(text, s);
-                    Key::At(at..at + s.len())
-                }
-                std::borrow::Cow::Owned(s) => Key::Decoded(s.as_str().into()),
-            };
-            let at = offset(text, v.get());
-            Field {
-                key,
-                value: at..at + v.get().len(),
+impl<'a> Read<'a> {
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// The top-level object, read into [`Read`].
+struct Body<'r, 'a>(&'r mut Read<'a>);
+
+impl<'de> DeserializeSeed<'de> for Body<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Body<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+        let r = self.0;
+        let prompt_field = match r.ep {
+            Endpoint::Chat => "messages",
+            Endpoint::Completions => "prompt",
+            Endpoint::Embeddings => "input",
+        };
+        while let Some(Str(key)) = m.next_key::<Str>()? {
+            if matches!(key, Cow::Owned(_)) && READ.contains(&key.as_ref()) {
+                // Written with escapes: decoded here, but not by every parser.
+                r.escaped.get_or_insert_with(|| key.clone().into_owned());
             }
-        })
-        .collect()
+            if key == prompt_field {
+                r.prompt = Some(m.next_value_seed(PromptSeed(r.ep))?);
+            } else if let Some(name) = READ.iter().find(|f| **f == key) {
+                r.values.push((name, m.next_value::<&RawValue>()?));
+            } else {
+                m.next_value::<IgnoredAny>()?;
+            }
+            r.keys.push(key);
+        }
+        Ok(())
+    }
 }
 
-/// Refuses an object with a key twice, or with a letter-case variant of one
-/// of `read`; `path` prefixes the key named in `param`.
-fn one_reading(fields: &Fields<'_>, read: &[&str], path: &str) -> Result<(), ApiError> {
-    if let Some(k) = fields.duplicate() {
+/// Refuses an object whose keys (decoded) hold one twice, or a letter-case
+/// variant of one of `read`; `path` prefixes the key named in `param`.
+fn one_reading<K: AsRef<str>>(keys: &[K], read: &[&str], path: &str) -> Result<(), ApiError> {
+    if let Some(k) = json::duplicate(keys) {
         return Err(field_error(
             &format!("{path}{k}"),
             format!("The key {path}{k:?} appears more than once (after escapes are decoded); send it once."),
         ));
     }
-    for (k, _) in &fields.0 {
-        if let Some(f) = read.iter().find(|f| json::case_variant(k, f)) {
+    for k in keys {
+        let k = k.as_ref();
+        if let Some(f) = json::case_variant_of(k, read) {
             return Err(field_error(
                 &format!("{path}{k}"),
                 format!(
@@ -190,31 +226,48 @@ impl Request {
                 json::MAX_DEPTH
             ))
         })?;
-        let fields = Fields::parse(&text).map_err(|e| {
-            if e.is_data() {
-                ApiError::bad_request("The request body must be a JSON object.")
-            } else {
-                not_json(e)
-            }
-        })?;
-        one_reading(&fields, &READ, "")?;
-        let get = |k: &str| fields.get(k);
-
-        let model = match get("model") {
-            None => return Err(field_error("model", "Missing required field `model`.")),
-            Some(v) => match serde_json::from_str::<Str>(v.get()) {
-                Ok(Str(s)) if !s.trim().is_empty() => s.into_owned(),
-                _ => return Err(field_error("model", "`model` must be a non-empty string.")),
-            },
+        let mut r = Read {
+            ep,
+            keys: Vec::with_capacity(8),
+            values: Vec::with_capacity(8),
+            prompt: None,
+            escaped: None,
         };
-        let stream = match get("stream").map(RawValue::get) {
+        let mut de = serde_json::Deserializer::from_str(&text);
+        Body(&mut r)
+            .deserialize(&mut de)
+            .and_then(|()| de.end())
+            .map_err(|e| {
+                if e.is_data() {
+                    ApiError::bad_request("The request body must be a JSON object.")
+                } else {
+                    not_json(e)
+                }
+            })?;
+        one_reading(&r.keys, &READ, "")?;
+        if let Some(k) = &r.escaped {
+            return Err(field_error(
+                k,
+                format!("Write the key {k:?} without escape sequences: the gateway reads it, and so must every upstream, whatever its parser."),
+            ));
+        }
+        let at = |v: &RawValue| json::range_in(&text, v.get()).unwrap_or(0..0);
+
+        let model_raw = r
+            .get("model")
+            .ok_or_else(|| field_error("model", "Missing required field `model`."))?;
+        let model = match serde_json::from_str::<Str>(model_raw.get()) {
+            Ok(Str(s)) if !s.trim().is_empty() => s.into_owned(),
+            _ => return Err(field_error("model", "`model` must be a non-empty string.")),
+        };
+        let stream = match r.get("stream").map(RawValue::get) {
             None | Some("null") | Some("false") => false,
             Some("true") => ep != Endpoint::Embeddings,
             Some(_) => return Err(field_error("stream", "`stream` must be true or false.")),
         };
         let mut n = 1;
         for name in ["n", "best_of"] {
-            if let Some(v) = get(name) {
+            if let Some(v) = r.get(name) {
                 let what = format!("an integer from 1 to {MAX_N}");
                 match integer(v, name, &what)? {
                     Some(x) if (1..=MAX_N).contains(&x) => n = n.max(x),
@@ -226,36 +279,39 @@ impl Request {
 
         // The completion cap: every length field, at the top level and in `options`.
         let mut client_cap = None;
-        let mut options = None;
+        let mut lengths_at = Vec::new();
+        let mut standard_cap = false;
+        let mut options_at = None;
         if ep != Endpoint::Embeddings {
             for name in LENGTH_FIELDS {
-                if let Some(v) = get(name) {
+                if let Some(v) = r.get(name) {
                     client_cap = min_cap(client_cap, length_cap(name, v, name)?);
+                    lengths_at.push(at(v));
+                    standard_cap |= name == "max_tokens" || name == "max_completion_tokens";
                 }
             }
-            if let Some(o) = get("options").filter(|o| o.get().starts_with('{')) {
+            if let Some(o) = r.get("options").filter(|o| o.get().starts_with('{')) {
                 let inner = Fields::parse(o.get()).map_err(not_json)?;
-                one_reading(&inner, &LENGTH_FIELDS, "options.")?;
-                let mut any = false;
+                let keys: Vec<&str> = inner.0.iter().map(|(k, _)| k.as_ref()).collect();
+                one_reading(&keys, &LENGTH_FIELDS, "options.")?;
                 for name in LENGTH_FIELDS {
                     if let Some(v) = inner.get(name) {
-                        any = true;
                         let param = format!("options.{name}");
                         client_cap = min_cap(client_cap, length_cap(name, v, &param)?);
+                        options_at = Some(at(o));
                     }
-                }
-                if any {
-                    options = Some(locate(o.get(), &inner));
                 }
             }
         }
 
         let mut wants_usage = false;
-        if let Some(so) = get("stream_options").filter(|_| stream) {
+        let mut stream_options_at = None;
+        if let Some(so) = r.get("stream_options").filter(|_| stream) {
             match so.get().as_bytes()[0] {
                 b'{' => {
                     let inner = Fields::parse(so.get()).map_err(not_json)?;
-                    one_reading(&inner, &["include_usage"], "stream_options.")?;
+                    let keys: Vec<&str> = inner.0.iter().map(|(k, _)| k.as_ref()).collect();
+                    one_reading(&keys, &["include_usage"], "stream_options.")?;
                     wants_usage = inner.get("include_usage").map(RawValue::get) == Some("true");
                 }
                 _ if so.get() == "null" => {}
@@ -266,9 +322,10 @@ impl Request {
                     ))
                 }
             }
+            stream_options_at = Some(at(so));
         }
 
-        let models = match get("models") {
+        let models = match r.get("models") {
             None => vec![],
             Some(v) if v.get() == "null" => vec![],
             Some(v) => match serde_json::from_str::<Vec<Str>>(v.get()) {
@@ -289,29 +346,28 @@ impl Request {
             Endpoint::Completions => ("prompt", "a string or an array"),
             Endpoint::Embeddings => ("input", "a string or an array"),
         };
-        let prompt = get(name).filter(|v| match ep {
-            Endpoint::Chat => v.get().starts_with('['),
-            _ => v.get().starts_with(['[', '"']),
-        });
-        let Some(prompt) = prompt else {
-            return Err(field_error(
-                name,
-                format!("`{name}` is required and must be {what}."),
-            ));
+        let mut prompt_estimate = match r.prompt {
+            Some(Prompt::Tokens(t)) => t,
+            _ => {
+                return Err(field_error(
+                    name,
+                    format!("`{name}` is required and must be {what}."),
+                ))
+            }
         };
-        let bad_prompt = |_| field_error(name, format!("`{name}` must be {what}."));
-        let prompt_estimate = match ep {
-            Endpoint::Chat => chat_prompt(prompt, get("tools")).map_err(bad_prompt)?,
-            Endpoint::Completions => 1 + input_tokens(prompt).map_err(bad_prompt)?,
-            Endpoint::Embeddings => input_tokens(prompt).map_err(bad_prompt)?,
-        };
+        if ep == Endpoint::Chat {
+            prompt_estimate += r.get("tools").map_or(0, tokens_of_raw);
+        }
 
-        let located = locate(&text, &fields);
-        drop(fields);
+        let model_at = at(model_raw);
+        drop(r);
         Ok(Request {
-            fields: located,
-            options,
             text,
+            model_at,
+            lengths_at,
+            standard_cap,
+            options_at,
+            stream_options_at,
             model,
             stream,
             n,
@@ -322,70 +378,68 @@ impl Request {
         })
     }
 
-    fn key<'a>(&'a self, f: &'a Field, within: &'a str) -> &'a str {
-        match &f.key {
-            Key::At(r) => &within[r.clone()],
-            Key::Decoded(k) => k,
-        }
-    }
-
-    /// The body for one upstream: the decoded fields written again with
-    /// `model` set to `upstream_model`, the completion cap (when the gateway
-    /// sets one) in every length field present — and in `cap_field` when
-    /// neither `max_tokens` nor `max_completion_tokens` is — and, for a
-    /// stream, `stream_options.include_usage` true.
+    /// The body for one upstream: the client's text with `model` set to
+    /// `upstream_model`, the completion cap (when the gateway sets one) in
+    /// every length field present — and in `cap_field` when neither
+    /// `max_tokens` nor `max_completion_tokens` is — and, for a stream,
+    /// `stream_options.include_usage` true.
     pub fn upstream_body(&self, upstream_model: &str, cap: Option<i64>, cap_field: &str) -> Bytes {
         let t = self.text.as_str();
-        let mut out = Vec::with_capacity(t.len() + 64);
-        let mut w = json::Writer::new(&mut out);
-        let mut cap_buf = itoa::Buffer::new();
-        let cap_text = cap.map(|c| cap_buf.format(c));
-        let mut standard_cap = false;
-        let mut stream_options = false;
-        for f in &self.fields {
-            let key = self.key(f, t);
-            let raw = &t[f.value.clone()];
-            match (key, cap_text) {
-                ("model", _) => json::push_quoted(w.key(key), upstream_model),
-                (k, Some(c)) if LENGTH_FIELDS.contains(&k) => {
-                    standard_cap |= k == "max_tokens" || k == "max_completion_tokens";
-                    w.raw(k, c);
-                }
-                ("options", Some(c)) if self.options.is_some() => {
-                    let inner = self.options.as_deref().unwrap_or_default();
-                    let mut o = json::Writer::new(w.key(key));
-                    for g in inner {
-                        let k = self.key(g, raw);
-                        if LENGTH_FIELDS.contains(&k) {
-                            o.raw(k, c);
-                        } else {
-                            o.raw(k, &raw[g.value.clone()]);
-                        }
-                    }
-                    o.finish();
-                }
-                ("stream_options", _) if self.stream => {
-                    stream_options = true;
-                    include_usage(w.key(key), raw);
-                }
-                _ => w.raw(key, raw),
+        let mut edit = json::Splice::new(t);
+        edit.replace(self.model_at.clone(), json::quoted(upstream_model));
+        let mut added = Vec::new();
+        if let Some(cap) = cap {
+            let cap = itoa::Buffer::new().format(cap).to_owned();
+            for r in &self.lengths_at {
+                edit.replace(r.clone(), cap.clone());
+            }
+            if let Some(r) = &self.options_at {
+                edit.replace(r.clone(), capped_options(&t[r.clone()], &cap));
+            }
+            if !self.standard_cap {
+                let mut f = json::quoted(cap_field);
+                f.push(':');
+                f.push_str(&cap);
+                added.push(f);
             }
         }
-        if let (Some(c), false) = (cap_text, standard_cap) {
-            w.raw(cap_field, c);
+        if self.stream {
+            match &self.stream_options_at {
+                Some(r) => edit.replace(r.clone(), include_usage(&t[r.clone()])),
+                None => added.push("\"stream_options\":{\"include_usage\":true}".to_owned()),
+            }
         }
-        if self.stream && !stream_options {
-            w.raw("stream_options", "{\"include_usage\":true}");
+        if !added.is_empty() {
+            edit.append(added.join(","));
         }
-        w.finish();
+        let mut out = Vec::with_capacity(t.len() + 64);
+        edit.write(&mut out);
         Bytes::from(out)
     }
 }
 
-/// Writes a stream's `stream_options` (`raw`) into `out` with
-/// `include_usage` true and its other fields kept (`null` becomes just that flag).
-fn include_usage(out: &mut Vec<u8>, raw: &str) {
-    let mut w = json::Writer::new(out);
+/// An `options` object (`raw`) with every length field set to `cap`.
+fn capped_options(raw: &str, cap: &str) -> String {
+    let mut out = Vec::with_capacity(raw.len() + 8);
+    let mut w = json::Writer::new(&mut out);
+    if let Ok(fields) = Fields::parse(raw) {
+        for (k, v) in &fields.0 {
+            if LENGTH_FIELDS.contains(&k.as_ref()) {
+                w.raw(k, cap);
+            } else {
+                w.raw(k, v.get());
+            }
+        }
+    }
+    w.finish();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A stream's `stream_options` (`raw`) with `include_usage` true and its
+/// other fields kept (`null` becomes just that flag).
+fn include_usage(raw: &str) -> String {
+    let mut out = Vec::with_capacity(raw.len() + 24);
+    let mut w = json::Writer::new(&mut out);
     if let Ok(fields) = Fields::parse(raw) {
         for (k, v) in &fields.0 {
             if k != "include_usage" {
@@ -395,109 +449,7 @@ fn include_usage(out: &mut Vec<u8>, raw: &str) {
     }
     w.raw("include_usage", "true");
     w.finish();
-}
-
-/// Tokens of a JSON text kept as it is (tool definitions, odd shapes):
-/// its characters, four to a token.
-fn tokens_of_raw(raw: &RawValue) -> i64 {
-    tokens_of_text(raw.get())
-}
-
-/// Tokens of a JSON string value, decoded.
-fn tokens_of_string(raw: &RawValue) -> Result<i64, serde_json::Error> {
-    serde_json::from_str::<Str>(raw.get()).map(|s| tokens_of_text(s.as_str()))
-}
-
-/// A chat message: only what the estimate reads.
-#[derive(Deserialize)]
-struct Message<'a> {
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    tool_calls: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    name: Option<&'a RawValue>,
-}
-
-/// A content part: its `text`, if it has one.
-#[derive(Deserialize)]
-struct Part<'a> {
-    #[serde(borrow, default)]
-    text: Option<&'a RawValue>,
-}
-
-/// A message `content`: a string; parts (text, or a fixed allowance for an
-/// image or other part); anything else counted as written. Never recurses.
-fn content_tokens(raw: &RawValue) -> Result<i64, serde_json::Error> {
-    match raw.get().as_bytes()[0] {
-        b'"' => tokens_of_string(raw),
-        b'n' => Ok(0),
-        b'[' => {
-            let mut n = 0;
-            for part in serde_json::from_str::<Vec<&RawValue>>(raw.get())? {
-                n += match part.get().as_bytes()[0] {
-                    b'{' => match serde_json::from_str::<Part>(part.get())?.text {
-                        Some(t) if t.get().starts_with('"') => tokens_of_string(t)?,
-                        _ => 85,
-                    },
-                    b'"' => tokens_of_string(part)?,
-                    _ => tokens_of_raw(part),
-                };
-            }
-            Ok(n)
-        }
-        _ => Ok(tokens_of_raw(raw)),
-    }
-}
-
-/// The prompt of a chat completion: 3, and for each message 4 plus its
-/// content, tool calls and name; plus the tool definitions.
-fn chat_prompt(messages: &RawValue, tools: Option<&RawValue>) -> Result<i64, serde_json::Error> {
-    let mut n = 3;
-    for m in serde_json::from_str::<Vec<&RawValue>>(messages.get())? {
-        n += 4;
-        if !m.get().starts_with('{') {
-            n += tokens_of_raw(m);
-            continue;
-        }
-        let m: Message = serde_json::from_str(m.get())?;
-        if let Some(c) = m.content {
-            n += content_tokens(c)?;
-        }
-        if let Some(t) = m.tool_calls {
-            n += tokens_of_raw(t);
-        }
-        if let Some(name) = m.name.filter(|v| v.get().starts_with('"')) {
-            n += tokens_of_string(name)?;
-        }
-    }
-    if let Some(t) = tools {
-        n += tokens_of_raw(t);
-    }
-    Ok(n)
-}
-
-/// A completion `prompt` or an embeddings `input`: a string, strings, a
-/// token array (a token each) or token arrays. Never recurses.
-fn input_tokens(raw: &RawValue) -> Result<i64, serde_json::Error> {
-    let b = raw.get().as_bytes()[0];
-    if b == b'"' {
-        return tokens_of_string(raw);
-    }
-    if b != b'[' {
-        return Ok(tokens_of_raw(raw));
-    }
-    let items = serde_json::from_str::<Vec<&RawValue>>(raw.get())?;
-    let mut n = 0;
-    for item in &items {
-        n += match item.get().as_bytes()[0] {
-            b'"' => tokens_of_string(item)?,
-            b'[' => serde_json::from_str::<Vec<&RawValue>>(item.get())?.len() as i64,
-            b'-' | b'0'..=b'9' => 1,
-            _ => tokens_of_raw(item),
-        };
-    }
-    Ok(n)
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -536,7 +488,7 @@ mod tests {
             "not an object",
             {"role":"assistant","content":null,"tool_calls":[{"id":"t"}]}
         ],"tools":[{"type":"function"}]});
-        let want = 3 + (4 + 1 + 85 + 1 + 1) + (4 + 4) + (4 + 4) + 5;
+        let want = 3 + (4 + 1 + 85 + 1 + 1) + (4 + 4) + (4 + 3) + 6;
         assert_eq!(parse(Endpoint::Chat, &parts).prompt_estimate, want);
         let c = json!({"model":"m","prompt":["abcd","efgh"]});
         assert_eq!(parse(Endpoint::Completions, &c).prompt_estimate, 1 + 2);
@@ -553,7 +505,7 @@ mod tests {
         let out = r.upstream_body("gpt", Some(50), "max_tokens");
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
-            r#"{"model":"gpt","messages":[{"role":"user","content":"model"}],"x":{"model":"keep",  "n": 1.50},"max_tokens":50}"#
+            r#"{ "model" : "gpt", "messages":[{"role":"user","content":"model"}], "x":{"model":"keep",  "n": 1.50} ,"max_tokens":50}"#
         );
         // The client's own cap field gets the cap; stream options are added or completed.
         let r = parse(
@@ -584,15 +536,12 @@ mod tests {
             &json!({"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}),
         );
         assert!(r.wants_usage);
-        // Escaped keys and values are decoded, and written plainly.
-        let r = Request::parse(
-            Endpoint::Chat,
-            Bytes::from(r#"{"m\u006fdel":"a\u0062\/c","messages":[]}"#),
-        )
-        .unwrap();
+        // Escaped values are decoded; the rest is the client's text.
+        let raw = r#"{"model":"a\u0062\/c","messages":[],"x\u0078":1}"#;
+        let r = Request::parse(Endpoint::Chat, Bytes::from(raw)).unwrap();
         assert_eq!(r.model, "ab/c");
         let out = r.upstream_body("up", None, "max_tokens");
-        assert_eq!(&out[..], br#"{"model":"up","messages":[]}"#);
+        assert_eq!(&out[..], br#"{"model":"up","messages":[],"x\u0078":1}"#);
     }
 
     #[test]
@@ -670,13 +619,16 @@ mod tests {
             assert_eq!(e.status.as_u16(), 400, "{body}");
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
         }
-        // A single escaped key is simply that key.
-        let r = Request::parse(
-            Endpoint::Chat,
-            Bytes::from(r#"{"model":"a","messages":[],"\u006e":120}"#),
-        )
-        .unwrap();
-        assert_eq!(r.n, 120);
+        // A key the gateway reads, written with escapes, is refused alone too.
+        for (body, param) in [
+            (r#"{"model":"a","messages":[],"\u006e":120}"#, "n"),
+            (r#"{"m\u006fdel":"a","messages":[]}"#, "model"),
+            (r#"{"model":"a","m\u0065ssages":[]}"#, "messages"),
+        ] {
+            let e = err(body);
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+            assert!(e.message.contains("escape"), "{}", e.message);
+        }
     }
 
     #[test]
@@ -738,10 +690,6 @@ mod tests {
                 "stream_options",
             ),
             (r#"{"model":"m","messages":"hi"}"#, "messages"),
-            (
-                r#"{"model":"m","messages":[{"content":{"a":1},"content":2}]}"#,
-                "messages",
-            ),
             (r#"{"model":"m"}"#, "messages"),
         ] {
             assert_eq!(err(body).param.as_deref(), Some(param), "{body}");

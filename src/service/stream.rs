@@ -3,7 +3,7 @@
 //! usage handled as SPEC §5 says, and the call settled however the stream ends
 //! (finished, upstream error, client gone, shutdown).
 
-use super::answer::Answer;
+use super::answer::{Answer, Wanted};
 use super::proxy::{api_error, shutting_down, Endpoint};
 use crate::config::OnDisconnect;
 use crate::error::ApiError;
@@ -89,7 +89,11 @@ impl Pump {
         secret: &str,
         out: &mut Vec<u8>,
     ) {
-        let Some(chunk) = Answer::parse(d) else {
+        let wanted = Wanted {
+            ids: self.id.is_none(),
+            choices: true,
+        };
+        let Some(chunk) = Answer::parse(d, wanted) else {
             // Not a JSON object: passed on as it came.
             out.extend_from_slice(b"data: ");
             out.extend_from_slice(d.as_bytes());
@@ -123,7 +127,7 @@ impl Pump {
             self.created = chunk.raw("created").map(str::to_owned);
             self.object = chunk.raw("object").map(str::to_owned);
         }
-        let no_choices = chunk.raw("choices").is_some() && choices.count == 0;
+        let no_choices = chunk.choices().is_some() && choices.count == 0;
         if no_choices && !self.wants_usage {
             // Only the usage the client did not ask for: dropped.
             return;
@@ -180,7 +184,7 @@ pub(super) fn usage_of_events(bytes: &[u8], max_event: usize) -> Option<Usage> {
     reader.push(bytes, &mut events).ok()?;
     reader.finish(&mut events);
     events.iter().rev().find_map(|e| match e {
-        Event::Data(d) => Answer::parse(d).and_then(|a| a.usage()),
+        Event::Data(d) => Answer::parse(d, Wanted::default()).and_then(|a| a.usage()),
         Event::Comment(_) => None,
     })
 }

@@ -99,32 +99,33 @@ impl SseReader {
             self.dispatch(out);
             return;
         }
-        let text = match std::str::from_utf8(line) {
-            Ok(t) => std::borrow::Cow::Borrowed(t),
-            Err(_) => String::from_utf8_lossy(line),
-        };
-        if let Some(comment) = text.strip_prefix(':') {
+        if let Some(comment) = line.strip_prefix(b":") {
             let c = self.comment.get_or_insert_with(String::new);
             if !c.is_empty() {
                 c.push('\n');
             }
-            c.push_str(comment);
+            c.push_str(&String::from_utf8_lossy(comment));
             return;
         }
-        let (field, value) = match text.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (text.as_ref(), ""),
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
         };
-        if field == "data" {
-            match &mut self.data {
-                None => self.data = Some(value.to_owned()),
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
+        // `event:`, `id:` and `retry:` carry nothing the gateway forwards.
+        if field != b"data" {
+            return;
+        }
+        let value = String::from_utf8_lossy(value);
+        match &mut self.data {
+            None => self.data = Some(value.into_owned()),
+            Some(d) => {
+                d.push('\n');
+                d.push_str(&value);
             }
         }
-        // `event:`, `id:` and `retry:` carry nothing the gateway forwards.
     }
 
     fn dispatch(&mut self, out: &mut Vec<Event>) {
