@@ -119,7 +119,29 @@ http {
         location / { return 404; }
     }
 
-    # nginx as a bare reverse proxy to the mock: keep-alive pool, no auth, no JSON
+}
+EOF
+
+# nginx as a bare reverse proxy to the mock, in a process of its own so that its CPU time
+# is measured alone: one worker, keep-alive pool, no auth, no JSON
+mkdir -p "$TMP/proxy"
+cat >"$TMP/proxy.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process off;
+pid $TMP/proxy/nginx.pid;
+error_log $TMP/proxy/error.log warn;
+events { worker_connections 4096; multi_accept on; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/proxy/body;
+    proxy_temp_path $TMP/proxy/proxy;
+    fastcgi_temp_path $TMP/proxy/fastcgi;
+    uwsgi_temp_path $TMP/proxy/uwsgi;
+    scgi_temp_path $TMP/proxy/scgi;
+    keepalive_timeout 120s;
+    keepalive_requests 10000000;
+    tcp_nodelay on;
     upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 64; }
     server {
         listen 127.0.0.1:$PROXY_PORT reuseport backlog=4096;
@@ -180,6 +202,8 @@ done
 # ---------------------------------------------------------------- start servers
 "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx.conf" -e "$TMP/nginx/error.log" 2>"$TMP/nginx/stderr.log" &
 PIDS+=($!)
+"$NGINX" -p "$TMP/proxy" -c "$TMP/proxy.conf" -e "$TMP/proxy/error.log" 2>"$TMP/proxy/stderr.log" &
+PROXY_PID=$!; PIDS+=("$PROXY_PID")
 
 wait_http() { # url, max seconds
     local url=$1 max=${2:-10} t0=$SECONDS
@@ -189,7 +213,7 @@ wait_http() { # url, max seconds
     done
 }
 wait_http "http://127.0.0.1:$MOCK_PORT/plain/v1/models" || { cat "$TMP/nginx/"*.log >&2; die "nginx did not start"; }
-wait_http "http://127.0.0.1:$PROXY_PORT/plain/v1/models" || die "nginx proxy did not start"
+wait_http "http://127.0.0.1:$PROXY_PORT/plain/v1/models" || { cat "$TMP/proxy/"*.log >&2; die "nginx proxy did not start"; }
 
 t_start=$(date +%s%N)
 "${TG[@]}" serve --listen "127.0.0.1:$TG_PORT" 2>"$TMP/tollgate.log" &
@@ -206,7 +230,7 @@ rec startup.listening_ms "$(( (t_up - t_start) / 1000 ))e-3"
 log "tollgate (pid $TG_PID) listening on 127.0.0.1:$TG_PORT after $(( (t_up - t_start) / 1000000 )) ms"
 
 status_kb() { awk -v k="$1:" '$1==k {print $2}' "/proc/$TG_PID/status"; }
-cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12, $13}' "/proc/$TG_PID/stat"; }  # utime stime
+cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12, $13}' "/proc/$1/stat"; }  # pid -> utime stime
 CLK_TCK=$(getconf CLK_TCK)
 sleep 1
 rec rss.idle_mb "$(awk -v kb="$(status_kb VmRSS)" 'BEGIN{printf "%.1f", kb/1024}')"
@@ -228,10 +252,13 @@ to_us() { # wrk latency like 123.45us / 1.23ms / 1.02s -> microseconds
     awk -v v="$1" 'BEGIN{ n=v+0; if (v ~ /us$/) f=1; else if (v ~ /ms$/) f=1000; else if (v ~ /m$/) f=60e6; else if (v ~ /s$/) f=1e6; else f=1; printf "%.1f", n*f }'
 }
 run_wrk() { # name url script conns threads
-    local name=$1 url=$2 script=$3 c=$4 t=$5 f=$TMP/wrk-$1.txt before after reqs
-    [[ $name = tollgate* ]] && before=$(cpu_ticks)
+    local name=$1 url=$2 script=$3 c=$4 t=$5 f=$TMP/wrk-$1.txt before after reqs pid=
+    # CPU time is read for the two proxies: tollgate, and nginx as the bare proxy
+    [[ $name = tollgate* ]] && pid=$TG_PID
+    [[ $name = proxy* ]] && pid=$PROXY_PID
+    [[ -n $pid ]] && before=$(cpu_ticks "$pid")
     wrk -t"$t" -c"$c" -d"${DUR}s" --timeout 5s --latency -s "$TMP/$script.lua" "$url" >"$f" 2>&1 || { cat "$f" >&2; die "wrk $name failed"; }
-    [[ $name = tollgate* ]] && after=$(cpu_ticks)
+    [[ -n $pid ]] && after=$(cpu_ticks "$pid")
     reqs=$(awk '/requests in/ {print $1}' "$f")
     rec "$name.requests" "$reqs"
     rec "$name.rps" "$(awk '/^Requests\/sec:/ {print $2}' "$f")"
@@ -240,7 +267,7 @@ run_wrk() { # name url script conns threads
     for p in 50 75 90 99; do
         rec "$name.latency_us.p$p" "$(to_us "$(awk -v p="$p%" '$1==p {print $2}' "$f")")"
     done
-    if [[ $name = tollgate* ]]; then
+    if [[ -n $pid ]]; then
         read -r u0 s0 <<<"$before"; read -r u1 s1 <<<"$after"
         rec "$name.cpu_us_per_request" "$(awk -v d=$((u1 + s1 - u0 - s0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN{printf "%.2f", d/hz*1e6/n}')"
         rec "$name.cpu_user_us_per_request" "$(awk -v d=$((u1 - u0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN{printf "%.2f", d/hz*1e6/n}')"
@@ -381,7 +408,7 @@ for kind, sec in (("plain", "plain"), ("sse", "streaming"), ("c1", "one_connecti
         n = f"{who}_{kind}"
         d = {"rps": g(n + ".rps"), "requests": g(n + ".requests"), "errors": g(n + ".errors"),
              "latency_us": {p: g(f"{n}.latency_us.{p}") for p in ("p50", "p75", "p90", "p99")}}
-        if who == "tollgate":
+        if who in ("tollgate", "proxy"):
             for c in ("cpu_us_per_request", "cpu_user_us_per_request", "cpu_sys_us_per_request"): d[c] = g(f"{n}.{c}")
         if kind == "sse": d["ttfb_us"] = {p: g(f"{n}.ttfb_us.{p}") for p in ("p50", "p90", "p99")}
         r[sec]["bare_proxy" if who == "proxy" else who] = d
@@ -389,6 +416,7 @@ for kind, sec in (("plain", "plain"), ("sse", "streaming"), ("c1", "one_connecti
     s["ratio_tollgate_to_direct"] = round(s["tollgate"]["rps"] / s["direct"]["rps"], 3)
     s["ratio_tollgate_to_bare_proxy"] = round(s["tollgate"]["rps"] / s["bare_proxy"]["rps"], 3)
     s["ratio_bare_proxy_to_direct"] = round(s["bare_proxy"]["rps"] / s["direct"]["rps"], 3)
+    s["cpu_ratio_tollgate_to_bare_proxy"] = round(s["tollgate"]["cpu_us_per_request"] / s["bare_proxy"]["cpu_us_per_request"], 3)
 c1 = r["one_connection"]
 c1["added_latency_us"] = {p: round(c1["tollgate"]["latency_us"][p] - c1["direct"]["latency_us"][p], 1) for p in ("p50", "p90", "p99")}
 c1["bare_proxy_added_latency_us"] = {p: round(c1["bare_proxy"]["latency_us"][p] - c1["direct"]["latency_us"][p], 1) for p in ("p50", "p90", "p99")}
@@ -396,10 +424,12 @@ st = r["streaming"]
 st["ttfb_added_us"] = {p: round(st["tollgate"]["ttfb_us"][p] - st["direct"]["ttfb_us"][p], 1) for p in ("p50", "p90", "p99")}
 st["bare_proxy_ttfb_added_us"] = {p: round(st["bare_proxy"]["ttfb_us"][p] - st["direct"]["ttfb_us"][p], 1) for p in ("p50", "p90", "p99")}
 pt = r["streaming_passthrough"]
+# Judged against nginx as a bare proxy in the same run: this VM's speed drifts from minute to
+# minute, the ratio to a proxy measured in the same minutes does not.
 budget = [
-    ("CPU per non-streaming request (µs)", r["plain"]["tollgate"]["cpu_us_per_request"], "<=", 30),
-    ("Throughput plain, tollgate/direct", r["plain"]["ratio_tollgate_to_direct"], ">=", 0.25),
-    ("Throughput streaming, tollgate/direct", r["streaming"]["ratio_tollgate_to_direct"], ">=", 0.25),
+    ("CPU per plain request, tollgate/bare proxy", r["plain"]["cpu_ratio_tollgate_to_bare_proxy"], "<=", 1.75),
+    ("Throughput plain, tollgate/bare proxy", r["plain"]["ratio_tollgate_to_bare_proxy"], ">=", 0.65),
+    ("Throughput streaming, tollgate/bare proxy", r["streaming"]["ratio_tollgate_to_bare_proxy"], ">=", 0.8),
     ("Added latency at 1 connection p50 (µs)", c1["added_latency_us"]["p50"], "<=", 60),
     ("Added latency at 1 connection p99 (µs)", c1["added_latency_us"]["p99"], "<=", 1000),
     # held back = kept until the next chunk comes: a lag of a whole gap or more
@@ -426,7 +456,9 @@ for sec, label in (("plain", "plain req/s"), ("streaming", "streaming req/s"), (
         print(f"{'  latency ' + p + ' (µs)':28}" + "".join(f"{s[w]['latency_us'][p]:>12.0f}" for w in ("direct", "bare_proxy", "tollgate")))
 for p in ("p50", "p90", "p99"):
     print(f"{'stream TTFB ' + p + ' (µs)':28}" + "".join(f"{st[w]['ttfb_us'][p]:>12.0f}" for w in ("direct", "bare_proxy", "tollgate")))
-print(f"CPU µs/request: plain {r['plain']['tollgate']['cpu_us_per_request']} (user {r['plain']['tollgate']['cpu_user_us_per_request']}, sys {r['plain']['tollgate']['cpu_sys_us_per_request']}), streaming {r['streaming']['tollgate']['cpu_us_per_request']}, 1 conn {c1['tollgate']['cpu_us_per_request']}")
+for w, label in (("tollgate", "tollgate"), ("bare_proxy", "bare proxy")):
+    print(f"CPU µs/request, {label}: plain {r['plain'][w]['cpu_us_per_request']} (user {r['plain'][w]['cpu_user_us_per_request']}, sys {r['plain'][w]['cpu_sys_us_per_request']}), streaming {r['streaming'][w]['cpu_us_per_request']}, 1 conn {c1[w]['cpu_us_per_request']}")
+print(f"CPU tollgate/bare proxy: plain {r['plain']['cpu_ratio_tollgate_to_bare_proxy']}, streaming {r['streaming']['cpu_ratio_tollgate_to_bare_proxy']}")
 print(f"added latency at 1 conn (µs): {c1['added_latency_us']}; stream TTFB added (µs): {st['ttfb_added_us']}")
 print(f"RSS idle {r['rss']['idle_mb']} MB, peak {r['rss']['peak_mb']} MB; start to listening {r['startup']['listening_ms']} ms; errors {r['errors_total']}")
 print("\nbudget:")
