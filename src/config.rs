@@ -38,6 +38,29 @@ impl Serialize for Secret {
     }
 }
 
+/// A URL printed with its password masked (`http://user:***@host:3128`).
+fn masked_url<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_str(&mask_password(u)),
+        None => s.serialize_none(),
+    }
+}
+
+/// `url` with the password of its user information replaced by `***`.
+pub fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -155,7 +178,7 @@ pub struct RoutingConfig {
     pub ca_file: Option<PathBuf>,
     /// An HTTP proxy for every provider; without one, the environment's
     /// (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`) is used.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "masked_url")]
     pub proxy: Option<String>,
 }
 
@@ -225,7 +248,7 @@ pub struct ProviderConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     /// An HTTP proxy for this provider (overrides `[routing] proxy`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "masked_url")]
     pub proxy: Option<String>,
 }
 
@@ -717,7 +740,17 @@ mod tests {
         assert_eq!(c.server.listen, "127.0.0.1:9");
         assert_eq!(c.providers["openrouter"].api_key.expose(), "sk-or-x");
         assert_eq!(c.providers["local"].api_key.expose(), "k");
+        c.routing.proxy = Some("http://me:hunter22@proxy.example:3128".into());
+        c.providers.get_mut("local").unwrap().proxy = Some("http://px:secret-pw@p:1/".into());
         let printed = c.to_masked_toml();
+        assert!(
+            !printed.contains("hunter22") && !printed.contains("secret-pw"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("http://me:***@proxy.example:3128"),
+            "{printed}"
+        );
         assert!(!printed.contains("sk-or-x"), "{printed}");
         assert!(format!("{c:?}").find("sk-or-x").is_none());
     }

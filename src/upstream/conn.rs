@@ -55,12 +55,14 @@ impl Proxy {
         use hyper_util::client::proxy::matcher::Matcher;
         let matcher = match configured.filter(|p| !p.is_empty()) {
             Some(p) => {
-                let uri: Uri = p
-                    .parse()
-                    .map_err(|_| format!("{p:?} is not a proxy URL such as http://host:3128"))?;
+                // (The URL may carry a password: it is not echoed.)
+                let shown = crate::config::mask_password(p);
+                let uri: Uri = p.parse().map_err(|_| {
+                    format!("{shown:?} is not a proxy URL such as http://host:3128")
+                })?;
                 if uri.scheme_str() != Some("http") || uri.host().is_none() {
                     return Err(format!(
-                        "{p:?} is not a proxy URL such as http://host:3128 (only http:// proxies are supported)"
+                        "{shown:?} is not a proxy URL such as http://host:3128 (only http:// proxies are supported)"
                     ));
                 }
                 Matcher::builder().all(p.to_owned()).build()
