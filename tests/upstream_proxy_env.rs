@@ -31,6 +31,8 @@ async fn the_proxy_environment_is_honoured_like_curls() {
         use_mock(cfg, &plain, &["openrouter"]);
         use_mock(cfg, &tls, &["aiml"]);
         cfg.routing.ca_file = Some(common::raw::test_ca_path());
+        // The harness connects directly; here the environment decides.
+        cfg.routing.proxy = None;
     };
     std::env::set_var("HTTP_PROXY", proxy.url());
     std::env::set_var("HTTPS_PROXY", proxy.url());

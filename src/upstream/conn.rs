@@ -49,11 +49,14 @@ pub struct Proxy {
 
 impl Proxy {
     /// The proxy for `url`: `configured` (a URL such as
-    /// `http://user:pass@host:3128`) if given, else the environment's, as
-    /// curl reads it; `None` to connect directly.
+    /// `http://user:pass@host:3128`, or `none` for a direct connection) if
+    /// given, else the environment's, as curl reads it; `None` to connect
+    /// directly.
     pub fn for_url(url: &Uri, configured: Option<&str>) -> Result<Option<Proxy>, String> {
         use hyper_util::client::proxy::matcher::Matcher;
         let matcher = match configured.filter(|p| !p.is_empty()) {
+            // Direct, whatever the environment says.
+            Some("none") => return Ok(None),
             Some(p) => {
                 // (The URL may carry a password: it is not echoed.)
                 let shown = crate::config::mask_password(p);
@@ -649,6 +652,7 @@ mod tests {
         assert_eq!(t.headers[header::PROXY_AUTHORIZATION], "Basic dTpw");
         assert!(!format!("{t:?} {:?}", t.origin).contains("dTpw"));
         assert!(Origin::new(&"ftp://x/y".parse().unwrap(), tls, None).is_none());
+        assert_eq!(Proxy::for_url(&url, Some("none")), Ok(None));
         for bad in ["socks5://h:1", "not a url", "https://h:1"] {
             assert!(Proxy::for_url(&url, Some(bad)).is_err(), "{bad}");
         }

@@ -28,6 +28,9 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     let mut cfg = Config::default();
     cfg.server.listen = "127.0.0.1:0".into();
     cfg.database.path = dir.join("tollgate.db");
+    // The mocks are on loopback: a proxy in the developer's environment
+    // must not carry the tests' calls.
+    cfg.routing.proxy = Some("none".into());
     cfg
 }
 
