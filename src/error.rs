@@ -292,17 +292,25 @@ impl From<crate::db::DbError> for ApiError {
 /// past `[server] body_timeout_secs`, 413 over `max_body_bytes`, else 400.
 /// Both refusals end the connection (the rest of the body is not read).
 pub fn body_read_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    if caused_by::<crate::server::watch::BodyStalled>(e) {
+        request_timeout()
+    } else if caused_by::<http_body_util::LengthLimitError>(e) {
+        body_too_large()
+    } else {
+        ApiError::bad_request(format!("Failed to read the request body: {e}"))
+    }
+}
+
+/// Whether `e`, or an error it was caused by, is a `T`.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
     while let Some(c) = cause {
-        if c.is::<crate::server::watch::BodyStalled>() {
-            return request_timeout();
-        }
-        if c.is::<http_body_util::LengthLimitError>() {
-            return body_too_large();
+        if c.is::<T>() {
+            return true;
         }
         cause = c.source();
     }
-    ApiError::bad_request(format!("Failed to read the request body: {e}"))
+    false
 }
 
 /// 408: the request body stalled.
@@ -416,14 +424,7 @@ impl From<BytesRejection> for ApiError {
 
 /// The body could not be read because it stopped arriving.
 fn stalled(r: &BytesRejection) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(r);
-    while let Some(c) = cause {
-        if c.is::<crate::server::watch::BodyStalled>() {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
+    caused_by::<crate::server::watch::BodyStalled>(r)
 }
 
 impl From<FormRejection> for ApiError {

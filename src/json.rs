@@ -150,6 +150,59 @@ pub fn case_variant(key: &str, field: &str) -> bool {
     case_variant_of(key, &[field]).is_some()
 }
 
+/// A JSON value read for the characters of its text: a string's decoded
+/// characters, 0 for anything else. The string is never copied.
+pub struct Chars(pub usize);
+
+impl<'de> Deserialize<'de> for Chars {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Chars;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Chars, E> {
+                Ok(Chars(s.chars().count()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Chars, E> {
+                Ok(Chars(0))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Chars, E> {
+                Ok(Chars(0))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Chars, E> {
+                Ok(Chars(0))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Chars, E> {
+                Ok(Chars(0))
+            }
+            fn visit_unit<E>(self) -> Result<Chars, E> {
+                Ok(Chars(0))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, s: A) -> Result<Chars, A::Error> {
+                skip_seq(s).map(|()| Chars(0))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Chars, A::Error> {
+                skip_map(m).map(|()| Chars(0))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads and drops the rest of a sequence.
+pub fn skip_seq<'de, A: de::SeqAccess<'de>>(mut s: A) -> Result<(), A::Error> {
+    while s.next_element::<de::IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// Reads and drops the rest of a map.
+pub fn skip_map<'de, A: MapAccess<'de>>(mut m: A) -> Result<(), A::Error> {
+    while m.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
 /// Refuses JSON nested deeper than [`MAX_DEPTH`]. A text with no more
 /// opening brackets than that cannot be deeper, and is passed at the cost of
 /// a byte count; otherwise serde_json walks it, counting levels as it goes.

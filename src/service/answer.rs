@@ -16,49 +16,6 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, Visitor};
 use serde_json::value::RawValue;
 use std::fmt;
 
-/// A JSON value read for the characters of its text: a string's decoded
-/// characters, 0 for anything else. The string is never copied.
-struct Chars(usize);
-
-impl<'de> Deserialize<'de> for Chars {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Chars;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Chars, E> {
-                Ok(Chars(s.chars().count()))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Chars, E> {
-                Ok(Chars(0))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Chars, E> {
-                Ok(Chars(0))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Chars, E> {
-                Ok(Chars(0))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Chars, E> {
-                Ok(Chars(0))
-            }
-            fn visit_unit<E>(self) -> Result<Chars, E> {
-                Ok(Chars(0))
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<Chars, A::Error> {
-                while s.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Chars(0))
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<Chars, A::Error> {
-                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Chars(0))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 /// Visitor methods that accept any other JSON value and read it as `$v`.
 macro_rules! lenient {
     ($t:ty, $v:expr) => {
@@ -97,11 +54,6 @@ fn fields<'de, A: de::MapAccess<'de>>(
     Ok(())
 }
 
-fn skip_seq<'de, A: de::SeqAccess<'de>>(mut s: A) -> Result<(), A::Error> {
-    while s.next_element::<IgnoredAny>()?.is_some() {}
-    Ok(())
-}
-
 /// Generated characters in a value of one of the shapes below, counted as
 /// it is read: anything of another shape counts nothing.
 macro_rules! counting {
@@ -117,7 +69,7 @@ macro_rules! counting {
                     }
                     lenient!($name, $name(0));
                     fn visit_seq<A: de::SeqAccess<'de>>(self, s: A) -> Result<$name, A::Error> {
-                        skip_seq(s).map(|()| $name(0))
+                        json::skip_seq(s).map(|()| $name(0))
                     }
                     fn visit_map<A: de::MapAccess<'de>>(self, $m: A) -> Result<$name, A::Error> {
                         $body
@@ -145,7 +97,7 @@ counting!(FunctionChars, "a function call", |m| {
     let mut n = 0;
     fields(m, |k, m| {
         Ok(k == "arguments" && {
-            n += m.next_value::<Chars>()?.0;
+            n += m.next_value::<json::Chars>()?.0;
             true
         })
     })?;
@@ -175,7 +127,7 @@ impl<'de> Deserialize<'de> for ToolCallsChars {
                 Ok(ToolCallsChars(n))
             }
             fn visit_map<A: de::MapAccess<'de>>(self, m: A) -> Result<ToolCallsChars, A::Error> {
-                fields(m, |_, _| Ok(false)).map(|()| ToolCallsChars(0))
+                json::skip_map(m).map(|()| ToolCallsChars(0))
             }
         }
         d.deserialize_any(V)
@@ -189,7 +141,7 @@ counting!(TurnChars, "a message", |m| {
     fields(m, |k, m| {
         Ok(match k {
             "content" | "reasoning" => {
-                n += m.next_value::<Chars>()?.0;
+                n += m.next_value::<json::Chars>()?.0;
                 true
             }
             "tool_calls" => {
@@ -232,10 +184,10 @@ impl<'de> Deserialize<'de> for Present {
                 Ok(Present(false))
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, s: A) -> Result<Present, A::Error> {
-                skip_seq(s).map(|()| Present(true))
+                json::skip_seq(s).map(|()| Present(true))
             }
             fn visit_map<A: de::MapAccess<'de>>(self, m: A) -> Result<Present, A::Error> {
-                fields(m, |_, _| Ok(false)).map(|()| Present(true))
+                json::skip_map(m).map(|()| Present(true))
             }
         }
         d.deserialize_any(V)
@@ -274,7 +226,7 @@ impl<'de> Deserialize<'de> for ChoiceRead {
                 }
             );
             fn visit_seq<A: de::SeqAccess<'de>>(self, s: A) -> Result<ChoiceRead, A::Error> {
-                skip_seq(s).map(|()| ChoiceRead {
+                json::skip_seq(s).map(|()| ChoiceRead {
                     chars: 0,
                     finished: false,
                 })
@@ -292,7 +244,7 @@ impl<'de> Deserialize<'de> for ChoiceRead {
                         }
                         // Legacy completions.
                         "text" => {
-                            c.chars += m.next_value::<Chars>()?.0;
+                            c.chars += m.next_value::<json::Chars>()?.0;
                             true
                         }
                         "finish_reason" => {
@@ -328,7 +280,7 @@ impl<'de> Deserialize<'de> for ChoicesRead {
                 Ok(out)
             }
             fn visit_map<A: de::MapAccess<'de>>(self, m: A) -> Result<ChoicesRead, A::Error> {
-                fields(m, |_, _| Ok(false)).map(|()| ChoicesRead::default())
+                json::skip_map(m).map(|()| ChoicesRead::default())
             }
         }
         d.deserialize_any(V)

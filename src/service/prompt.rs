@@ -6,7 +6,7 @@
 
 use super::proxy::Endpoint;
 use crate::json::{self, Str};
-use crate::metering::estimate::tokens_of_text;
+use crate::metering::estimate::{tokens_of_chars, tokens_of_text};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -43,44 +43,11 @@ macro_rules! scalar_tokens {
     };
 }
 
-fn skip_seq<'de, A: SeqAccess<'de>>(mut s: A) -> Result<(), A::Error> {
-    while s.next_element::<IgnoredAny>()?.is_some() {}
-    Ok(())
-}
-
-fn skip_map<'de, A: MapAccess<'de>>(mut m: A) -> Result<(), A::Error> {
-    while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-    Ok(())
-}
-
 /// `key` read as `field`, as an upstream might: exactly, or (for a decoder
 /// that ignores letter case) in other cases. What any upstream could count
 /// as prompt is counted.
 fn is(key: &str, field: &str) -> bool {
     key == field || json::case_variant(key, field)
-}
-
-/// Tokens of a string (0 for anything else).
-struct TextTokens(i64);
-
-impl<'de> Deserialize<'de> for TextTokens {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TextTokens;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            scalar_tokens!(TextTokens, 0);
-            fn visit_seq<A: SeqAccess<'de>>(self, s: A) -> Result<TextTokens, A::Error> {
-                skip_seq(s).map(|()| TextTokens(0))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<TextTokens, A::Error> {
-                skip_map(m).map(|()| TextTokens(0))
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 /// A content part: its `text`'s tokens, or a fixed allowance for an image
@@ -97,13 +64,13 @@ impl<'de> Deserialize<'de> for PartTokens {
             }
             scalar_tokens!(PartTokens, 1);
             fn visit_seq<A: SeqAccess<'de>>(self, s: A) -> Result<PartTokens, A::Error> {
-                skip_seq(s).map(|()| PartTokens(1))
+                json::skip_seq(s).map(|()| PartTokens(1))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<PartTokens, A::Error> {
                 let mut text = 0;
                 while let Some(Str(k)) = m.next_key::<Str>()? {
                     if is(&k, "text") {
-                        text += m.next_value::<TextTokens>()?.0;
+                        text += tokens_of_chars(m.next_value::<json::Chars>()?.0);
                     } else {
                         m.next_value::<IgnoredAny>()?;
                     }
@@ -135,7 +102,7 @@ impl<'de> Deserialize<'de> for ContentTokens {
                 Ok(ContentTokens(n))
             }
             fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<ContentTokens, A::Error> {
-                skip_map(m).map(|()| ContentTokens(85))
+                json::skip_map(m).map(|()| ContentTokens(85))
             }
         }
         d.deserialize_any(V)
@@ -157,7 +124,7 @@ impl<'de> Deserialize<'de> for MessageTokens {
             }
             scalar_tokens!(MessageTokens, 1);
             fn visit_seq<A: SeqAccess<'de>>(self, s: A) -> Result<MessageTokens, A::Error> {
-                skip_seq(s).map(|()| MessageTokens(1))
+                json::skip_seq(s).map(|()| MessageTokens(1))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<MessageTokens, A::Error> {
                 let mut n = 0;
@@ -167,7 +134,7 @@ impl<'de> Deserialize<'de> for MessageTokens {
                     } else if is(&k, "tool_calls") {
                         n += tokens_of_raw(m.next_value::<&RawValue>()?);
                     } else if is(&k, "name") {
-                        n += m.next_value::<TextTokens>()?.0;
+                        n += tokens_of_chars(m.next_value::<json::Chars>()?.0);
                     } else {
                         m.next_value::<IgnoredAny>()?;
                     }
@@ -200,7 +167,7 @@ impl<'de> Deserialize<'de> for InputTokens {
                 Ok(InputTokens(n))
             }
             fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<InputTokens, A::Error> {
-                skip_map(m).map(|()| InputTokens(1))
+                json::skip_map(m).map(|()| InputTokens(1))
             }
         }
         d.deserialize_any(V)
@@ -264,7 +231,7 @@ impl<'de> Visitor<'de> for PromptSeed {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Prompt, A::Error> {
-        skip_map(m).map(|()| Prompt::WrongShape)
+        json::skip_map(m).map(|()| Prompt::WrongShape)
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<Prompt, E> {
