@@ -223,6 +223,15 @@ pub enum OnDisconnect {
     Drain,
 }
 
+/// The API a provider speaks (`api = "openai" | "anthropic"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderApi {
+    #[default]
+    OpenAI,
+    Anthropic,
+}
+
 /// A `[providers.NAME]` section. Every field is optional: for the built-ins
 /// what is left out keeps its default (see `upstream::providers`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -244,6 +253,10 @@ pub struct ProviderConfig {
     pub models_ttl_secs: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cap_field: Option<String>,
+    /// The dialect the provider speaks: OpenAI's chat completions (the
+    /// default) or Anthropic's Messages API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<ProviderApi>,
     /// Extra trusted root certificates (PEM) for this provider.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,

@@ -6,14 +6,11 @@ use super::extract::{AppPath, AppQuery};
 use super::RequestId;
 use crate::auth::{CurrentUser, Principal};
 use crate::error::{ApiError, ApiResult};
-use crate::service::proxy::{self, Endpoint};
 use crate::state::AppState;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, MethodRouter};
 use axum::{Extension, Json, Router};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -23,34 +20,41 @@ use serde_json::{json, Value};
 /// rebuilds the request's URI to strip the prefix on every call.
 pub fn routes(prefix: &str) -> Router<AppState> {
     Router::new()
-        .route(
-            &format!("{prefix}/chat/completions"),
-            generation(Endpoint::Chat),
-        )
-        .route(
-            &format!("{prefix}/completions"),
-            generation(Endpoint::Completions),
-        )
-        .route(
-            &format!("{prefix}/embeddings"),
-            generation(Endpoint::Embeddings),
-        )
         .route(&format!("{prefix}/models"), get(models))
         .route(&format!("{prefix}/models/{{*id}}"), get(model))
         .route(&format!("{prefix}/providers"), get(providers))
 }
 
-/// The POST route of one generation endpoint, handed to the proxy.
-fn generation(ep: Endpoint) -> MethodRouter<AppState> {
+/// The generation routes under `/llm`, `/v1` and the root, each a POST into
+/// [`generation_door`](super::generation_door), which authenticates: they are
+/// mounted outside the authenticated router.
+pub fn generation_routes() -> Router<AppState> {
+    let mut r = Router::new();
+    for prefix in ["/llm", "/v1", ""] {
+        for path in [
+            "/chat/completions",
+            "/completions",
+            "/embeddings",
+            "/messages",
+            "/messages/count_tokens",
+            "/responses",
+        ] {
+            let full = format!("{prefix}{path}");
+            if let Some(door) = super::door_of(&full) {
+                r = r.route(&full, generation(door));
+            }
+        }
+    }
+    r
+}
+
+/// The POST route of one door.
+fn generation(door: super::Door) -> MethodRouter<AppState> {
     post(
         move |State(st): State<AppState>,
-              CurrentUser(p): CurrentUser,
               Extension(rid): Extension<RequestId>,
-              body: Result<Bytes, BytesRejection>| async move {
-            match body {
-                Ok(b) => proxy::handle(st, p, rid.0, ep, b).await,
-                Err(r) => ApiError::from(r).into_response(),
-            }
+              req: axum::extract::Request| async move {
+            super::generation_door(st, door, rid.0, req).await
         },
     )
 }
@@ -136,8 +140,9 @@ async fn merged(st: &AppState, p: &Principal, only: Option<&str>) -> Vec<ModelEn
 async fn models(
     State(st): State<AppState>,
     CurrentUser(p): CurrentUser,
+    headers: axum::http::HeaderMap,
     AppQuery(q): AppQuery<ModelsQuery>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<axum::response::Response> {
     let only = q.provider.as_deref().filter(|s| !s.is_empty());
     if let Some(o) = only {
         if st.providers.get(o).is_none() {
@@ -147,7 +152,24 @@ async fn models(
         }
     }
     let data = merged(&st, &p, only).await;
-    Ok(Json(json!({"object": "list", "data": data})))
+    if headers.contains_key("anthropic-version") {
+        // Anthropic's shape, for its SDKs and Claude Code.
+        let data: Vec<Value> = data
+            .iter()
+            .map(|m| {
+                let created = chrono::DateTime::from_timestamp(m.created, 0).unwrap_or_default();
+                json!({"type": "model", "id": m.id, "display_name": m.id,
+                       "created_at": crate::db::ts(created)})
+            })
+            .collect();
+        let first = data.first().map(|m| m["id"].clone()).unwrap_or(Value::Null);
+        let last = data.last().map(|m| m["id"].clone()).unwrap_or(Value::Null);
+        return Ok(Json(
+            json!({"data": data, "has_more": false, "first_id": first, "last_id": last}),
+        )
+        .into_response());
+    }
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
 }
 
 async fn model(

@@ -120,6 +120,10 @@ pub fn router(state: AppState) -> Router {
         .merge(llm::routes("/llm"))
         .merge(llm::routes("/v1"))
         .merge(llm::routes(""));
+    // Generation calls authenticate and read their body in the one door
+    // (`generation_door`), reached from here when the router is needed
+    // (a browser's request, for CORS) and straight from `dispatch` otherwise.
+    let generation = llm::generation_routes();
     let protected = match state.config.server.metrics {
         MetricsAccess::Admin => protected.route("/metrics", get(metrics_admin)),
         _ => protected,
@@ -129,6 +133,7 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .merge(public)
         .merge(protected)
+        .merge(generation)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes));
@@ -220,8 +225,8 @@ where
     let uri = req.uri().clone();
     let resp = match fast.zip(fast_endpoint(&req)) {
         // The generation routes, the hot path, go straight to their handler.
-        Some((st, ep)) => {
-            AssertUnwindSafe(generation_direct(st, ep, id, req))
+        Some((st, door)) => {
+            AssertUnwindSafe(generation_door(st, door, id, req))
                 .catch_unwind()
                 .await
         }
@@ -275,36 +280,61 @@ fn finish(
     resp
 }
 
-/// A generation call the router need not see: a POST to `/v1`, `/llm` or the
-/// root's `chat/completions`, `completions` or `embeddings`, without an
-/// `Origin` (a browser's request goes through the router and its CORS layer).
-fn fast_endpoint<B>(req: &axum::http::Request<B>) -> Option<crate::service::proxy::Endpoint> {
+/// A generation call the router need not see: a POST to one of the door's
+/// paths without an `Origin` (a browser's request goes through the router
+/// and its CORS layer, then through the same door).
+fn fast_endpoint<B>(req: &axum::http::Request<B>) -> Option<Door> {
     if req.method() != Method::POST || req.headers().contains_key(axum::http::header::ORIGIN) {
         return None;
     }
-    generation_endpoint(req.uri().path())
+    door_of(req.uri().path())
 }
 
-/// The generation endpoint `path` names, if any.
-pub fn generation_endpoint(path: &str) -> Option<crate::service::proxy::Endpoint> {
+/// What a request through the door asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// A metered call of a generation endpoint.
+    Call(crate::service::proxy::Endpoint),
+    /// `POST /v1/messages/count_tokens`: the gateway's estimate.
+    CountTokens,
+}
+
+impl Door {
+    /// The dialect its errors are written in.
+    fn dialect(self) -> crate::service::proxy::Endpoint {
+        match self {
+            Door::Call(ep) => ep,
+            Door::CountTokens => crate::service::proxy::Endpoint::Messages,
+        }
+    }
+}
+
+/// The door `path` leads to, if any: the generation endpoints under `/v1`,
+/// `/llm` or the root.
+pub fn door_of(path: &str) -> Option<Door> {
     use crate::service::proxy::Endpoint;
     let rest = path
         .strip_prefix("/v1")
         .or_else(|| path.strip_prefix("/llm"))
         .unwrap_or(path);
     match rest {
-        "/chat/completions" => Some(Endpoint::Chat),
-        "/completions" => Some(Endpoint::Completions),
-        "/embeddings" => Some(Endpoint::Embeddings),
+        "/chat/completions" => Some(Door::Call(Endpoint::Chat)),
+        "/completions" => Some(Door::Call(Endpoint::Completions)),
+        "/embeddings" => Some(Door::Call(Endpoint::Embeddings)),
+        "/messages" => Some(Door::Call(Endpoint::Messages)),
+        "/responses" => Some(Door::Call(Endpoint::Responses)),
+        "/messages/count_tokens" => Some(Door::CountTokens),
         _ => None,
     }
 }
 
-/// What the routed handler does (`llm::generation` behind `RequireAuthLayer`
-/// and `DefaultBodyLimit`), without the routing, layers and extractors.
-async fn generation_direct<B>(
+/// The one door into a generation call, whichever way the request came:
+/// authentication (from the head: a wrong credential never has its body
+/// read), the body limit, reading the body, then the proxy. Errors are in
+/// the shape of the endpoint's dialect.
+pub async fn generation_door<B>(
     st: AppState,
-    ep: crate::service::proxy::Endpoint,
+    door: Door,
     request_id: String,
     req: axum::http::Request<B>,
 ) -> Response
@@ -313,22 +343,29 @@ where
     B::Error: Into<axum::BoxError>,
 {
     use http_body_util::BodyExt;
+    let shape = door.dialect();
     let p = match crate::auth::extract::authenticate(&st, req.headers()) {
         Ok(p) => p,
-        Err(e) => return e.into_response(),
+        Err(e) => return crate::dialect::error_response(shape, e),
     };
     let limit = st.config.server.max_body_bytes;
     if declared_too_large(req.headers(), limit) {
-        return crate::error::body_too_large().into_response();
+        return crate::dialect::error_response(shape, crate::error::body_too_large());
     }
     let body = match http_body_util::Limited::new(req.into_body(), limit)
         .collect()
         .await
     {
         Ok(c) => c.to_bytes(),
-        Err(e) => return crate::error::body_read_error(&*e).into_response(),
+        Err(e) => return crate::dialect::error_response(shape, crate::error::body_read_error(&*e)),
     };
-    crate::service::proxy::handle(st, p, request_id, ep, body).await
+    match door {
+        Door::Call(ep) => crate::service::proxy::handle(st, p, request_id, ep, body).await,
+        Door::CountTokens => match crate::service::proxy::count_tokens(body) {
+            Ok(n) => axum::Json(serde_json::json!({ "input_tokens": n })).into_response(),
+            Err(e) => crate::dialect::error_response(shape, e),
+        },
+    }
 }
 
 /// Whether `[server] cors_allowed_origins` names any origin.

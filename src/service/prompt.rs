@@ -71,6 +71,12 @@ impl<'de> Deserialize<'de> for PartTokens {
                 while let Some(Str(k)) = m.next_key::<Str>()? {
                     if is(&k, "text") {
                         text += tokens_of_chars(m.next_value::<json::Chars>()?.0);
+                    } else if is(&k, "content") {
+                        // An Anthropic tool result: a string or parts.
+                        text += m.next_value::<ContentTokens>()?.0;
+                    } else if is(&k, "input") {
+                        // An Anthropic tool use: its arguments as written.
+                        text += tokens_of_raw(m.next_value::<&RawValue>()?);
                     } else {
                         m.next_value::<IgnoredAny>()?;
                     }
@@ -131,8 +137,12 @@ impl<'de> Deserialize<'de> for MessageTokens {
                 while let Some(Str(k)) = m.next_key::<Str>()? {
                     if is(&k, "content") {
                         n += m.next_value::<ContentTokens>()?.0;
-                    } else if is(&k, "tool_calls") {
+                    } else if is(&k, "tool_calls") || is(&k, "arguments") {
+                        // Chat tool calls; a Responses function call's arguments.
                         n += tokens_of_raw(m.next_value::<&RawValue>()?);
+                    } else if is(&k, "output") {
+                        // A Responses function call's output.
+                        n += m.next_value::<ContentTokens>()?.0;
                     } else if is(&k, "name") {
                         n += tokens_of_chars(m.next_value::<json::Chars>()?.0);
                     } else {
@@ -202,16 +212,16 @@ impl<'de> Visitor<'de> for PromptSeed {
 
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Prompt, E> {
         Ok(match self.0 {
-            Endpoint::Chat => Prompt::WrongShape,
+            Endpoint::Chat | Endpoint::Messages => Prompt::WrongShape,
             Endpoint::Completions => Prompt::Tokens(1 + tokens_of_text(s)),
-            Endpoint::Embeddings => Prompt::Tokens(tokens_of_text(s)),
+            Endpoint::Embeddings | Endpoint::Responses => Prompt::Tokens(tokens_of_text(s)),
         })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Prompt, A::Error> {
         let mut n = 0;
         match self.0 {
-            Endpoint::Chat => {
+            Endpoint::Chat | Endpoint::Messages | Endpoint::Responses => {
                 n += 3;
                 while let Some(m) = s.next_element::<MessageTokens>()? {
                     n += 4 + m.0;

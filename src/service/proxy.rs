@@ -10,6 +10,8 @@
 use super::answer::{Answer, Wanted};
 use super::request::Request;
 use crate::auth::Principal;
+use crate::config::ProviderApi;
+use crate::dialect::{self, Conversation, Way};
 use crate::error::ApiError;
 use crate::json;
 use crate::metering::call::{record_refusal, CallInfo, CallMeter, Outcome};
@@ -31,6 +33,10 @@ pub enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    /// Anthropic's Messages API.
+    Messages,
+    /// OpenAI's Responses API.
+    Responses,
 }
 
 impl Endpoint {
@@ -39,6 +45,8 @@ impl Endpoint {
             Endpoint::Chat => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::Messages => "/messages",
+            Endpoint::Responses => "/responses",
         }
     }
 
@@ -48,6 +56,8 @@ impl Endpoint {
             Endpoint::Chat => "chat/completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
+            Endpoint::Responses => "responses",
         }
     }
 }
@@ -83,8 +93,14 @@ pub async fn handle(
     };
     match result {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => crate::dialect::error_response(ep, e),
     }
+}
+
+/// `POST /v1/messages/count_tokens`: the prompt estimate of a Messages body
+/// (read as a call would be; `max_tokens` not needed).
+pub fn count_tokens(raw: Bytes) -> Result<i64, ApiError> {
+    Request::parse_for_count(raw).map(|r| r.prompt_estimate)
 }
 
 pub(super) fn shutting_down() -> ApiError {
@@ -202,6 +218,16 @@ async fn run(
     let started = std::time::Instant::now();
     let req = Request::parse(ep, raw)?;
     let route = st.providers.route(&req.model);
+    if dialect::way(ep, route.provider.api) == Way::No {
+        return Err(ApiError::invalid_field(
+            "model",
+            format!(
+                "The provider {} speaks Anthropic's Messages API, which has no /{}; use /v1/messages or /v1/chat/completions, or a model of an OpenAI-compatible provider.",
+                route.provider.name,
+                ep.name()
+            ),
+        ));
+    }
     let info = CallInfo {
         request_id,
         user_id: p.user.id,
@@ -322,14 +348,34 @@ async fn run(
     let mut targets = vec![route];
     if let Some(alts) = st.config.routing.fallbacks.get(&req.model) {
         // A fallback on another provider gets the same `models` list: it is
-        // taken only if that provider's names are allowed too.
+        // taken only if that provider's names are allowed too, and only if
+        // it can serve the endpoint.
         targets.extend(alts.iter().map(|m| st.providers.route(m)).filter(|t| {
-            req.models
-                .iter()
-                .all(|m| allowed(&p, &plan, &format!("{}/{m}", t.provider.id)).is_ok())
+            dialect::way(ep, t.provider.api) != Way::No
+                && req
+                    .models
+                    .iter()
+                    .all(|m| allowed(&p, &plan, &format!("{}/{m}", t.provider.id)).is_ok())
         }));
     }
-    let sent = send(&st, &mut meter, &req, ep, cap, &targets).await;
+    // The conversation, read once when some target speaks another dialect.
+    let conversation = match targets
+        .iter()
+        .any(|t| dialect::way(ep, t.provider.api) == Way::Translate)
+    {
+        true => Some(dialect::parse(ep, req.text())?),
+        false => None,
+    };
+    let sent = send(
+        &st,
+        &mut meter,
+        &req,
+        conversation.as_ref(),
+        ep,
+        cap,
+        &targets,
+    )
+    .await;
     let (resp, target) = match sent {
         Ok(r) => r,
         Err(e) => {
@@ -345,6 +391,7 @@ async fn run(
         }
     };
     let is_sse = resp.is_event_stream();
+    let way = dialect::way(ep, target.provider.api);
     if req.stream && is_sse {
         return Ok(super::stream::stream_response(super::stream::StreamCall {
             st,
@@ -354,10 +401,11 @@ async fn run(
             client_model: req.model,
             wants_usage,
             ep,
+            way,
             started,
         }));
     }
-    let result = whole_response(&st, &mut meter, resp, &target, &req.model).await;
+    let result = whole_response(&st, &mut meter, resp, &target, &req.model, ep, way).await;
     let status = match &result {
         Ok(_) => 200,
         Err(e) => e.status.as_u16(),
@@ -378,6 +426,7 @@ async fn send(
     st: &AppState,
     meter: &mut CallMeter,
     req: &Request,
+    conversation: Option<&Conversation>,
     ep: Endpoint,
     cap: Option<i64>,
     targets: &[Route],
@@ -397,7 +446,23 @@ async fn send(
             });
             continue;
         }
-        let bytes = req.upstream_body(&target.upstream_model, cap, &prov.cap_field);
+        let (path, bytes) = match (dialect::way(ep, prov.api), conversation) {
+            (Way::Translate, Some(c)) => {
+                let out = dialect::encode(
+                    prov.api,
+                    c,
+                    &target.upstream_model,
+                    cap,
+                    &prov.cap_field,
+                    req.stream,
+                );
+                (out.path, Bytes::from(out.body))
+            }
+            _ => (
+                ep.path(),
+                req.upstream_body(&target.upstream_model, cap, &prov.cap_field),
+            ),
+        };
         if target.provider.id != meter.info.provider
             || target.upstream_model != meter.info.upstream_model
         {
@@ -416,7 +481,7 @@ async fn send(
                     .await;
             }
             attempts += 1;
-            match client::post_json(prov, ep.path(), bytes.clone(), req.stream).await {
+            match client::post_json(prov, path, bytes.clone(), req.stream).await {
                 Ok(resp) if resp.status().is_success() => {
                     st.health.record(&prov.id, true);
                     return Ok((resp, target.clone()));
@@ -519,6 +584,8 @@ async fn whole_response(
     resp: client::UpResponse,
     target: &Route,
     client_model: &str,
+    ep: Endpoint,
+    way: Way,
 ) -> Result<Response, ApiError> {
     let prov = &target.provider;
     let limit = st.config.routing.max_response_bytes;
@@ -553,6 +620,10 @@ async fn whole_response(
         meter.finish(Outcome::UpstreamError, 502, usage);
         return Err(err);
     }
+    if way == Way::Translate {
+        return translated_whole(st, meter, &bytes, target, client_model, ep);
+    }
+    let anthropic = prov.api == ProviderApi::Anthropic;
     let answer = std::str::from_utf8(&bytes)
         .ok()
         .and_then(|t| Answer::parse(t, Wanted::default()));
@@ -575,7 +646,14 @@ async fn whole_response(
         meter.finish(Outcome::UpstreamError, err.status.as_u16(), answer.usage());
         return Err(err);
     }
-    let usage = answer.usage();
+    let usage = if anthropic {
+        answer
+            .raw("usage")
+            .and_then(|u| serde_json::from_str::<Value>(u).ok())
+            .and_then(|u| dialect::anthropic::usage_of(&u))
+    } else {
+        answer.usage()
+    };
     if usage.is_none() {
         if let Some(c) = answer.choices() {
             meter.add_generated_chars(c.chars);
@@ -585,6 +663,59 @@ async fn whole_response(
     let info = meter.finish(Outcome::Ok, 200, usage);
     let mut out = Vec::with_capacity(bytes.len() + 256);
     answer.write(&mut out, &json::quoted(client_model), true, Some(&info));
+    Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
+/// A whole answer from a provider of another dialect: read into a
+/// [`dialect::Reply`] and written in the client's.
+fn translated_whole(
+    st: &AppState,
+    meter: &mut CallMeter,
+    bytes: &[u8],
+    target: &Route,
+    client_model: &str,
+    ep: Endpoint,
+) -> Result<Response, ApiError> {
+    let prov = &target.provider;
+    let text = std::str::from_utf8(bytes).unwrap_or("");
+    let reply = match dialect::decode_reply(prov.api, text) {
+        Ok(r) => r,
+        Err(Some(v)) => {
+            let err = match errors::from_json_error(&prov.name, &v, prov.api_key.expose()) {
+                Some(n) => api_error(n),
+                None => {
+                    ApiError::upstream(format!("{}: the provider reported an error.", prov.name))
+                }
+            };
+            meter.finish(Outcome::UpstreamError, err.status.as_u16(), None);
+            return Err(err);
+        }
+        Err(None) => {
+            st.health.record(&prov.id, false);
+            meter.finish(Outcome::UpstreamError, 502, None);
+            return Err(ApiError::upstream(format!(
+                "{}: the provider answered something that is not a readable answer.",
+                prov.name
+            )));
+        }
+    };
+    if reply.usage.is_none() {
+        let chars: usize = reply
+            .parts
+            .iter()
+            .map(|p| match p {
+                dialect::Part::Text(t) => t.chars().count(),
+                dialect::Part::ToolCall {
+                    name, arguments, ..
+                } => name.chars().count() + arguments.chars().count(),
+                _ => 0,
+            })
+            .sum();
+        meter.add_generated_chars(chars);
+    }
+    meter.first_token();
+    let info = meter.finish(Outcome::Ok, 200, reply.usage);
+    let out = dialect::write_reply(ep, &reply, client_model, &info);
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
 }
 

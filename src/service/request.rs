@@ -27,7 +27,7 @@ use std::ops::Range;
 /// The top-level fields the gateway reads. A body with a letter-case variant
 /// of one of them (`"Model"`) is refused: a case-insensitive upstream would
 /// read it where the gateway did not.
-const READ: [&str; 16] = [
+const READ: [&str; 19] = [
     "model",
     "stream",
     "stream_options",
@@ -36,6 +36,7 @@ const READ: [&str; 16] = [
     "models",
     "max_tokens",
     "max_completion_tokens",
+    "max_output_tokens",
     "max_new_tokens",
     "n_predict",
     "num_predict",
@@ -44,13 +45,16 @@ const READ: [&str; 16] = [
     "prompt",
     "input",
     "tools",
+    "system",
+    "instructions",
 ];
 
 /// The completion-length fields: the cap is written into each one present,
 /// at the top level and in `options` (Ollama's native form).
-const LENGTH_FIELDS: [&str; 5] = [
+const LENGTH_FIELDS: [&str; 6] = [
     "max_tokens",
     "max_completion_tokens",
+    "max_output_tokens",
     "max_new_tokens",
     "n_predict",
     "num_predict",
@@ -65,6 +69,7 @@ fn field_error(param: &str, msg: impl Into<String>) -> ApiError {
 
 /// What the request asks for, checked.
 pub(super) struct Request {
+    ep: Endpoint,
     /// The body, checked to be UTF-8.
     text: String,
     /// Where the values the gateway writes over are in `text`.
@@ -132,11 +137,7 @@ impl<'de> Visitor<'de> for Body<'_, 'de> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
         let r = self.0;
-        let prompt_field = match r.ep {
-            Endpoint::Chat => "messages",
-            Endpoint::Completions => "prompt",
-            Endpoint::Embeddings => "input",
-        };
+        let prompt_field = prompt_field(r.ep);
         while let Some(Str(key)) = m.next_key::<Str>()? {
             if matches!(key, Cow::Owned(_)) && READ.contains(&key.as_ref()) {
                 // Written with escapes: decoded here, but not by every parser.
@@ -152,6 +153,15 @@ impl<'de> Visitor<'de> for Body<'_, 'de> {
             r.keys.push(key);
         }
         Ok(())
+    }
+}
+
+/// The field holding the prompt of `ep`'s requests.
+fn prompt_field(ep: Endpoint) -> &'static str {
+    match ep {
+        Endpoint::Chat | Endpoint::Messages => "messages",
+        Endpoint::Completions => "prompt",
+        Endpoint::Embeddings | Endpoint::Responses => "input",
     }
 }
 
@@ -215,6 +225,15 @@ fn min_cap(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 
 impl Request {
     pub fn parse(ep: Endpoint, raw: Bytes) -> Result<Request, ApiError> {
+        Self::read(ep, raw, true)
+    }
+
+    /// A Messages body read for `count_tokens`, where `max_tokens` may be absent.
+    pub fn parse_for_count(raw: Bytes) -> Result<Request, ApiError> {
+        Self::read(Endpoint::Messages, raw, false)
+    }
+
+    fn read(ep: Endpoint, raw: Bytes, is_call: bool) -> Result<Request, ApiError> {
         let not_json = |e: serde_json::Error| {
             ApiError::bad_request(format!("The body is not valid JSON: {e}"))
         };
@@ -306,7 +325,11 @@ impl Request {
 
         let mut wants_usage = false;
         let mut stream_options_at = None;
-        if let Some(so) = r.get("stream_options").filter(|_| stream) {
+        let has_stream_options = matches!(ep, Endpoint::Chat | Endpoint::Completions);
+        if let Some(so) = r
+            .get("stream_options")
+            .filter(|_| stream && has_stream_options)
+        {
             match so.get().as_bytes()[0] {
                 b'{' => {
                     let inner = Fields::parse(so.get()).map_err(not_json)?;
@@ -341,11 +364,21 @@ impl Request {
             },
         };
 
-        let (name, what) = match ep {
-            Endpoint::Chat => ("messages", "an array of messages"),
-            Endpoint::Completions => ("prompt", "a string or an array"),
-            Endpoint::Embeddings => ("input", "a string or an array"),
+        let name = prompt_field(ep);
+        let what = match ep {
+            Endpoint::Chat | Endpoint::Messages => "an array of messages",
+            Endpoint::Completions | Endpoint::Embeddings => "a string or an array",
+            Endpoint::Responses => "a string or an array of items",
         };
+        if is_call
+            && ep == Endpoint::Messages
+            && r.get("max_tokens").is_none_or(|v| v.get() == "null")
+        {
+            return Err(field_error(
+                "max_tokens",
+                "Missing required field `max_tokens` (the Messages API requires it).",
+            ));
+        }
         let mut prompt_estimate = match r.prompt {
             Some(Prompt::Tokens(t)) => t,
             _ => {
@@ -355,13 +388,19 @@ impl Request {
                 ))
             }
         };
-        if ep == Endpoint::Chat {
+        if matches!(
+            ep,
+            Endpoint::Chat | Endpoint::Messages | Endpoint::Responses
+        ) {
             prompt_estimate += r.get("tools").map_or(0, tokens_of_raw);
+            prompt_estimate += r.get("system").map_or(0, tokens_of_raw);
+            prompt_estimate += r.get("instructions").map_or(0, tokens_of_raw);
         }
 
         let model_at = at(model_raw);
         drop(r);
         Ok(Request {
+            ep,
             text,
             model_at,
             lengths_at,
@@ -376,6 +415,11 @@ impl Request {
             wants_usage,
             models,
         })
+    }
+
+    /// The body as the client sent it (UTF-8, checked).
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// The body for one upstream: the client's text with `model` set to
@@ -403,7 +447,7 @@ impl Request {
                 added.push(f);
             }
         }
-        if self.stream {
+        if self.stream && matches!(self.ep, Endpoint::Chat | Endpoint::Completions) {
             match &self.stream_options_at {
                 Some(r) => edit.replace(r.clone(), include_usage(&t[r.clone()])),
                 None => added.push("\"stream_options\":{\"include_usage\":true}".to_owned()),

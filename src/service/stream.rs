@@ -6,6 +6,7 @@
 use super::answer::{Answer, Wanted};
 use super::proxy::{api_error, shutting_down, Endpoint};
 use crate::config::OnDisconnect;
+use crate::dialect;
 use crate::error::ApiError;
 use crate::metering::call::{CallMeter, Outcome, Usage};
 use crate::state::AppState;
@@ -26,8 +27,35 @@ fn sse_error(out: &mut Vec<u8>, e: &ApiError) {
     out.extend_from_slice(b"\n\n");
 }
 
+/// How the events of a stream reach the client.
+enum Relay {
+    /// An OpenAI-compatible stream to an OpenAI client: chunk by chunk,
+    /// edited in place.
+    Chat,
+    /// An Anthropic stream to an Anthropic client: event by event, as it came,
+    /// with the model renamed and `_usage_info` in `message_delta`'s usage.
+    Anthropic {
+        /// `message_start`'s usage, merged into `message_delta`'s.
+        input: Option<Value>,
+    },
+    /// Another dialect: each event read into deltas and written in the client's.
+    Translate {
+        dec: Box<dyn dialect::Decode>,
+        enc: Box<dyn dialect::Encode>,
+        deltas: Vec<dialect::Delta>,
+    },
+}
+
+/// The `type` of an Anthropic event (its `event:` name).
+#[derive(serde::Deserialize)]
+struct Typed<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// State of one stream being pumped.
 struct Pump {
+    relay: Relay,
     client_model: String,
     /// The client's model name as a JSON string, written into each chunk.
     client_model_json: String,
@@ -73,7 +101,185 @@ impl Pump {
                     out.extend_from_slice(b"\n\n");
                 }
                 Event::Data(d) if d.trim() == "[DONE]" => self.saw_done = true,
-                Event::Data(d) => self.chunk(&d, meter, prov_name, secret, &mut out),
+                Event::Data(d) => match self.relay {
+                    Relay::Chat => self.chunk(&d, meter, prov_name, secret, &mut out),
+                    Relay::Anthropic { .. } => {
+                        self.anthropic(&d, meter, prov_name, secret, &mut out)
+                    }
+                    Relay::Translate { .. } => {
+                        self.translate(&d, meter, prov_name, secret, &mut out)
+                    }
+                },
+            }
+        }
+        out
+    }
+
+    /// An error event in the client's dialect.
+    fn write_error(&mut self, e: &ApiError, out: &mut Vec<u8>) {
+        match &mut self.relay {
+            Relay::Chat => sse_error(out, e),
+            Relay::Anthropic { .. } => {
+                let mut enc = dialect::anthropic::Encoder::new(&self.client_model, "");
+                dialect::Encode::error(&mut enc, e, out);
+            }
+            Relay::Translate { enc, .. } => enc.error(e, out),
+        }
+    }
+
+    fn upstream_error(&mut self, v: &Value, prov_name: &str, secret: &str, out: &mut Vec<u8>) {
+        let e = match errors::from_json_error(prov_name, v, secret) {
+            Some(n) => api_error(n),
+            None => ApiError::upstream(format!("{prov_name}: the provider reported an error.")),
+        };
+        self.write_error(&e, out);
+        self.failed = Some(e);
+    }
+
+    /// One event of an Anthropic stream for an Anthropic client.
+    fn anthropic(
+        &mut self,
+        d: &str,
+        meter: &mut CallMeter,
+        prov_name: &str,
+        secret: &str,
+        out: &mut Vec<u8>,
+    ) {
+        let kind = serde_json::from_str::<Typed>(d).ok().and_then(|t| t.kind);
+        let Some(kind) = kind else {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(d.as_bytes());
+            out.extend_from_slice(b"\n\n");
+            return;
+        };
+        let edited = match kind.as_ref() {
+            "error" => {
+                let v = serde_json::from_str::<Value>(d).unwrap_or(Value::Null);
+                let usage = self.usage;
+                self.upstream_error(&v, prov_name, secret, out);
+                self.usage = usage;
+                return;
+            }
+            "message_start" => serde_json::from_str::<Value>(d).ok().map(|mut v| {
+                if let Some(m) = v.get_mut("message").and_then(Value::as_object_mut) {
+                    if let Some(u) = m.get("usage") {
+                        self.usage = dialect::anthropic::usage_of(u);
+                        if let Relay::Anthropic { input } = &mut self.relay {
+                            *input = Some(u.clone());
+                        }
+                    }
+                    m.insert("model".into(), Value::String(self.client_model.clone()));
+                }
+                v
+            }),
+            "content_block_delta" => {
+                if let Ok(v) = serde_json::from_str::<Value>(d) {
+                    let delta = &v["delta"];
+                    let n = delta["text"]
+                        .as_str()
+                        .or(delta["partial_json"].as_str())
+                        .or(delta["thinking"].as_str());
+                    if let Some(t) = n {
+                        meter.first_token();
+                        meter.add_generated_chars(t.chars().count());
+                    }
+                }
+                None
+            }
+            "message_delta" => serde_json::from_str::<Value>(d).ok().map(|mut v| {
+                self.saw_finish |= v["delta"]["stop_reason"].is_string();
+                if let Some(u) = v.get_mut("usage").and_then(Value::as_object_mut) {
+                    let mut merged = match &self.relay {
+                        Relay::Anthropic { input: Some(i) } => i.clone(),
+                        _ => serde_json::json!({}),
+                    };
+                    if let Some(m) = merged.as_object_mut() {
+                        for (k, x) in u.iter() {
+                            m.insert(k.clone(), x.clone());
+                        }
+                    }
+                    self.usage = dialect::anthropic::usage_of(&merged).or(self.usage);
+                    if !meter.is_finished() {
+                        let info = meter.finish(Outcome::Ok, 200, self.usage);
+                        self.usage_sent = true;
+                        u.insert(
+                            "_usage_info".into(),
+                            serde_json::to_value(&info).unwrap_or(Value::Null),
+                        );
+                    }
+                }
+                v
+            }),
+            "message_stop" => {
+                self.saw_done = true;
+                None
+            }
+            _ => None,
+        };
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\ndata: ");
+        match edited {
+            Some(v) => {
+                let _ = serde_json::to_writer(&mut *out, &v);
+            }
+            None => out.extend_from_slice(d.as_bytes()),
+        }
+        out.extend_from_slice(b"\n\n");
+    }
+
+    /// One event of a provider of another dialect: read into deltas, each
+    /// written at once in the client's dialect.
+    fn translate(
+        &mut self,
+        d: &str,
+        meter: &mut CallMeter,
+        prov_name: &str,
+        secret: &str,
+        out: &mut Vec<u8>,
+    ) {
+        let Relay::Translate { dec, enc, deltas } = &mut self.relay else {
+            return;
+        };
+        if let Err(v) = dec.event(d, deltas) {
+            deltas.clear();
+            self.upstream_error(&v, prov_name, secret, out);
+            return;
+        }
+        for delta in deltas.drain(..) {
+            match &delta {
+                dialect::Delta::Text(t) | dialect::Delta::ToolArgs(t) => {
+                    meter.first_token();
+                    meter.add_generated_chars(t.chars().count());
+                }
+                dialect::Delta::Stop(_) => self.saw_finish = true,
+                dialect::Delta::Usage(u) => self.usage = Some(*u),
+                _ => {}
+            }
+            enc.delta(&delta, out);
+        }
+    }
+
+    /// The closing events of a stream that ended well, settling the call.
+    fn finish(&mut self, meter: &mut CallMeter) -> Vec<u8> {
+        let mut out = Vec::new();
+        match &mut self.relay {
+            Relay::Chat => {
+                if self.wants_usage && !self.usage_sent {
+                    out = self.synthesised_usage(meter);
+                } else if !meter.is_finished() {
+                    meter.finish(Outcome::Ok, 200, self.usage);
+                }
+                out.extend_from_slice(b"data: [DONE]\n\n");
+            }
+            Relay::Anthropic { .. } => {
+                if !meter.is_finished() {
+                    meter.finish(Outcome::Ok, 200, self.usage);
+                }
+            }
+            Relay::Translate { enc, .. } => {
+                let info = meter.finish(Outcome::Ok, 200, self.usage);
+                enc.finish(&info, &mut out);
             }
         }
         out
@@ -198,6 +404,7 @@ pub(super) struct StreamCall {
     pub client_model: String,
     pub wants_usage: bool,
     pub ep: Endpoint,
+    pub way: dialect::Way,
     pub started: std::time::Instant,
 }
 
@@ -232,6 +439,7 @@ async fn pump(call: StreamCall, tx: tokio::sync::mpsc::Sender<Bytes>) {
         client_model,
         wants_usage,
         ep,
+        way,
         started,
     } = call;
     let prov = target.provider.clone();
@@ -241,7 +449,17 @@ async fn pump(call: StreamCall, tx: tokio::sync::mpsc::Sender<Bytes>) {
     let max_event = st.config.routing.max_event_bytes;
     let mut reader = SseReader::new(max_event);
     let mut events = Vec::new();
+    let relay = match way {
+        dialect::Way::Translate => Relay::Translate {
+            dec: dialect::decoder(prov.api),
+            enc: dialect::encoder(ep, &client_model, wants_usage, &meter.info.request_id),
+            deltas: Vec::new(),
+        },
+        _ if ep == Endpoint::Messages => Relay::Anthropic { input: None },
+        _ => Relay::Chat,
+    };
     let mut p = Pump {
+        relay,
         client_model_json: crate::json::quoted(&client_model),
         client_model,
         wants_usage,
@@ -298,17 +516,16 @@ async fn pump(call: StreamCall, tx: tokio::sync::mpsc::Sender<Bytes>) {
                 prov.name
             ));
             if !client_gone {
-                sse_error(&mut out, &e);
+                p.write_error(&e, &mut out);
             }
             p.failed = Some(e);
         }
         if failed_before && !client_gone {
-            sse_error(
-                &mut out,
-                p.failed
-                    .as_ref()
-                    .unwrap_or(&ApiError::upstream("stream failed")),
-            );
+            let e = p
+                .failed
+                .clone()
+                .unwrap_or_else(|| ApiError::upstream("stream failed"));
+            p.write_error(&e, &mut out);
         }
         if !out.is_empty() && !client_gone {
             if first_byte {
@@ -348,7 +565,7 @@ async fn pump(call: StreamCall, tx: tokio::sync::mpsc::Sender<Bytes>) {
         }
         if cut && !client_gone {
             let mut out = Vec::new();
-            sse_error(&mut out, &shutting_down());
+            p.write_error(&shutting_down(), &mut out);
             let _ = tx.try_send(Bytes::from(out));
         }
     } else if !p.saw_done && !p.saw_finish && p.usage.is_none() {
@@ -358,20 +575,16 @@ async fn pump(call: StreamCall, tx: tokio::sync::mpsc::Sender<Bytes>) {
         ));
         status = 502;
         let mut out = Vec::new();
-        sse_error(&mut out, &e);
+        p.write_error(&e, &mut out);
         let _ = tx.send(Bytes::from(out)).await;
         meter.finish(Outcome::UpstreamError, 502, None);
         st.health.record(&prov.id, false);
     } else {
         status = 200;
-        let mut out = Vec::new();
-        if p.wants_usage && !p.usage_sent {
-            out = p.synthesised_usage(&mut meter);
-        } else if !meter.is_finished() {
-            meter.finish(Outcome::Ok, 200, p.usage);
+        let out = p.finish(&mut meter);
+        if !out.is_empty() {
+            let _ = tx.send(Bytes::from(out)).await;
         }
-        out.extend_from_slice(b"data: [DONE]\n\n");
-        let _ = tx.send(Bytes::from(out)).await;
     }
     telemetry::record_request(
         &prov.id,

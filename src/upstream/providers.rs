@@ -2,7 +2,7 @@
 //! overridable in `[providers.NAME]`, plus any custom OpenAI-compatible server.
 
 use super::conn::Target;
-use crate::config::{Config, Secret, BUILTIN_PROVIDERS};
+use crate::config::{Config, ProviderApi, Secret, BUILTIN_PROVIDERS};
 use axum::http::{Method, Uri};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +30,8 @@ pub struct Provider {
     pub models_url: String,
     pub models_ttl: Duration,
     pub cap_field: String,
+    /// The dialect it speaks.
+    pub api: ProviderApi,
     pub is_default: bool,
     /// Each generation endpoint, prepared once: where to connect and the
     /// headers every call carries (host, content type, user agent, the key as
@@ -39,8 +41,14 @@ pub struct Provider {
     pub models_target: Option<super::conn::Target>,
 }
 
-/// The generation endpoints, relative to a provider's base URL.
+/// The generation endpoints of an OpenAI-compatible provider, relative to its base URL.
 pub const ENDPOINT_PATHS: [&str; 3] = ["/chat/completions", "/completions", "/embeddings"];
+
+/// The generation endpoint of an Anthropic provider.
+pub const ANTHROPIC_PATHS: [&str; 1] = ["/messages"];
+
+/// The `anthropic-version` sent to Anthropic providers.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 impl Provider {
     /// The prepared endpoint `path` (one of [`ENDPOINT_PATHS`]).
@@ -140,10 +148,15 @@ impl Providers {
                 ],
                 None => vec![],
             };
-            let call_headers = request_headers(&base_url, &section.api_key, &headers);
+            let api = section.api.unwrap_or_default();
+            let call_headers = request_headers(&base_url, &section.api_key, &headers, api);
+            let paths: &[&'static str] = match api {
+                ProviderApi::OpenAI => &ENDPOINT_PATHS,
+                ProviderApi::Anthropic => &ANTHROPIC_PATHS,
+            };
             let reach = Reach::of(cfg, &section);
             let endpoints = match base_url.parse::<Uri>().ok().and_then(|u| reach.origin(&u)) {
-                Some(origin) => ENDPOINT_PATHS
+                Some(origin) => paths
                     .iter()
                     .filter_map(|path| {
                         let url: Uri = format!("{base_url}{path}").parse().ok()?;
@@ -155,7 +168,7 @@ impl Providers {
                 None => vec![],
             };
             let models_target = models_url.parse::<Uri>().ok().and_then(|url| {
-                let mut h = request_headers(&models_url, &section.api_key, &headers);
+                let mut h = request_headers(&models_url, &section.api_key, &headers, api);
                 h.remove(axum::http::header::CONTENT_TYPE);
                 Some(Target::new(Method::GET, &url, reach.origin(&url)?, h))
             });
@@ -174,6 +187,7 @@ impl Providers {
                     .cap_field
                     .clone()
                     .unwrap_or_else(|| "max_tokens".into()),
+                api,
                 is_default: id == cfg.routing.default_provider,
                 endpoints,
                 models_target,
@@ -246,6 +260,7 @@ fn request_headers(
     base_url: &str,
     key: &Secret,
     extra: &[(String, String)],
+    api: ProviderApi,
 ) -> axum::http::HeaderMap {
     use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
     let mut h = HeaderMap::new();
@@ -274,11 +289,24 @@ fn request_headers(
         header::USER_AGENT,
         HeaderValue::from_static(concat!("tollgate/", env!("CARGO_PKG_VERSION"))),
     );
+    if api == ProviderApi::Anthropic {
+        h.insert(
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(ANTHROPIC_VERSION),
+        );
+    }
     if !key.is_empty() {
-        match HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
+        let (name, value) = match api {
+            ProviderApi::OpenAI => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+            ProviderApi::Anthropic => (
+                HeaderName::from_static("x-api-key"),
+                key.expose().to_owned(),
+            ),
+        };
+        match HeaderValue::from_str(&value) {
             Ok(mut v) => {
                 v.set_sensitive(true);
-                h.insert(header::AUTHORIZATION, v);
+                h.insert(name, v);
             }
             Err(_) => tracing::warn!("a provider key holds characters a header cannot carry"),
         }
@@ -308,7 +336,7 @@ mod header_tests {
     fn request_headers_carry_host_key_and_extras() {
         let key = Secret::new("sk-test");
         let host = |url: &str| {
-            request_headers(url, &key, &[])
+            request_headers(url, &key, &[], ProviderApi::OpenAI)
                 .get("host")
                 .map(|v| v.to_str().unwrap().to_owned())
         };
@@ -332,6 +360,7 @@ mod header_tests {
                 ("Host".into(), "b.example".into()),
                 ("X-Title".into(), "t".into()),
             ],
+            ProviderApi::OpenAI,
         );
         assert_eq!(h.get_all("host").iter().count(), 1);
         assert_eq!(h["host"], "b.example");
