@@ -336,7 +336,7 @@ pub async fn generation_door<B>(
     st: AppState,
     door: Door,
     request_id: String,
-    req: axum::http::Request<B>,
+    mut req: axum::http::Request<B>,
 ) -> Response
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -352,6 +352,7 @@ where
     if declared_too_large(req.headers(), limit) {
         return crate::dialect::error_response(shape, crate::error::body_too_large());
     }
+    let headers = std::mem::take(req.headers_mut());
     let body = match http_body_util::Limited::new(req.into_body(), limit)
         .collect()
         .await
@@ -360,7 +361,10 @@ where
         Err(e) => return crate::dialect::error_response(shape, crate::error::body_read_error(&*e)),
     };
     match door {
-        Door::Call(ep) => crate::service::proxy::handle(st, p, request_id, ep, body).await,
+        Door::Call(ep) => {
+            let incoming = crate::service::proxy::Incoming::new(ep, body, &headers);
+            crate::service::proxy::handle(st, p, request_id, ep, incoming).await
+        }
         Door::CountTokens => match crate::service::proxy::count_tokens(body) {
             Ok(n) => axum::Json(serde_json::json!({ "input_tokens": n })).into_response(),
             Err(e) => crate::dialect::error_response(shape, e),

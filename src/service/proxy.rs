@@ -74,12 +74,39 @@ pub fn api_error(n: Normalized) -> ApiError {
 }
 
 /// Handles one call; every failure is an OpenAI-shaped error.
+/// A call's body and the client headers passed on to a provider of the
+/// same dialect (`anthropic-beta`: Claude Code's beta features need it).
+pub struct Incoming {
+    pub body: Bytes,
+    pub forward: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
+}
+
+impl Incoming {
+    /// The headers of `headers` a call of `ep` forwards.
+    pub fn new(ep: Endpoint, body: Bytes, headers: &axum::http::HeaderMap) -> Incoming {
+        let forward = match ep {
+            Endpoint::Messages => headers
+                .get_all("anthropic-beta")
+                .iter()
+                .map(|v| {
+                    (
+                        axum::http::HeaderName::from_static("anthropic-beta"),
+                        v.clone(),
+                    )
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Incoming { body, forward }
+    }
+}
+
 pub async fn handle(
     st: AppState,
     p: Principal,
     request_id: String,
     ep: Endpoint,
-    raw: Bytes,
+    raw: Incoming,
 ) -> Response {
     // At the end of the shutdown grace period a call still waiting for its
     // upstream is dropped, which settles it (see `CallMeter`'s `Drop`).
@@ -213,9 +240,10 @@ async fn run(
     p: Principal,
     request_id: String,
     ep: Endpoint,
-    raw: Bytes,
+    incoming: Incoming,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
+    let Incoming { body: raw, forward } = incoming;
     let req = Request::parse(ep, raw)?;
     let route = st.providers.route(&req.model);
     if dialect::way(ep, route.provider.api) == Way::No {
@@ -374,6 +402,7 @@ async fn run(
         ep,
         cap,
         &targets,
+        &forward,
     )
     .await;
     let (resp, target) = match sent {
@@ -430,6 +459,7 @@ async fn send(
     ep: Endpoint,
     cap: Option<i64>,
     targets: &[Route],
+    forward: &crate::upstream::conn::Extra,
 ) -> Result<(client::UpResponse, Route), ApiError> {
     let retries = st.config.routing.retries;
     let mut last: Option<ApiError> = None;
@@ -446,7 +476,10 @@ async fn send(
             });
             continue;
         }
-        let (path, bytes) = match (dialect::way(ep, prov.api), conversation) {
+        let way = dialect::way(ep, prov.api);
+        // Client headers go only to a provider of the client's own dialect.
+        let extra = if way == Way::Pass { forward } else { &[] };
+        let (path, bytes) = match (way, conversation) {
             (Way::Translate, Some(c)) => {
                 let out = dialect::encode(
                     prov.api,
@@ -481,7 +514,7 @@ async fn send(
                     .await;
             }
             attempts += 1;
-            match client::post_json(prov, path, bytes.clone(), req.stream).await {
+            match client::post_json(prov, path, bytes.clone(), req.stream, extra).await {
                 Ok(resp) if resp.status().is_success() => {
                     st.health.record(&prov.id, true);
                     return Ok((resp, target.clone()));

@@ -197,9 +197,10 @@ async fn call(
     body: Bytes,
     accept_events: bool,
     timeout: Duration,
+    extra: &conn::Extra,
 ) -> Result<UpResponse, SendError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    match tokio::time::timeout_at(deadline, conn::send(target, body, accept_events)).await {
+    match tokio::time::timeout_at(deadline, conn::send(target, body, accept_events, extra)).await {
         Ok(Ok((resp, c))) => {
             let (head, body) = resp.into_parts();
             let reusable = conn::reusable_after(&head.headers);
@@ -227,11 +228,12 @@ pub async fn post_json(
     path: &str,
     body: Bytes,
     stream: bool,
+    extra: &conn::Extra,
 ) -> Result<UpResponse, SendError> {
     let target = p.endpoint(path).ok_or_else(|| {
         SendError::Connect("the provider's base_url is not a valid http(s) URL".into())
     })?;
-    call(target, body, stream, p.timeout).await
+    call(target, body, stream, p.timeout, extra).await
 }
 
 /// GETs the provider's model list (at most `limit` bytes); its body on
@@ -246,6 +248,7 @@ pub async fn get_models(p: &Provider, limit: usize) -> Result<Bytes, String> {
         Bytes::new(),
         false,
         p.timeout.min(Duration::from_secs(30)),
+        &[],
     )
     .await
     .map_err(|e| match e {

@@ -402,7 +402,7 @@ impl Target {
         }
     }
 
-    fn request(&self, body: Bytes, accept_events: bool) -> Request<Full<Bytes>> {
+    fn request(&self, body: Bytes, accept_events: bool, extra: &Extra) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
@@ -414,9 +414,15 @@ impl Target {
                 HeaderValue::from_static("text/event-stream"),
             );
         }
+        for (k, v) in extra {
+            h.append(k.clone(), v.clone());
+        }
         req
     }
 }
+
+/// Headers a call carries besides its target's (a client's `anthropic-beta`).
+pub type Extra = [(axum::http::HeaderName, HeaderValue)];
 
 /// Why a call got no answer.
 #[derive(Debug)]
@@ -449,6 +455,7 @@ pub async fn send(
     target: &Target,
     body: Bytes,
     accept_events: bool,
+    extra: &Extra,
 ) -> Result<(Response<Incoming>, Conn), SendFailure> {
     let origin = &target.origin;
     let mut pooled = origin.checkout();
@@ -462,7 +469,7 @@ pub async fn send(
         let sent = match conn.sender.ready().await {
             Ok(()) => conn
                 .sender
-                .send_request(target.request(body.clone(), accept_events))
+                .send_request(target.request(body.clone(), accept_events, extra))
                 .await
                 .map_err(|e| describe(&e)),
             Err(e) => Err(describe(&e)),
