@@ -394,17 +394,14 @@ async fn run(
         true => Some(dialect::parse(ep, req.text())?),
         false => None,
     };
-    let sent = send(
-        &st,
-        &mut meter,
-        &req,
-        conversation.as_ref(),
+    let out = Outbound {
+        req: &req,
+        conversation: conversation.as_ref(),
         ep,
         cap,
-        &targets,
-        &forward,
-    )
-    .await;
+        forward: &forward,
+    };
+    let sent = send(&st, &mut meter, &out, &targets).await;
     let (resp, target) = match sent {
         Ok(r) => r,
         Err(e) => {
@@ -451,16 +448,30 @@ async fn run(
 
 /// Sends to the first target that answers, retrying connect errors, 5xx and
 /// 429 (before any byte reached the client) and moving on to the fallbacks.
+/// What goes to each target: the request as read (and as a conversation
+/// when some target speaks another dialect), the completion cap, and the
+/// client headers a provider of the client's dialect gets.
+struct Outbound<'a> {
+    req: &'a Request,
+    conversation: Option<&'a Conversation>,
+    ep: Endpoint,
+    cap: Option<i64>,
+    forward: &'a crate::upstream::conn::Extra,
+}
+
 async fn send(
     st: &AppState,
     meter: &mut CallMeter,
-    req: &Request,
-    conversation: Option<&Conversation>,
-    ep: Endpoint,
-    cap: Option<i64>,
+    out: &Outbound<'_>,
     targets: &[Route],
-    forward: &crate::upstream::conn::Extra,
 ) -> Result<(client::UpResponse, Route), ApiError> {
+    let Outbound {
+        req,
+        conversation,
+        ep,
+        cap,
+        forward,
+    } = *out;
     let retries = st.config.routing.retries;
     let mut last: Option<ApiError> = None;
     let mut attempts = 0u32;
