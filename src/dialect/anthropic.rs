@@ -547,11 +547,10 @@ impl Decode for Decoder {
             "message_start" => {
                 let m = v.get("message").unwrap_or(&Value::Null);
                 out.push(Delta::Id(str_of(m, "id").to_owned()));
+                // The input and the output so far: merged into
+                // `message_delta`'s usage, the one that counts.
                 if let Some(u) = m.get("usage") {
                     self.input = Some(u.clone());
-                    if let Some(u) = usage_of(u) {
-                        out.push(Delta::Usage(u));
-                    }
                 }
             }
             "content_block_start" => {

@@ -214,7 +214,9 @@ impl<'de> Visitor<'de> for PromptSeed {
         Ok(match self.0 {
             Endpoint::Chat | Endpoint::Messages => Prompt::WrongShape,
             Endpoint::Completions => Prompt::Tokens(1 + tokens_of_text(s)),
-            Endpoint::Embeddings | Endpoint::Responses => Prompt::Tokens(tokens_of_text(s)),
+            Endpoint::Embeddings => Prompt::Tokens(tokens_of_text(s)),
+            // A Responses `input` string is one user message.
+            Endpoint::Responses => Prompt::Tokens(3 + 4 + tokens_of_text(s)),
         })
     }
 

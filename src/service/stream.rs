@@ -162,8 +162,10 @@ impl Pump {
             }
             "message_start" => serde_json::from_str::<Value>(d).ok().map(|mut v| {
                 if let Some(m) = v.get_mut("message").and_then(Value::as_object_mut) {
+                    // Its usage is the input and the output so far: kept to be
+                    // merged with `message_delta`'s, never charged alone (a
+                    // client leaving before that is charged an estimate).
                     if let Some(u) = m.get("usage") {
-                        self.usage = dialect::anthropic::usage_of(u);
                         if let Relay::Anthropic { input } = &mut self.relay {
                             *input = Some(u.clone());
                         }
