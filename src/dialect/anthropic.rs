@@ -448,7 +448,7 @@ pub fn encode(c: &Conversation, model: &str, cap: Option<i64>, stream: bool) -> 
         body.insert("system".into(), json!(c.system.join("\n\n")));
     }
     body.insert("messages".into(), Value::Array(messages));
-    if !c.tools.is_empty() && c.tool_choice != Some(ToolChoice::None) {
+    if !c.tools.is_empty() {
         let tools: Vec<Value> = c
             .tools
             .iter()
@@ -463,7 +463,9 @@ pub fn encode(c: &Conversation, model: &str, cap: Option<i64>, stream: bool) -> 
         body.insert("tools".into(), Value::Array(tools));
         if let Some(tc) = &c.tool_choice {
             let v = match tc {
-                ToolChoice::Auto | ToolChoice::None => json!({"type": "auto"}),
+                ToolChoice::Auto => json!({"type": "auto"}),
+                // The tools stay defined: the history may hold their calls.
+                ToolChoice::None => json!({"type": "none"}),
                 ToolChoice::Required => json!({"type": "any"}),
                 ToolChoice::Named(n) => json!({"type": "tool", "name": n}),
             };
