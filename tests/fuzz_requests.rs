@@ -8,8 +8,51 @@ use common::mock::{use_mock, Mock};
 use common::*;
 use serde_json::Value;
 
-/// A small deterministic generator (xorshift).
-struct Gen(u64);
+/// The keys of chat bodies.
+const CHAT_KEYS: &[&str] = &[
+    "model",
+    "Model",
+    "m\\u006fdel",
+    "stream",
+    "str\\u0065am",
+    "n",
+    "best_of",
+    "max_tokens",
+    "MAX_TOKENS",
+    "max_completion_tokens",
+    "num_predict",
+    "options",
+    "stream_options",
+    "messages",
+    "x",
+    "\\u0078",
+];
+
+/// The keys of Messages and Responses bodies.
+const DIALECT_KEYS: &[&str] = &[
+    "model",
+    "MODEL",
+    "stream",
+    "max_tokens",
+    "Max_Tokens",
+    "max_output_tokens",
+    "max_\\u006futput_tokens",
+    "messages",
+    "input",
+    "system",
+    "System",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "stop_sequences",
+    "content",
+    "role",
+    "type",
+    "store",
+];
+
+/// A small deterministic generator (xorshift) of bodies with `keys`.
+struct Gen(u64, &'static [&'static str]);
 
 impl Gen {
     fn next(&mut self) -> u64 {
@@ -55,6 +98,16 @@ impl Gen {
             }
             8 => r#"[{"role":"user","content":"hi"}]"#.into(),
             9 => r#"{"include_usage":true,"num_predict":5}"#.into(),
+            10 if self.1 == DIALECT_KEYS => self
+                .pick(&[
+                    r#"[{"role":"user","content":[{"type":"text","text":"x"},{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"r"}]}]}]"#,
+                    r#"[{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{"a":[1]}}]}]"#,
+                    r#"[{"type":"function_call","call_id":"c","name":"f","arguments":"{"},{"type":"function_call_output","call_id":"c","output":"o"}]"#,
+                    r#"[{"name":"f","input_schema":{"type":"object"}},{"type":"function","name":"g","parameters":null}]"#,
+                    r#"{"type":"tool","name":"f"}"#,
+                    r#""anth/usage:1:2""#,
+                ])
+                .into(),
             _ => r#""local/usage:1:2""#.into(),
         }
     }
@@ -63,24 +116,7 @@ impl Gen {
         let n = self.next() % (max + 1);
         let fields: Vec<String> = (0..n)
             .map(|_| {
-                let k = self.pick(&[
-                    "model",
-                    "Model",
-                    "m\\u006fdel",
-                    "stream",
-                    "str\\u0065am",
-                    "n",
-                    "best_of",
-                    "max_tokens",
-                    "MAX_TOKENS",
-                    "max_completion_tokens",
-                    "num_predict",
-                    "options",
-                    "stream_options",
-                    "messages",
-                    "x",
-                    "\\u0078",
-                ]);
+                let k = self.pick(self.1);
                 format!("\"{k}\":{}", self.value(depth))
             })
             .collect();
@@ -99,7 +135,7 @@ async fn generated_bodies_never_break_the_gateway_or_its_reading() {
     .await;
     let (_, _, key) = s.user_with_key("fuzz", Some("enterprise")).await;
     let admin = s.admin_token().await;
-    let mut g = Gen(0x2545_F491_4F6C_DD1D);
+    let mut g = Gen(0x2545_F491_4F6C_DD1D, CHAT_KEYS);
     let mut forwarded = 0;
     for i in 0..1000 {
         let mut body = g.object(0, 6);
@@ -181,5 +217,107 @@ async fn generated_bodies_never_break_the_gateway_or_its_reading() {
             .unwrap()
             .status(),
         200
+    );
+}
+
+/// The same for Messages and Responses bodies, to a provider of each `api`:
+/// nothing fails or dies, and what goes upstream carries the routed model
+/// and a cap no larger than the plan allows, in the provider's dialect.
+#[tokio::test]
+async fn generated_dialect_bodies_never_break_the_gateway() {
+    let mock = Mock::start().await;
+    let s = TestServer::start_with(|cfg| {
+        use_mock(cfg, &mock, &["local"]);
+        let p = cfg.providers.entry("anth".into()).or_default();
+        p.base_url = Some(mock.base("anth"));
+        p.api_key = tollgate::config::Secret::new("sk-ant-test");
+        p.api = Some(tollgate::config::ProviderApi::Anthropic);
+        cfg.routing.default_provider = "local".into();
+        cfg.routing.retries = 0;
+    })
+    .await;
+    let admin = s.admin_token().await;
+    let r = s
+        .client
+        .post(s.url("/admin/plans"))
+        .bearer_auth(&admin)
+        .json(
+            &serde_json::json!({"name": "fuzz", "monthly_tokens": 1_000_000_000i64,
+                                  "requests_per_minute": 100_000}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (_, _, key) = s.user_with_key("fuzz2", Some("fuzz")).await;
+    let mut g = Gen(0x9E37_79B9_7F4A_7C15, DIALECT_KEYS);
+    let mut forwarded = 0;
+    for i in 0..1000 {
+        let (path, core) = match i % 4 {
+            0 => (
+                "/v1/messages",
+                r#""model":"anth/usage:3:4","max_tokens":50,"messages":[{"role":"user","content":"hi"}]"#,
+            ),
+            1 => (
+                "/v1/messages",
+                r#""model":"local/usage:3:4","max_tokens":50,"messages":[{"role":"user","content":"hi"}]"#,
+            ),
+            2 => ("/v1/responses", r#""model":"anth/usage:3:4","input":"hi""#),
+            _ => ("/v1/responses", r#""model":"local/usage:3:4","input":"hi""#),
+        };
+        let with_core = i % 8 < 5;
+        let mut body = g.object(0, if with_core { 3 } else { 6 });
+        if with_core {
+            body = if body == "{}" {
+                format!("{{{core}}}")
+            } else {
+                format!("{{{core},{}", &body[1..])
+            };
+        }
+        let before = mock.generation_calls().len();
+        let r = s
+            .client
+            .post(s.url(path))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert!(status < 500, "{status} for {path} {body}: {text}");
+        let calls = mock.generation_calls();
+        if calls.len() == before {
+            assert_ne!(status, 200, "answered without an upstream call: {body}");
+            if path == "/v1/messages" {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["type"], "error", "Anthropic's shape: {text}");
+            }
+            continue;
+        }
+        forwarded += 1;
+        assert_eq!(status, 200, "{path} {body}: {text}");
+        let call = &calls[calls.len() - 1];
+        let sent = &call.body;
+        let model = sent["model"].as_str().unwrap_or("");
+        assert!(model.starts_with("usage:"), "{body} -> {sent}");
+        let cap = sent["max_tokens"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no cap: {body} -> {sent}"));
+        assert!(
+            (0..=50).contains(&cap) || !body.contains("\"max_tokens\":50") && cap <= 4096,
+            "cap {cap}: {body} -> {sent}"
+        );
+        assert_eq!(
+            call.provider == "anth",
+            call.path == "/messages",
+            "{body} -> {}",
+            call.path
+        );
+    }
+    assert!(
+        forwarded >= 100,
+        "only {forwarded} of 1000 bodies were forwarded"
     );
 }

@@ -6,6 +6,11 @@
 //! stream whose third event never ends), `streams_anyway` (an event stream
 //! even when a whole answer was asked for), `forged` (a whole answer with its
 //! own `_usage_info` and `usage` given twice).
+//!
+//! Chat answers a tool call with `tool` (to the first tool of the request),
+//! and `Tool said: …` when the last message is a tool result; `length` ends
+//! a text answer with `finish_reason: "length"`. Anthropic's Messages API is
+//! served at `/{provider}/v1/messages` (see `anthropic`).
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -20,6 +25,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
+
+mod anthropic;
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -61,6 +68,7 @@ impl Mock {
             .route("/{provider}/v1/chat/completions", post(chat))
             .route("/{provider}/v1/completions", post(completions))
             .route("/{provider}/v1/embeddings", post(embeddings))
+            .route("/{provider}/v1/messages", post(anthropic::messages))
             .with_state(state)
     }
 
@@ -167,6 +175,9 @@ async fn models(
     record(&st, &provider, "/models", &headers, &Bytes::new());
     if st.failing_lists.lock().unwrap().contains(&provider) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "model list exploded").into_response();
+    }
+    if headers.contains_key("anthropic-version") {
+        return anthropic::models();
     }
     if provider == "openrouter" {
         return Json(json!({"data": [
@@ -282,20 +293,76 @@ async fn chat(
         );
         return ([("content-type", "application/json")], text).into_response();
     }
+    let say = chat_says(&body, &f);
     if body["stream"] == json!(true) || f.has("streams_anyway") {
         let include_usage =
             body["stream_options"]["include_usage"] == json!(true) || f.has("streams_anyway");
-        return stream(st, model, f, include_usage, false);
+        return match say {
+            Say::Text(pieces) => stream(st, model, f, include_usage, false, pieces),
+            Say::Tool(name) => tool_stream(st, model, f, include_usage, name),
+        };
     }
+    let message = match say {
+        Say::Text(pieces) => json!({"role": "assistant", "content": pieces.concat()}),
+        Say::Tool(name) => json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_mock1", "type": "function",
+             "function": {"name": name, "arguments": TOOL_ARGS.concat()}}]}),
+    };
+    let finish = if message["tool_calls"].is_array() {
+        "tool_calls"
+    } else if f.has("length") {
+        "length"
+    } else {
+        "stop"
+    };
     let mut answer = json!({
         "id": "chatcmpl-mock", "object": "chat.completion", "created": 1700000000, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello world"}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "system_fingerprint": "fp_mock"
     });
     if !f.has("nousage") {
         answer["usage"] = usage_of(&f);
     }
     Json(answer).into_response()
+}
+
+/// The pieces in which the mock streams a tool call's arguments.
+const TOOL_ARGS: [&str; 2] = ["{\"city\":", "\"Paris\"}"];
+
+/// What a generation answers: text in pieces, or a call of the named tool.
+enum Say {
+    Text(Vec<String>),
+    Tool(String),
+}
+
+impl Say {
+    fn hello() -> Say {
+        Say::Text(vec!["Hello".into(), " world".into()])
+    }
+    fn tool_said(result: &str) -> Say {
+        Say::Text(vec!["Tool said: ".into(), result.to_owned()])
+    }
+}
+
+fn chat_says(body: &Value, f: &Flags) -> Say {
+    let last = body["messages"].as_array().and_then(|m| m.last());
+    if let Some(m) = last.filter(|m| m["role"] == "tool") {
+        return Say::tool_said(&text_of(&m["content"]));
+    }
+    if f.has("tool") {
+        let name = body["tools"][0]["function"]["name"].as_str();
+        return Say::Tool(name.unwrap_or("get_weather").to_owned());
+    }
+    Say::hello()
+}
+
+/// The text of a message content: a string, or the `text` of its parts.
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+        _ => String::new(),
+    }
 }
 
 async fn completions(
@@ -317,6 +384,7 @@ async fn completions(
             f,
             body["stream_options"]["include_usage"] == json!(true),
             true,
+            vec!["Hello".into(), " world".into()],
         );
     }
     Json(json!({
@@ -405,6 +473,7 @@ fn stream(
     f: Flags,
     include_usage: bool,
     legacy: bool,
+    pieces: Vec<String>,
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let st2 = st.clone();
@@ -420,7 +489,9 @@ fn stream(
                 "model": model, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]});
             events.push(format!("data: {role}\n\n"));
         }
-        events.push(chunk(&model, legacy, Some("Hello"), None));
+        let mut pieces = pieces.into_iter();
+        let first = pieces.next().unwrap_or_default();
+        events.push(chunk(&model, legacy, Some(&first), None));
         for e in events {
             if !send(e).await {
                 return;
@@ -455,8 +526,11 @@ fn stream(
             flag.1 = true;
             return;
         }
-        let mut rest = vec![chunk(&model, legacy, Some(" world"), None)];
-        let mut last = chunk(&model, legacy, None, Some("stop"));
+        let mut rest: Vec<String> = pieces
+            .map(|p| chunk(&model, legacy, Some(&p), None))
+            .collect();
+        let finish = if f.has("length") { "length" } else { "stop" };
+        let mut last = chunk(&model, legacy, None, Some(finish));
         if f.has("usage_in_last") && include_usage {
             let mut v: Value =
                 serde_json::from_str(last.trim_start_matches("data: ").trim()).unwrap();
@@ -493,4 +567,69 @@ fn stream(
     r.headers_mut()
         .insert("content-type", "text/event-stream".parse().unwrap());
     r
+}
+
+/// Sends `events` one by one as an event stream, counting in `st` whether
+/// the reader stayed to the end.
+fn send_events(st: Arc<MockState>, events: Vec<String>) -> Response {
+    send_gated(st, events, false, vec![])
+}
+
+/// Sends `first`, then (when `gate`, once the test opens it) `then`.
+fn send_gated(st: Arc<MockState>, first: Vec<String>, gate: bool, then: Vec<String>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let first_len = first.len();
+    tokio::spawn(async move {
+        let mut flag = DropFlag(st.clone(), false);
+        for (i, e) in first.into_iter().chain(then).enumerate() {
+            if gate && i == first_len {
+                st.gate.notified().await;
+            }
+            if tx.send(Ok(Bytes::from(e))).await.is_err() {
+                return;
+            }
+        }
+        flag.1 = true;
+    });
+    let body =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    let mut r = Response::new(Body::from_stream(body));
+    r.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    r
+}
+
+/// A streamed chat tool call: the call's head, its arguments in pieces, the
+/// finish, then usage when asked for.
+fn tool_stream(
+    st: Arc<MockState>,
+    model: String,
+    f: Flags,
+    include_usage: bool,
+    name: String,
+) -> Response {
+    let chunk_with = |delta: Value, finish: Option<&str>| {
+        let v = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1700000000,
+            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {v}\n\n")
+    };
+    let mut events = vec![chunk_with(
+        json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_mock1",
+            "type": "function", "function": {"name": name, "arguments": ""}}]}),
+        None,
+    )];
+    for piece in TOOL_ARGS {
+        events.push(chunk_with(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+            None,
+        ));
+    }
+    events.push(chunk_with(json!({}), Some("tool_calls")));
+    if include_usage && !f.has("nousage") {
+        let u = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1700000000,
+            "model": model, "choices": [], "usage": usage_of(&f)});
+        events.push(format!("data: {u}\n\n"));
+    }
+    events.push("data: [DONE]\n\n".into());
+    send_events(st, events)
 }

@@ -5,6 +5,7 @@
 
 pub mod mock;
 pub mod raw;
+pub mod sdk;
 
 use serde_json::{json, Value};
 use std::net::SocketAddr;
