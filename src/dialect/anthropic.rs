@@ -63,6 +63,11 @@ fn error_body(e: &ApiError) -> Value {
     json!({"type": "error", "error": {"type": error_type(e.status.as_u16()), "message": e.message}})
 }
 
+/// An error event of an Anthropic stream.
+pub fn sse_error(e: &ApiError, out: &mut Vec<u8>) {
+    sse(out, Some("error"), &error_body(e));
+}
+
 /// An error in Anthropic's shape, with the headers ours carries
 /// (`Retry-After`, `x-should-retry`).
 pub fn error_response(e: ApiError) -> Response {
@@ -76,6 +81,18 @@ pub fn error_response(e: ApiError) -> Response {
 }
 
 // ---- ingress -------------------------------------------------------------
+
+/// A `tool_use` block as a tool call, its input as JSON text.
+fn tool_use_part(b: &Value) -> Part {
+    Part::ToolCall {
+        id: str_of(b, "id").to_owned(),
+        name: str_of(b, "name").to_owned(),
+        arguments: b
+            .get("input")
+            .map(Value::to_string)
+            .unwrap_or_else(|| "{}".into()),
+    }
+}
 
 fn blocks(content: &Value) -> Vec<&Value> {
     match content {
@@ -140,14 +157,7 @@ pub fn parse(body: &str) -> Result<Conversation, ApiError> {
                             };
                             parts.push(Part::Image(url));
                         }
-                        "tool_use" => parts.push(Part::ToolCall {
-                            id: str_of(b, "id").to_owned(),
-                            name: str_of(b, "name").to_owned(),
-                            arguments: b
-                                .get("input")
-                                .map(Value::to_string)
-                                .unwrap_or_else(|| "{}".into()),
-                        }),
+                        "tool_use" => parts.push(tool_use_part(b)),
                         "tool_result" => parts.push(Part::ToolResult {
                             id: str_of(b, "tool_use_id").to_owned(),
                             content: text_of(b.get("content").unwrap_or(&Value::Null)),
@@ -383,7 +393,7 @@ impl Encode for Encoder {
     }
 
     fn error(&mut self, e: &ApiError, out: &mut Vec<u8>) {
-        sse(out, Some("error"), &error_body(e));
+        sse_error(e, out);
     }
 }
 
@@ -510,14 +520,7 @@ pub fn decode_reply(body: &str) -> Result<Reply, Option<Value>> {
     for b in content {
         match str_of(b, "type") {
             "text" => parts.push(Part::Text(str_of(b, "text").to_owned())),
-            "tool_use" => parts.push(Part::ToolCall {
-                id: str_of(b, "id").to_owned(),
-                name: str_of(b, "name").to_owned(),
-                arguments: b
-                    .get("input")
-                    .map(Value::to_string)
-                    .unwrap_or_else(|| "{}".into()),
-            }),
+            "tool_use" => parts.push(tool_use_part(b)),
             _ => {}
         }
     }

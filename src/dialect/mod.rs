@@ -310,6 +310,43 @@ pub(crate) fn text_of(v: &Value) -> String {
     }
 }
 
+/// The text parts of `parts`, joined.
+pub(crate) fn text_in(parts: &[Part]) -> String {
+    parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A function tool as OpenAI writes it: `{"name","description","parameters"}`
+/// (inside `function` in chat, flat in Responses).
+pub(crate) fn function_tool(f: &Value) -> Tool {
+    Tool {
+        name: str_of(f, "name").to_owned(),
+        description: f
+            .get("description")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        parameters: f
+            .get("parameters")
+            .filter(|p| !p.is_null())
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+    }
+}
+
+/// OpenAI's `tool_choice` words (`auto`, `none`, `required`).
+pub(crate) fn tool_choice_word(s: &str) -> ToolChoice {
+    match s {
+        "none" => ToolChoice::None,
+        "required" => ToolChoice::Required,
+        _ => ToolChoice::Auto,
+    }
+}
+
 /// A field of the wrong type in a translated body.
 pub(crate) fn wrong(param: &str, what: &str) -> ApiError {
     ApiError::invalid_field(param, format!("`{param}` must be {what}."))

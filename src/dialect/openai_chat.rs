@@ -97,25 +97,12 @@ pub fn parse(body: &str) -> Result<Conversation, ApiError> {
         .into_iter()
         .flatten()
     {
-        let Some(f) = t.get("function") else { continue };
-        c.tools.push(Tool {
-            name: str_of(f, "name").to_owned(),
-            description: f
-                .get("description")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            parameters: f
-                .get("parameters")
-                .cloned()
-                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-        });
+        if let Some(f) = t.get("function") {
+            c.tools.push(function_tool(f));
+        }
     }
     c.tool_choice = match v.get("tool_choice") {
-        Some(Value::String(s)) => match s.as_str() {
-            "none" => Some(ToolChoice::None),
-            "required" => Some(ToolChoice::Required),
-            _ => Some(ToolChoice::Auto),
-        },
+        Some(Value::String(s)) => Some(tool_choice_word(s)),
         Some(o @ Value::Object(_)) => o
             .get("function")
             .and_then(|f| f.get("name"))
@@ -174,32 +161,7 @@ pub(super) fn push(messages: &mut Vec<Message>, role: Role, parts: Vec<Part>) {
 
 /// A whole chat completion.
 pub fn write_reply(r: &Reply, model: &str, info: &UsageInfo) -> Vec<u8> {
-    let text: String = r
-        .parts
-        .iter()
-        .filter_map(|p| match p {
-            Part::Text(t) => Some(t.as_str()),
-            _ => None,
-        })
-        .collect();
-    let calls: Vec<Value> = r
-        .parts
-        .iter()
-        .filter_map(|p| match p {
-            Part::ToolCall {
-                id,
-                name,
-                arguments,
-            } => Some(json!({"id": id, "type": "function",
-                "function": {"name": name, "arguments": arguments}})),
-            _ => None,
-        })
-        .collect();
-    let mut message = json!({"role": "assistant",
-        "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) }});
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
-    }
+    let message = assistant_message(&r.parts, true);
     let v = json!({
         "id": chat_id(&r.id),
         "object": "chat.completion",
@@ -212,6 +174,32 @@ pub fn write_reply(r: &Reply, model: &str, info: &UsageInfo) -> Vec<u8> {
         "_usage_info": info,
     });
     serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// An assistant message: its text and its tool calls.
+fn assistant_message(parts: &[Part], whole_answer: bool) -> Value {
+    let text = text_in(parts);
+    let calls: Vec<Value> = parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::ToolCall {
+                id,
+                name,
+                arguments,
+            } => Some(json!({"id": id, "type": "function",
+                "function": {"name": name, "arguments": arguments}})),
+            _ => None,
+        })
+        .collect();
+    // An answer's content is a string unless it only calls tools; a turn of
+    // the history sent upstream has `null` for no text.
+    let null = text.is_empty() && (!whole_answer || !calls.is_empty());
+    let mut message = json!({"role": "assistant",
+        "content": if null { Value::Null } else { Value::String(text) }});
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    message
 }
 
 fn chat_id(id: &str) -> String {
@@ -372,35 +360,7 @@ pub fn encode(
                 };
                 messages.push(json!({"role": "user", "content": content}));
             }
-            Role::Assistant => {
-                let text: String = m
-                    .parts
-                    .iter()
-                    .filter_map(|p| match p {
-                        Part::Text(t) => Some(t.as_str()),
-                        _ => None,
-                    })
-                    .collect();
-                let calls: Vec<Value> = m
-                    .parts
-                    .iter()
-                    .filter_map(|p| match p {
-                        Part::ToolCall {
-                            id,
-                            name,
-                            arguments,
-                        } => Some(json!({"id": id, "type": "function",
-                            "function": {"name": name, "arguments": arguments}})),
-                        _ => None,
-                    })
-                    .collect();
-                let mut msg = json!({"role": "assistant",
-                    "content": if text.is_empty() { Value::Null } else { Value::String(text) }});
-                if !calls.is_empty() {
-                    msg["tool_calls"] = Value::Array(calls);
-                }
-                messages.push(msg);
-            }
+            Role::Assistant => messages.push(assistant_message(&m.parts, false)),
         }
     }
     let mut body = Map::new();

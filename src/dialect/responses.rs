@@ -48,28 +48,12 @@ pub fn parse(body: &str) -> Result<Conversation, ApiError> {
         .into_iter()
         .flatten()
     {
-        if str_of(t, "type") != "function" {
-            continue;
+        if str_of(t, "type") == "function" {
+            c.tools.push(function_tool(t));
         }
-        c.tools.push(Tool {
-            name: str_of(t, "name").to_owned(),
-            description: t
-                .get("description")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            parameters: t
-                .get("parameters")
-                .cloned()
-                .filter(|p| !p.is_null())
-                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-        });
     }
     c.tool_choice = match v.get("tool_choice") {
-        Some(Value::String(s)) => match s.as_str() {
-            "none" => Some(ToolChoice::None),
-            "required" => Some(ToolChoice::Required),
-            _ => Some(ToolChoice::Auto),
-        },
+        Some(Value::String(s)) => Some(tool_choice_word(s)),
         Some(o @ Value::Object(_)) if str_of(o, "type") == "function" => {
             Some(ToolChoice::Named(str_of(o, "name").to_owned()))
         }
@@ -223,14 +207,7 @@ fn finish_response(v: &mut Value, stop: Stop, info: &UsageInfo) {
 pub fn write_reply(r: &Reply, model: &str, info: &UsageInfo) -> Vec<u8> {
     let id = resp_id(&r.id);
     let mut output = Vec::new();
-    let text: String = r
-        .parts
-        .iter()
-        .filter_map(|p| match p {
-            Part::Text(t) => Some(t.as_str()),
-            _ => None,
-        })
-        .collect();
+    let text = text_in(&r.parts);
     if !text.is_empty() {
         output.push(message_item(
             &format!("msg_{}", &id[5..]),

@@ -119,10 +119,7 @@ impl Pump {
     fn write_error(&mut self, e: &ApiError, out: &mut Vec<u8>) {
         match &mut self.relay {
             Relay::Chat => sse_error(out, e),
-            Relay::Anthropic { .. } => {
-                let mut enc = dialect::anthropic::Encoder::new(&self.client_model, "");
-                dialect::Encode::error(&mut enc, e, out);
-            }
+            Relay::Anthropic { .. } => dialect::anthropic::sse_error(e, out),
             Relay::Translate { enc, .. } => enc.error(e, out),
         }
     }
@@ -155,9 +152,7 @@ impl Pump {
         let edited = match kind.as_ref() {
             "error" => {
                 let v = serde_json::from_str::<Value>(d).unwrap_or(Value::Null);
-                let usage = self.usage;
                 self.upstream_error(&v, prov_name, secret, out);
-                self.usage = usage;
                 return;
             }
             "message_start" => serde_json::from_str::<Value>(d).ok().map(|mut v| {
