@@ -2,8 +2,11 @@
 # tollgate benchmark: the same wrk load against a mock OpenAI upstream (nginx, one
 # worker) directly, through nginx as a bare reverse proxy, and through tollgate
 # (auth, metering and usage logging on, as always). Loopback only, bounded in time.
+# Tollgate is also driven with Anthropic Messages bodies (POST /v1/messages) for the
+# same providers, which speak chat completions: the translated calls, judged against
+# the pass-through chat calls measured next to them.
 #
-#   bash bench/run.sh                      # ~1 min 40 s with the default 10 s runs
+#   bash bench/run.sh                      # ~2 min with the default 10 s runs
 #   BENCH_DURATION=3 bash bench/run.sh     # shorter runs
 #
 # Environment: BENCH_DURATION (seconds per wrk run, default 10), BENCH_CONNECTIONS
@@ -44,6 +47,10 @@ if [[ ! -x $BIN ]]; then
     (cd "$ROOT" && cargo build --release) || die "build failed"
 fi
 [[ -x $BIN ]] || die "no tollgate binary at $BIN (set TOLLGATE_BIN)"
+# read now, not after the runs: the tree is shared and may move on meanwhile; "+dirty" when the
+# sources differ from that commit
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -z $(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] || COMMIT+=+dirty
 
 # ---------------------------------------------------------------- scratch + cleanup
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")
@@ -165,11 +172,14 @@ metrics = "public"
 [routing]
 default_provider = "plain"
 
+# api = "openai" (the default): chat completions pass through, Messages are translated
 [providers.plain]
 base_url = "http://127.0.0.1:$MOCK_PORT/plain/v1"
+api = "openai"
 
 [providers.sse]
 base_url = "http://127.0.0.1:$MOCK_PORT/sse/v1"
+api = "openai"
 
 [providers.slow]
 base_url = "http://127.0.0.1:$SLOW_PORT/v1"
@@ -196,6 +206,18 @@ wrk.method = "POST"
 wrk.body = '{"model":"$kind/gpt-bench","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hello in five words."}],"stream":$stream}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $KEY"
+EOF
+done
+# the same asks as Anthropic Messages (about the chat body's size), sent as the Anthropic SDK
+# sends them; tollgate translates them for the chat completions providers and back
+for kind in plain sse; do
+    stream=; [[ $kind = sse ]] && stream=',"stream":true'
+    cat >"$TMP/messages_$kind.lua" <<EOF
+wrk.method = "POST"
+wrk.body = '{"model":"$kind/gpt-bench","max_tokens":256,"messages":[{"role":"user","content":"You are terse. Say hello in five words, and no more than that."}]$stream}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["x-api-key"] = "$KEY"
+wrk.headers["anthropic-version"] = "2023-06-01"
 EOF
 done
 
@@ -246,6 +268,14 @@ ans=$(curl -s --max-time 5 "$TGURL/embeddings" -H "Authorization: Bearer $KEY" -
     -d '{"model":"plain/text-embedding-bench","input":"hello"}')
 grep -q '"embedding"' <<<"$ans" || die "tollgate embeddings answer: $ans"
 curl -sf --max-time 5 "$TGURL/models" -H "Authorization: Bearer $KEY" | grep -q 'plain/gpt-bench' || die "tollgate models list lacks plain/gpt-bench"
+# translated: the mock's chat answers come back as a Message and as Messages stream events
+messages() { curl -s --max-time 5 "$TGURL/messages" -H "x-api-key: $KEY" -H 'anthropic-version: 2023-06-01' -H 'Content-Type: application/json' -d "$1"; }
+ans=$(messages '{"model":"plain/gpt-bench","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}')
+[[ $ans = *'"type":"message"'* && $ans = *'"text":"Hello from the mock upstream."'* && $ans = *'"_usage_info"'* ]] \
+    || die "tollgate translated answer is not the mock's as a Message: $ans"
+ans=$(messages '{"model":"sse/gpt-bench","max_tokens":64,"messages":[{"role":"user","content":"hi"}],"stream":true}')
+[[ $(grep -c '"text":"tok"' <<<"$ans") = 18 && $ans = *'event: message_stop'* && $ans = *'"_usage_info"'* ]] \
+    || die "tollgate translated stream is not the mock's as Messages events: $ans"
 
 # ---------------------------------------------------------------- wrk runs
 to_us() { # wrk latency like 123.45us / 1.23ms / 1.02s -> microseconds
@@ -278,16 +308,21 @@ run_wrk() { # name url script conns threads
 # warm-up: fills tollgate's model-list cache and the connection pools
 wrk -t2 -c"$CONNS" -d1s -s "$TMP/plain.lua" "$TGURL/chat/completions" >/dev/null 2>&1 || true
 wrk -t2 -c"$CONNS" -d1s -s "$TMP/sse.lua" "$TGURL/chat/completions" >/dev/null 2>&1 || true
+wrk -t2 -c"$CONNS" -d1s -s "$TMP/messages_plain.lua" "$TGURL/messages" >/dev/null 2>&1 || true
+wrk -t2 -c"$CONNS" -d1s -s "$TMP/messages_sse.lua" "$TGURL/messages" >/dev/null 2>&1 || true
 
 D=http://127.0.0.1:$MOCK_PORT; P=http://127.0.0.1:$PROXY_PORT
 log "plain, $CONNS connections, ${DUR}s each"
 run_wrk direct_plain "$D/plain/v1/chat/completions" plain "$CONNS" 2
 run_wrk proxy_plain "$P/plain/v1/chat/completions" plain "$CONNS" 2
 run_wrk tollgate_plain "$TGURL/chat/completions" plain "$CONNS" 2
+# right after the pass-through chat run, so that both see the VM in the same minute
+run_wrk tollgate_messages_plain "$TGURL/messages" messages_plain "$CONNS" 2
 log "streaming, $CONNS connections"
 run_wrk direct_sse "$D/sse/v1/chat/completions" sse "$CONNS" 2
 run_wrk proxy_sse "$P/sse/v1/chat/completions" sse "$CONNS" 2
 run_wrk tollgate_sse "$TGURL/chat/completions" sse "$CONNS" 2
+run_wrk tollgate_messages_sse "$TGURL/messages" messages_sse "$CONNS" 2
 log "plain, one connection"
 run_wrk direct_c1 "$D/plain/v1/chat/completions" plain 1 1
 run_wrk proxy_c1 "$P/plain/v1/chat/completions" plain 1 1
@@ -310,7 +345,8 @@ ttfb tollgate_sse "$TGURL/chat/completions"
 
 # ---------------------------------------------------------------- chunks never held back
 # A slow upstream (python) sends 10 content chunks 40 ms apart; the client, through
-# tollgate, notes when each arrives. Both use CLOCK_MONOTONIC, so lags compare.
+# tollgate, notes when each arrives. Both use CLOCK_MONOTONIC, so lags compare. Then the
+# same through /v1/messages: each chunk translated into a Messages event as it comes.
 log "streaming pass-through check (slow upstream)"
 cat >"$TMP/slow.py" <<'EOF'
 import http.client, http.server, json, socketserver, sys, threading, time
@@ -343,25 +379,33 @@ class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 srv = S(("127.0.0.1", port), H)
 threading.Thread(target=srv.serve_forever, daemon=True).start()
-lags = []
-for rnd in range(3):
-    sent.clear()
-    c = http.client.HTTPConnection("127.0.0.1", tg_port, timeout=10)
-    c.request("POST", "/v1/chat/completions", json.dumps({"model": "slow/slow", "stream": True,
-              "messages": [{"role": "user", "content": "hi"}]}),
-              {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
-    r = c.getresponse()
-    got = []
-    while True:
-        line = r.fp.readline()
-        if not line: break
-        if b'"content":"c' in line: got.append(time.monotonic())
-        if line.startswith(b"data: [DONE]"): break
-    c.close()
-    if len(got) != N: print("error\tgot %d of %d chunks" % (len(got), N)); sys.exit(1)
-    lags += [(g - s) * 1000 for g, s in zip(got, sent)]
+def lags_of(path, body, headers, marker, last):
+    lags = []
+    for rnd in range(3):
+        sent.clear()
+        c = http.client.HTTPConnection("127.0.0.1", tg_port, timeout=10)
+        c.request("POST", path, json.dumps(body), dict(headers, **{"Content-Type": "application/json"}))
+        r = c.getresponse()
+        got = []
+        while True:
+            line = r.fp.readline()
+            if not line: break
+            if marker in line: got.append(time.monotonic())
+            if line.startswith(last): break
+        c.close()
+        if len(got) != N: print("error\tgot %d of %d chunks from %s" % (len(got), N, path)); sys.exit(1)
+        lags += [(g - s) * 1000 for g, s in zip(got, sent)]
+    return lags
+lags = lags_of("/v1/chat/completions", {"model": "slow/slow", "stream": True,
+               "messages": [{"role": "user", "content": "hi"}]},
+               {"Authorization": "Bearer " + key}, b'"content":"c', b"data: [DONE]")
 print("max_lag_ms\t%.2f" % max(lags)); print("mean_lag_ms\t%.2f" % (sum(lags) / len(lags)))
 print("gap_ms\t%.0f" % (GAP * 1000)); print("chunks\t%d" % len(lags))
+lags = lags_of("/v1/messages", {"model": "slow/slow", "max_tokens": 64, "stream": True,
+               "messages": [{"role": "user", "content": "hi"}]},
+               {"x-api-key": key, "anthropic-version": "2023-06-01"}, b'"text":"c', b"event: message_stop")
+print("translated_max_lag_ms\t%.2f" % max(lags)); print("translated_mean_lag_ms\t%.2f" % (sum(lags) / len(lags)))
+print("translated_chunks\t%d" % len(lags))
 EOF
 timeout 30 python3 "$TMP/slow.py" "$SLOW_PORT" "$TG_PORT" "$KEY" >"$TMP/slow.txt" || { cat "$TMP/slow.txt" >&2; die "slow-stream check failed"; }
 sed 's/^/streaming_passthrough./' "$TMP/slow.txt" >>"$RES"
@@ -382,7 +426,7 @@ rec run.ttfb_requests "$TTFB_N"
 rec run.loadavg_before "$LOADAVG0"
 rec run.loadavg_after "$(cut -d" " -f1-3 /proc/loadavg)"
 rec run.date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-rec run.tollgate_commit "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+rec run.tollgate_commit "$COMMIT"
 
 # ---------------------------------------------------------------- JSON + summary
 mkdir -p "$(dirname "$OUT")"
@@ -424,6 +468,20 @@ st = r["streaming"]
 st["ttfb_added_us"] = {p: round(st["tollgate"]["ttfb_us"][p] - st["direct"]["ttfb_us"][p], 1) for p in ("p50", "p90", "p99")}
 st["bare_proxy_ttfb_added_us"] = {p: round(st["bare_proxy"]["ttfb_us"][p] - st["direct"]["ttfb_us"][p], 1) for p in ("p50", "p90", "p99")}
 pt = r["streaming_passthrough"]
+# Translated calls (Messages in, chat completions out) against the pass-through chat calls of the
+# same run, measured in the minutes next to them.
+tr = {"dialect": "anthropic messages in, openai chat completions out"}
+for kind, sec in (("plain", "plain"), ("sse", "streaming")):
+    n, base = f"tollgate_messages_{kind}", r[sec]["tollgate"]
+    d = {"rps": g(n + ".rps"), "requests": g(n + ".requests"), "errors": g(n + ".errors"),
+         "latency_us": {p: g(f"{n}.latency_us.{p}") for p in ("p50", "p75", "p90", "p99")}}
+    for c in ("cpu_us_per_request", "cpu_user_us_per_request", "cpu_sys_us_per_request"): d[c] = g(f"{n}.{c}")
+    d["rps_ratio_to_passthrough"] = round(d["rps"] / base["rps"], 3)
+    d["cpu_ratio_to_passthrough"] = round(d["cpu_us_per_request"] / base["cpu_us_per_request"], 3)
+    tr[sec] = d
+tr["streaming_passthrough"] = {k.removeprefix("translated_"): pt.pop(k) for k in list(pt) if k.startswith("translated_")}
+tr["streaming_passthrough"]["gap_ms"] = pt["gap_ms"]
+r["translated"] = tr
 # Judged against nginx as a bare proxy in the same run: this VM's speed drifts from minute to
 # minute, the ratio to a proxy measured in the same minutes does not.
 budget = [
@@ -434,6 +492,9 @@ budget = [
     ("Added latency at 1 connection p99 (µs)", c1["added_latency_us"]["p99"], "<=", 1000),
     # held back = kept until the next chunk comes: a lag of a whole gap or more
     ("Streaming chunks never held back: max lag (ms) < upstream gap", pt["max_lag_ms"], "<", pt["gap_ms"]),
+    # issue 14: translation within 2x the CPU of pass-through, and it holds no event back either
+    ("CPU per translated plain call (Messages -> chat), translated/pass-through chat", tr["plain"]["cpu_ratio_to_passthrough"], "<=", 2),
+    ("Translated stream chunks never held back: max lag (ms) < upstream gap", tr["streaming_passthrough"]["max_lag_ms"], "<", pt["gap_ms"]),
     ("Peak RSS under load (MB)", r["rss"]["peak_mb"], "<=", 100),
     ("Idle RSS (MB)", r["rss"]["idle_mb"], "<=", 30),
     ("Start to listening (ms)", r["startup"]["listening_ms"], "<=", 200),
@@ -442,7 +503,8 @@ r["budget"] = []
 for name, val, op, lim in budget:
     ok = val <= lim if op == "<=" else val >= lim if op == ">=" else val < lim
     r["budget"].append({"item": name, "value": val, "limit": f"{op} {lim}", "met": ok})
-r["errors_total"] = sum(r[s][w]["errors"] for s in ("plain", "streaming", "one_connection") for w in ("direct", "bare_proxy", "tollgate"))
+r["errors_total"] = sum(r[s][w]["errors"] for s in ("plain", "streaming", "one_connection") for w in ("direct", "bare_proxy", "tollgate")) \
+    + sum(tr[s]["errors"] for s in ("plain", "streaming"))
 json.dump(r, open(sys.argv[2], "w"), indent=2, ensure_ascii=False); open(sys.argv[2], "a").write("\n")
 
 m = r["machine"]
@@ -460,6 +522,14 @@ for w, label in (("tollgate", "tollgate"), ("bare_proxy", "bare proxy")):
     print(f"CPU µs/request, {label}: plain {r['plain'][w]['cpu_us_per_request']} (user {r['plain'][w]['cpu_user_us_per_request']}, sys {r['plain'][w]['cpu_sys_us_per_request']}), streaming {r['streaming'][w]['cpu_us_per_request']}, 1 conn {c1[w]['cpu_us_per_request']}")
 print(f"CPU tollgate/bare proxy: plain {r['plain']['cpu_ratio_tollgate_to_bare_proxy']}, streaming {r['streaming']['cpu_ratio_tollgate_to_bare_proxy']}")
 print(f"added latency at 1 conn (µs): {c1['added_latency_us']}; stream TTFB added (µs): {st['ttfb_added_us']}")
+print("translated (Messages in, chat completions out) vs pass-through chat, tollgate, same run:")
+for sec, label in (("plain", "plain"), ("streaming", "streaming")):
+    t, b = tr[sec], r[sec]["tollgate"]
+    print(f"  {label:10} req/s {t['rps']:.0f} vs {b['rps']:.0f} ({t['rps_ratio_to_passthrough']}x); "
+          f"CPU µs/request {t['cpu_us_per_request']} vs {b['cpu_us_per_request']} ({t['cpu_ratio_to_passthrough']}x, "
+          f"user {t['cpu_user_us_per_request']} vs {b['cpu_user_us_per_request']}); "
+          f"p50/p99 µs {t['latency_us']['p50']:.0f}/{t['latency_us']['p99']:.0f} vs {b['latency_us']['p50']:.0f}/{b['latency_us']['p99']:.0f}")
+print(f"  slow stream, max lag {tr['streaming_passthrough']['max_lag_ms']} ms (pass-through {pt['max_lag_ms']} ms) for a {pt['gap_ms']} ms gap")
 print(f"RSS idle {r['rss']['idle_mb']} MB, peak {r['rss']['peak_mb']} MB; start to listening {r['startup']['listening_ms']} ms; errors {r['errors_total']}")
 print("\nbudget:")
 for b in r["budget"]:
