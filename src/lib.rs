@@ -102,13 +102,14 @@ pub fn build_state(
     let cfg_ref = cfg.clone();
     let pool_for_writer = pool.clone();
     let retention_days = cfg.metering.usage_retention_days;
+    let clock = Arc::new(Clock::default());
     let state = AppState(Arc::new(Inner {
         jwt: JwtKeys::new(secret.as_bytes(), cfg.auth.access_token_ttl_secs),
         config: Arc::new(cfg),
         pool,
         creds,
         throttle: Default::default(),
-        clock: Clock::default(),
+        clock: clock.clone(),
         trusted_proxies,
         oauth_http: auth::oauth::build_http_client(),
         providers: Arc::new(upstream::providers::Providers::from_config(&cfg_ref)),
@@ -116,12 +117,13 @@ pub fn build_state(
             cfg_ref.routing.max_response_bytes,
         )),
         health: Default::default(),
-        metering: Metering {
+        metering: Arc::new(Metering {
             ledger: metering::ledger::Ledger::new(&period, &totals),
             writer: metering::writer::UsageWriter::spawn(pool_for_writer, retention_days),
             limits: Default::default(),
             calls: Default::default(),
-        },
+            clock,
+        }),
     }));
     Ok((state, report))
 }

@@ -24,23 +24,26 @@ pub struct Inner {
     pub creds: Arc<CredentialCache>,
     pub jwt: JwtKeys,
     pub throttle: LoginThrottle,
-    pub clock: Clock,
+    /// Shared with the metering, which stamps periods and records with it.
+    pub clock: Arc<Clock>,
     pub trusted_proxies: Vec<IpAddr>,
     /// The client for OAuth token and userinfo calls (follows no redirects).
     pub oauth_http: reqwest::Client,
     pub providers: Arc<Providers>,
     pub catalog: Arc<Catalog>,
     pub health: Health,
-    pub metering: Metering,
+    pub metering: Arc<Metering>,
 }
 
-/// The metering parts of the state.
+/// The metering parts of the state: all a call's settlement needs
+/// (`metering::call` takes this, not the whole state).
 pub struct Metering {
     pub ledger: Ledger,
     pub writer: UsageWriter,
     pub limits: RateLimits,
     /// Calls in flight, ended and awaited at shutdown.
     pub calls: CallTracker,
+    pub clock: Arc<Clock>,
 }
 
 impl Deref for AppState {

@@ -8,9 +8,10 @@ use super::estimate;
 use super::ledger::Account;
 use super::pricing::Price;
 use crate::db::{self, usage::UsageRecord};
-use crate::state::AppState;
+use crate::state::Metering;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +117,7 @@ pub struct CallInfo {
 }
 
 pub struct CallMeter {
-    st: AppState,
+    m: Arc<Metering>,
     pub account: Account,
     pub info: CallInfo,
     reserved: i64,
@@ -131,16 +132,16 @@ pub struct CallMeter {
 impl CallMeter {
     /// Wraps a reservation already taken in the ledger.
     pub fn new(
-        st: AppState,
+        m: Arc<Metering>,
         account: Account,
         info: CallInfo,
         reserved: i64,
         prompt_estimate: i64,
         price: Option<Price>,
     ) -> Self {
-        st.metering.calls.enter();
+        m.calls.enter();
         CallMeter {
-            st,
+            m,
             account,
             info,
             reserved,
@@ -206,13 +207,12 @@ impl CallMeter {
             (None, Some(p)) => (p.cost(prompt, completion), true),
             (None, None) => (0.0, false),
         };
-        let now = self.st.clock.now();
+        let now = self.m.clock.now();
         let period = super::period_of(now);
         let reserved = if self.done { 0 } else { self.reserved };
         let charged = if self.done { 0 } else { total };
         let remaining = self
-            .st
-            .metering
+            .m
             .ledger
             .settle(&self.account, &period, reserved, charged);
         if !self.done {
@@ -225,7 +225,7 @@ impl CallMeter {
                 completion,
                 cost,
             );
-            self.st.metering.writer.send(UsageRecord {
+            self.m.writer.send(UsageRecord {
                 id: 0,
                 request_id: self.info.request_id.clone(),
                 user_id: self.info.user_id,
@@ -272,13 +272,13 @@ impl Drop for CallMeter {
             self.finish(Outcome::ClientCancelled, 499, None);
         }
         // Settled and queued: shutdown may now flush the writer.
-        self.st.metering.calls.leave();
+        self.m.calls.leave();
     }
 }
 
 /// Records a call refused before it reached an upstream (quota, rate, model).
-pub fn record_refusal(st: &AppState, info: &CallInfo, http_status: u16) {
-    st.metering.writer.send(UsageRecord {
+pub fn record_refusal(m: &Metering, info: &CallInfo, http_status: u16) {
+    m.writer.send(UsageRecord {
         id: 0,
         request_id: info.request_id.clone(),
         user_id: info.user_id,
@@ -298,7 +298,7 @@ pub fn record_refusal(st: &AppState, info: &CallInfo, http_status: u16) {
         outcome: Outcome::Refused.as_str().into(),
         latency_ms: 0,
         ttft_ms: None,
-        created_at: db::ts(st.clock.now()),
+        created_at: db::ts(m.clock.now()),
     });
 }
 

@@ -268,7 +268,7 @@ async fn run(
         upstream_model: route.upstream_model.clone(),
     };
     let refuse = |e: ApiError| {
-        record_refusal(&st, &info, e.status.as_u16());
+        record_refusal(&st.metering, &info, e.status.as_u16());
         telemetry::record_request(
             &info.provider,
             &info.metric_model,
@@ -369,7 +369,14 @@ async fn run(
             ))));
         }
     };
-    let mut meter = CallMeter::new(st.clone(), account, info, reserved, prompt_estimate, price);
+    let mut meter = CallMeter::new(
+        st.metering.clone(),
+        account,
+        info,
+        reserved,
+        prompt_estimate,
+        price,
+    );
 
     let wants_usage = req.wants_usage;
 
