@@ -1,7 +1,8 @@
 //! tollgate: a self-hosted LLM gateway and API marketplace in one binary.
 //!
 //! The seam tests use: [`build_state`] opens the database (migrating and, on
-//! first start, seeding it) and loads the caches; [`serve`] runs the router on
+//! first start, seeding it) and loads the caches (awaited: the database work
+//! runs on the blocking pool); [`serve`] runs the router on
 //! a listener until `shutdown` resolves.
 
 #![forbid(unsafe_code)]
@@ -45,17 +46,16 @@ pub enum StartError {
 /// Opens the database, runs pending migrations and seeds an empty one.
 /// `admin_password` is `TOLLGATE_ADMIN_PASSWORD`; without it a password is
 /// generated and returned in the [`Bootstrap`] to be printed once.
-pub fn open_database(
+pub async fn open_database(
     cfg: &Config,
     admin_password: Option<String>,
-) -> Result<(db::Pool, Bootstrap), StartError> {
-    let pool = db::open(&cfg.database.path)?;
-    let ran = db::migrate(&pool)?;
+) -> Result<(db::Store, Bootstrap), StartError> {
+    let store = db::Store::open(&cfg.database.path)?;
+    let ran = store.migrate().await?;
     if ran > 0 {
         tracing::info!(migrations = ran, path = %cfg.database.path.display(), "database migrated");
     }
-    let mut conn = pool.get().map_err(db::DbError::from)?;
-    let report = if accounts::needs_bootstrap(&conn)? {
+    let report = if store.needs_bootstrap().await? {
         let (password, generated) = match admin_password.filter(|p| !p.is_empty()) {
             Some(p) => (p, None),
             None => {
@@ -67,24 +67,21 @@ pub fn open_database(
             .map_err(|e| StartError::Other(format!("TOLLGATE_ADMIN_PASSWORD: {}", e.message)))?;
         let hash = auth::password::hash(&password).map_err(StartError::Other)?;
         let now = db::ts(chrono::Utc::now());
-        accounts::bootstrap(&mut conn, cfg, &hash, generated, &now)?
+        accounts::bootstrap(&store, cfg, &hash, generated, &now).await?
     } else {
         Bootstrap::default()
     };
-    Ok((pool, report))
+    Ok((store, report))
 }
 
 /// Builds the shared state: database, credential cache, JWT keys.
-pub fn build_state(
+pub async fn build_state(
     cfg: Config,
     admin_password: Option<String>,
 ) -> Result<(AppState, Bootstrap), StartError> {
-    let (pool, report) = open_database(&cfg, admin_password)?;
-    let secret = {
-        let conn = pool.get().map_err(db::DbError::from)?;
-        accounts::jwt_secret(&conn, &cfg)?
-    };
-    let creds = Arc::new(CredentialCache::load(pool.clone())?);
+    let (store, report) = open_database(&cfg, admin_password).await?;
+    let secret = accounts::jwt_secret(&store, &cfg).await?;
+    let creds = Arc::new(CredentialCache::load(store.clone()).await?);
     let trusted_proxies = cfg
         .server
         .trusted_proxies
@@ -94,19 +91,16 @@ pub fn build_state(
     // The ledger starts from what the database says was charged this period:
     // nothing is reserved after a restart.
     let period = metering::period_of(chrono::Utc::now());
-    let totals = {
-        let conn = pool.get().map_err(db::DbError::from)?;
-        db::usage::period_totals(&conn, &period)?
-    };
+    let totals = store.period_totals(period.clone()).await?;
     telemetry::init();
     let cfg_ref = cfg.clone();
-    let pool_for_writer = pool.clone();
+    let store_for_writer = store.clone();
     let retention_days = cfg.metering.usage_retention_days;
     let clock = Arc::new(Clock::default());
     let state = AppState(Arc::new(Inner {
+        store,
         jwt: JwtKeys::new(secret.as_bytes(), cfg.auth.access_token_ttl_secs),
         config: Arc::new(cfg),
-        pool,
         creds,
         throttle: Default::default(),
         clock: clock.clone(),
@@ -119,7 +113,7 @@ pub fn build_state(
         health: Default::default(),
         metering: Arc::new(Metering {
             ledger: metering::ledger::Ledger::new(&period, &totals),
-            writer: metering::writer::UsageWriter::spawn(pool_for_writer, retention_days),
+            writer: metering::writer::UsageWriter::spawn(store_for_writer, retention_days),
             limits: Default::default(),
             calls: Default::default(),
             clock,

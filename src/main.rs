@@ -7,7 +7,7 @@ use clap::Parser;
 use std::io::BufRead;
 use tollgate::cli::{Cli, Command, KeyCmd, PasswordSource, PlanCmd, UserCmd};
 use tollgate::config::{Config, Overrides};
-use tollgate::db::{self, api_keys, plans, users};
+use tollgate::db::{self, Store, UserChanges};
 use tollgate::service::accounts;
 use tollgate::upstream::providers::Providers;
 
@@ -88,8 +88,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Migrate => {
             let cfg = load_config(&cli, None)?;
-            let pool = db::open(&cfg.database.path)?;
-            let n = db::migrate(&pool)?;
+            let store = Store::open(&cfg.database.path)?;
+            let n = block_on(store.migrate())??;
             println!(
                 "{n} migration(s) applied to {}",
                 cfg.database.path.display()
@@ -110,43 +110,51 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::User(cmd) => user_cmd(&load_config(&cli, None)?, cmd),
-        Command::Key(cmd) => key_cmd(&load_config(&cli, None)?, cmd),
-        Command::Plan(PlanCmd::List) => {
-            let pool = open_db(&load_config(&cli, None)?)?;
-            let conn = pool.get()?;
-            println!(
-                "{:<16} {:>14} {:>8} {:>10}  allowed models",
-                "name", "monthly_tokens", "rpm", "usd/month"
-            );
-            for p in plans::list(&conn)? {
-                println!(
-                    "{:<16} {:>14} {:>8} {:>10.2}  {}",
-                    p.name,
-                    p.monthly_tokens,
-                    p.requests_per_minute,
-                    p.price_usd_month,
-                    p.allowed_models.join(", ")
-                );
-            }
-            Ok(())
-        }
+        Command::User(cmd) => block_on(user_cmd(&load_config(&cli, None)?, cmd))?,
+        Command::Key(cmd) => block_on(key_cmd(&load_config(&cli, None)?, cmd))?,
+        Command::Plan(PlanCmd::List) => block_on(plan_list(&load_config(&cli, None)?))?,
     }
 }
 
-fn open_db(cfg: &Config) -> Result<db::Pool> {
-    let (pool, report) = tollgate::open_database(cfg, admin_password_env())?;
+/// Runs `f` to completion on a runtime of this thread (the CLI's database work).
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(f))
+}
+
+async fn plan_list(cfg: &Config) -> Result<()> {
+    let store = open_db(cfg).await?;
+    println!(
+        "{:<16} {:>14} {:>8} {:>10}  allowed models",
+        "name", "monthly_tokens", "rpm", "usd/month"
+    );
+    for p in store.list_plans().await? {
+        println!(
+            "{:<16} {:>14} {:>8} {:>10.2}  {}",
+            p.name,
+            p.monthly_tokens,
+            p.requests_per_minute,
+            p.price_usd_month,
+            p.allowed_models.join(", ")
+        );
+    }
+    Ok(())
+}
+
+async fn open_db(cfg: &Config) -> Result<Store> {
+    let (store, report) = tollgate::open_database(cfg, admin_password_env()).await?;
     print_bootstrap(&report);
-    Ok(pool)
+    Ok(store)
 }
 
 fn api<T>(r: Result<T, tollgate::error::ApiError>) -> Result<T> {
     r.map_err(|e| anyhow!(e.message))
 }
 
-fn user_cmd(cfg: &Config, cmd: &UserCmd) -> Result<()> {
-    let pool = open_db(cfg)?;
-    let conn = pool.get()?;
+async fn user_cmd(cfg: &Config, cmd: &UserCmd) -> Result<()> {
+    let store = open_db(cfg).await?;
     let now = db::ts(chrono::Utc::now());
     match cmd {
         UserCmd::Add {
@@ -157,7 +165,7 @@ fn user_cmd(cfg: &Config, cmd: &UserCmd) -> Result<()> {
         } => {
             let hash = api(accounts::hash_password(&read_password(password)?))?;
             let u = api(accounts::create_user(
-                &conn,
+                &store,
                 &accounts::NewAccount {
                     username: name,
                     password_hash: Some(&hash),
@@ -166,7 +174,8 @@ fn user_cmd(cfg: &Config, cmd: &UserCmd) -> Result<()> {
                     plan: plan.as_deref(),
                 },
                 &now,
-            ))?;
+            )
+            .await)?;
             println!(
                 "created user {} (id {}, role {}, plan {})",
                 u.username, u.id, u.role, u.plan
@@ -177,7 +186,7 @@ fn user_cmd(cfg: &Config, cmd: &UserCmd) -> Result<()> {
                 "{:>5}  {:<24} {:<6} {:<12} {:<8} created",
                 "id", "username", "role", "plan", "status"
             );
-            for u in users::list_all(&conn)? {
+            for u in store.list_users().await? {
                 let status = if u.disabled { "disabled" } else { "active" };
                 println!(
                     "{:>5}  {:<24} {:<6} {:<12} {:<8} {}",
@@ -186,40 +195,44 @@ fn user_cmd(cfg: &Config, cmd: &UserCmd) -> Result<()> {
             }
         }
         UserCmd::SetPlan { name, plan } => {
-            let u = users::find_by_username(&conn, name)?
+            let u = store
+                .user_by_username(name.clone())
+                .await?
                 .ok_or_else(|| anyhow!("no user named {name:?}"))?;
-            api(accounts::require_plan(&conn, plan))?;
-            users::set_plan(&conn, u.id, plan)?;
+            let change = UserChanges {
+                plan: Some(plan.clone()),
+                ..Default::default()
+            };
+            api(accounts::update_user(&store, u.id, change).await)?;
             println!("{name} is now on plan {plan}");
         }
         UserCmd::ResetPassword { name, password } => {
-            let u = users::find_by_username(&conn, name)?
+            let u = store
+                .user_by_username(name.clone())
+                .await?
                 .ok_or_else(|| anyhow!("no user named {name:?}"))?;
             let hash = api(accounts::hash_password(&read_password(password)?))?;
-            users::set_password(&conn, u.id, &hash)?;
+            store.set_user_password(u.id, hash).await?;
             println!("password of {name} changed; their earlier sign-ins no longer work");
         }
     }
     Ok(())
 }
 
-fn key_cmd(cfg: &Config, cmd: &KeyCmd) -> Result<()> {
-    let pool = open_db(cfg)?;
-    let conn = pool.get()?;
+async fn key_cmd(cfg: &Config, cmd: &KeyCmd) -> Result<()> {
+    let store = open_db(cfg).await?;
     match cmd {
         KeyCmd::Create { user, name } => {
-            let u = users::find_by_username(&conn, user)?
+            let u = store
+                .user_by_username(user.clone())
+                .await?
                 .ok_or_else(|| anyhow!("no user named {user:?}"))?;
             let spec = accounts::KeySpec {
                 name: name.clone(),
                 ..Default::default()
             };
-            let (row, secret) = api(accounts::create_key(
-                &conn,
-                u.id,
-                &spec,
-                &db::ts(chrono::Utc::now()),
-            ))?;
+            let now = db::ts(chrono::Utc::now());
+            let (row, secret) = api(accounts::create_key(&store, u.id, &spec, &now).await)?;
             eprintln!(
                 "created key {} ({}) for {user}; it is shown only this once:",
                 row.id, row.name
@@ -227,13 +240,15 @@ fn key_cmd(cfg: &Config, cmd: &KeyCmd) -> Result<()> {
             println!("{secret}");
         }
         KeyCmd::List { user } => {
-            let u = users::find_by_username(&conn, user)?
+            let u = store
+                .user_by_username(user.clone())
+                .await?
                 .ok_or_else(|| anyhow!("no user named {user:?}"))?;
             println!(
                 "{:>5}  {:<14} {:<20} {:<8} {:<21} last used",
                 "id", "prefix", "name", "status", "expires"
             );
-            for k in api_keys::list_for_user(&conn, u.id)? {
+            for k in store.list_keys_for_user(u.id).await? {
                 let status = if k.revoked { "revoked" } else { "active" };
                 println!(
                     "{:>5}  {:<14} {:<20} {:<8} {:<21} {}",
@@ -247,7 +262,7 @@ fn key_cmd(cfg: &Config, cmd: &KeyCmd) -> Result<()> {
             }
         }
         KeyCmd::Revoke { id } => {
-            if !api_keys::revoke(&conn, *id)? {
+            if !store.revoke_key(*id).await? {
                 bail!("there is no key with id {id}");
             }
             println!("key {id} revoked");
@@ -287,7 +302,7 @@ fn serve(cfg: Config) -> Result<()> {
         .build()?;
     rt.block_on(async move {
         let addr = cfg.listen_addr();
-        let (state, report) = tollgate::build_state(cfg, admin_password_env())?;
+        let (state, report) = tollgate::build_state(cfg, admin_password_env()).await?;
         print_bootstrap(&report);
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} (is another server running there? use --listen)")

@@ -1,11 +1,11 @@
-//! `AppState`: what every handler shares — configuration, the database pool,
+//! `AppState`: what every handler shares — configuration, the database store,
 //! the in-memory caches and the clock.
 
 use crate::auth::cache::CredentialCache;
 use crate::auth::jwt::JwtKeys;
 use crate::auth::throttle::LoginThrottle;
 use crate::config::Config;
-use crate::db::Pool;
+use crate::db::Store;
 use crate::metering::{
     calls::CallTracker, ledger::Ledger, limits::RateLimits, writer::UsageWriter,
 };
@@ -20,7 +20,8 @@ pub struct AppState(pub Arc<Inner>);
 
 pub struct Inner {
     pub config: Arc<Config>,
-    pub pool: Pool,
+    /// The database: every handler and service reaches it through this.
+    pub store: Store,
     pub creds: Arc<CredentialCache>,
     pub jwt: JwtKeys,
     pub throttle: LoginThrottle,

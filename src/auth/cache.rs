@@ -4,7 +4,7 @@
 //! change counter (bumped by triggers, so also by the CLI or any other process)
 //! moves — polled every second.
 
-use crate::db::{self, api_keys::KeyRow, plans::Plan, users::UserRow, DbResult, Pool};
+use crate::db::{self, api_keys::KeyRow, plans::Plan, users::UserRow, DbResult, Store};
 use crate::glob::Patterns;
 use hashbrown::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -88,7 +88,7 @@ impl Snapshot {
 }
 
 pub struct CredentialCache {
-    pool: Pool,
+    store: Store,
     snap: RwLock<Arc<Snapshot>>,
     /// Bumped after every swap of `snap`: a thread's copy is current while
     /// the version it was taken at is.
@@ -147,10 +147,19 @@ fn key_entry(k: KeyRow, old: Option<&KeyEntry>) -> Option<([u8; 32], KeyEntry)> 
 }
 
 impl CredentialCache {
-    pub fn load(pool: Pool) -> DbResult<Self> {
+    /// Loads the cache from the database (on the blocking pool, as reloads are).
+    pub async fn load(store: Store) -> DbResult<Self> {
+        match tokio::task::spawn_blocking(move || Self::load_blocking(store)).await {
+            Ok(r) => r,
+            Err(e) => Err(db::DbError::Task(e.to_string())),
+        }
+    }
+
+    /// Loads the cache from the database on this thread.
+    pub fn load_blocking(store: Store) -> DbResult<Self> {
         static IDS: AtomicU64 = AtomicU64::new(0);
         let cache = CredentialCache {
-            pool,
+            store,
             snap: RwLock::new(Arc::new(Snapshot::default())),
             version: AtomicU64::new(0),
             id: IDS.fetch_add(1, Ordering::Relaxed),
@@ -192,18 +201,19 @@ impl CredentialCache {
         })
     }
 
-    /// Rebuilds the snapshot from the database (blocking).
+    /// Rebuilds the snapshot from the database, on this thread: it reads
+    /// through the store's blocking variant because building a large
+    /// snapshot must stay off the serving threads too (see [`Self::reload`]).
     pub fn reload_blocking(&self) -> DbResult<()> {
         let _guard = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.snapshot();
         let old_keys: HashMap<i64, &Arc<KeyEntry>> = old.keys.values().map(|k| (k.id, k)).collect();
-        let mut conn = self.pool.get()?;
-        let tx = conn.transaction()?;
-        let counter = db::settings::change_counter(&tx)?;
-        let users = db::users::list_all(&tx)?;
-        let keys = db::api_keys::list_usable(&tx)?;
-        let plans = db::plans::list(&tx)?;
-        tx.commit()?;
+        let db::CredentialRows {
+            counter,
+            users,
+            keys,
+            plans,
+        } = self.store.load_credentials_blocking()?;
         let snap = Snapshot {
             counter,
             users: users
@@ -243,8 +253,7 @@ impl CredentialCache {
 
     /// Reloads when another process changed users, keys or plans.
     pub async fn reload_if_changed(self: &Arc<Self>) -> DbResult<bool> {
-        let pool = self.pool.clone();
-        let counter = db::run(&pool, |c| db::settings::change_counter(c)).await?;
+        let counter = self.store.change_counter().await?;
         if counter != self.snapshot().counter {
             self.reload().await?;
             return Ok(true);
@@ -283,10 +292,7 @@ impl CredentialCache {
         }
         let rows: Vec<(i64, String)> = batch.iter().map(|(id, t, _, _)| (*id, t.clone())).collect();
         let n = rows.len();
-        db::run(&self.pool, move |c| {
-            db::api_keys::record_last_used(c, &rows)
-        })
-        .await?;
+        self.store.record_key_uses(rows).await?;
         for (_, _, k, used) in batch {
             k.last_flushed.fetch_max(used, Ordering::Relaxed);
         }
@@ -309,41 +315,51 @@ impl CredentialCache {
 mod tests {
     use super::*;
 
-    fn cache(dir: &std::path::Path, name: &str) -> CredentialCache {
-        let pool = db::open(&dir.join(name)).unwrap();
-        db::migrate(&pool).unwrap();
-        CredentialCache::load(pool).unwrap()
+    async fn cache(dir: &std::path::Path, name: &str) -> CredentialCache {
+        let store = Store::open(&dir.join(name)).unwrap();
+        store.migrate().await.unwrap();
+        let free = Plan {
+            name: "free".into(),
+            monthly_tokens: 1,
+            requests_per_minute: 1,
+            price_usd_month: 0.0,
+            allowed_models: vec![],
+        };
+        store
+            .create_plan(free, "2026-01-01T00:00:00Z".into())
+            .await
+            .unwrap();
+        CredentialCache::load(store).await.unwrap()
     }
 
-    fn add_user(c: &CredentialCache, name: &str) {
-        let conn = c.pool.get().unwrap();
-        conn.execute(
-            "INSERT OR IGNORE INTO plans (name, monthly_tokens, requests_per_minute, created_at)
-             VALUES ('free', 1, 1, '2026-01-01T00:00:00Z')",
-            [],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO users (username, password_hash, role, plan, created_at)
-                 VALUES (?1, 'x', 'user', 'free', '2026-01-01T00:00:00Z')",
-            [name],
-        )
-        .unwrap();
+    async fn add_user(c: &CredentialCache, name: &str) {
+        let u = db::users::NewUser {
+            username: name.into(),
+            email: None,
+            password_hash: Some("x".into()),
+            role: "user".into(),
+            plan: Some("free".into()),
+        };
+        let created = c.store.create_user(u, "2026-01-01T00:00:00Z".into()).await;
+        created.unwrap().unwrap();
     }
 
-    #[test]
-    fn a_threads_copy_of_the_snapshot_follows_every_reload() {
+    // One thread (the test's runtime runs on it): each cache's copy of its
+    // snapshot is this thread's.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_threads_copy_of_the_snapshot_follows_every_reload() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (cache(dir.path(), "a.db"), cache(dir.path(), "b.db"));
+        let a = cache(dir.path(), "a.db").await;
+        let b = cache(dir.path(), "b.db").await;
         let users = |c: &CredentialCache| c.with_snapshot(|s| s.users.len());
         let n = users(&a);
-        add_user(&a, "one");
+        add_user(&a, "one").await;
         assert_eq!(users(&a), n, "in force only once reloaded");
         a.reload_blocking().unwrap();
         assert_eq!(users(&a), n + 1);
         // Another cache on the same thread gets its own snapshot, and back.
-        add_user(&b, "two");
-        add_user(&b, "three");
+        add_user(&b, "two").await;
+        add_user(&b, "three").await;
         b.reload_blocking().unwrap();
         assert_eq!(users(&b), n + 2);
         assert_eq!(users(&a), n + 1);

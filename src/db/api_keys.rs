@@ -19,14 +19,16 @@ pub struct KeyRow {
     pub monthly_token_limit: Option<i64>,
 }
 
-pub struct NewKey<'a> {
+/// A key to store (its hash and prefix, never the key).
+#[derive(Debug, Clone)]
+pub struct NewKey {
     pub user_id: i64,
-    pub name: &'a str,
-    pub description: Option<&'a str>,
-    pub key_hash: &'a str,
-    pub prefix: &'a str,
-    pub expires_at: Option<&'a str>,
-    pub allowed_models: Option<&'a [String]>,
+    pub name: String,
+    pub description: Option<String>,
+    pub key_hash: String,
+    pub prefix: String,
+    pub expires_at: Option<String>,
+    pub allowed_models: Option<Vec<String>>,
     pub monthly_token_limit: Option<i64>,
 }
 
@@ -64,7 +66,7 @@ pub fn insert(conn: &Connection, k: &NewKey, now: &str) -> DbResult<KeyRow> {
             k.prefix,
             now,
             k.expires_at,
-            k.allowed_models.map(json_list),
+            k.allowed_models.as_deref().map(json_list),
             k.monthly_token_limit
         ],
     )?;

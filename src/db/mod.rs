@@ -1,15 +1,20 @@
 //! The database: one SQLite file through an r2d2 pool (WAL, busy timeout,
 //! foreign keys on), schema from refinery migrations embedded in the binary.
 //!
-//! All SQL of the project lives under this module, behind functions named for
+//! All SQL of the project lives under this module. The rest of tollgate
+//! reaches the database only through [`Store`], whose operations are named for
 //! what they do, so another backend can be added without touching handlers.
 
+mod accounts;
 pub mod api_keys;
 pub mod oauth_states;
 pub mod plans;
 pub mod settings;
+mod store;
 pub mod usage;
 pub mod users;
+
+pub use store::{CredentialRows, IdentitySignIn, Refused, Seed, Seeded, Store, UserChanges};
 
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
@@ -82,30 +87,15 @@ pub fn open(path: &Path) -> DbResult<Pool> {
 
 /// Runs the embedded migrations that have not run yet; returns how many ran.
 pub fn migrate(pool: &Pool) -> DbResult<usize> {
-    let mut conn = pool.get()?;
-    let report = embedded::migrations::runner()
-        .run(&mut *conn)
-        .map_err(|e| DbError::Migration(e.to_string()))?;
-    Ok(report.applied_migrations().len())
+    migrate_connection(&mut *pool.get()?)
 }
 
-/// Runs blocking database work on the blocking pool, re-raising its panics.
-pub async fn run<T, F>(pool: &Pool, f: F) -> DbResult<T>
-where
-    T: Send + 'static,
-    F: FnOnce(&mut Connection) -> DbResult<T> + Send + 'static,
-{
-    let pool = pool.clone();
-    match tokio::task::spawn_blocking(move || {
-        let mut conn = pool.get()?;
-        f(&mut conn)
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(DbError::Task(e.to_string())),
-    }
+/// Runs the embedded migrations that have not run yet on `conn`.
+fn migrate_connection(conn: &mut Connection) -> DbResult<usize> {
+    let report = embedded::migrations::runner()
+        .run(conn)
+        .map_err(|e| DbError::Migration(e.to_string()))?;
+    Ok(report.applied_migrations().len())
 }
 
 /// The current RFC 3339 UTC timestamp at second precision, as stored.

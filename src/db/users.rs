@@ -16,12 +16,15 @@ pub struct UserRow {
     pub created_at: String,
 }
 
-pub struct NewUser<'a> {
-    pub username: &'a str,
-    pub email: Option<&'a str>,
-    pub password_hash: Option<&'a str>,
-    pub role: &'a str,
-    pub plan: &'a str,
+/// A user to create.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: String,
+    pub email: Option<String>,
+    pub password_hash: Option<String>,
+    pub role: String,
+    /// `None`: the default plan.
+    pub plan: Option<String>,
 }
 
 const COLUMNS: &str =
@@ -41,10 +44,11 @@ fn from_row(r: &Row) -> rusqlite::Result<UserRow> {
     })
 }
 
-pub fn insert(conn: &Connection, u: &NewUser, now: &str) -> DbResult<UserRow> {
+/// Inserts `u` on `plan` (the caller has resolved [`NewUser::plan`]).
+pub fn insert(conn: &Connection, u: &NewUser, plan: &str, now: &str) -> DbResult<UserRow> {
     conn.execute(
         "INSERT INTO users (username, email, password_hash, role, plan, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![u.username, u.email, u.password_hash, u.role, u.plan, now],
+        params![u.username, u.email, u.password_hash, u.role, plan, now],
     )
     .map_err(|e| on_constraint(e, &format!("The username {:?} is taken.", u.username)))?;
     let id = conn.last_insert_rowid();

@@ -3,7 +3,6 @@
 use super::extract::{AppPath, AppQuery};
 use super::views::{DataList, KeyView};
 use crate::auth::AdminUser;
-use crate::db::{self, api_keys, users};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::extract::State;
@@ -23,20 +22,19 @@ pub async fn list(
     _: AdminUser,
     AppQuery(q): AppQuery<KeysQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let rows = db::run(&st.pool, move |c| {
-        let Some(u) = q.user.filter(|u| !u.is_empty()) else {
-            return api_keys::list_all(c);
-        };
-        let user = match u.parse::<i64>() {
-            Ok(id) => users::find_by_id(c, id)?,
-            Err(_) => users::find_by_username(c, &u)?,
-        };
-        match user {
-            Some(user) => api_keys::list_for_user(c, user.id),
-            None => Ok(Vec::new()),
+    let rows = match q.user.filter(|u| !u.is_empty()) {
+        None => st.store.list_keys().await?,
+        Some(u) => {
+            let user = match u.parse::<i64>() {
+                Ok(id) => st.store.user_by_id(id).await?,
+                Err(_) => st.store.user_by_username(u).await?,
+            };
+            match user {
+                Some(user) => st.store.list_keys_for_user(user.id).await?,
+                None => Vec::new(),
+            }
         }
-    })
-    .await?;
+    };
     let snap = st.creds.snapshot();
     Ok(Json(DataList {
         data: rows.iter().map(|k| KeyView::new(k, &snap, true)).collect(),
@@ -48,7 +46,7 @@ pub async fn revoke(
     _: AdminUser,
     AppPath(id): AppPath<i64>,
 ) -> ApiResult<impl IntoResponse> {
-    let found = db::run(&st.pool, move |c| api_keys::revoke(c, id)).await?;
+    let found = st.store.revoke_key(id).await?;
     if !found {
         return Err(ApiError::not_found(format!(
             "There is no API key with id {id}."

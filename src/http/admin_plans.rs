@@ -3,7 +3,7 @@
 use super::extract::{AppJson, AppPath};
 use super::views::DataList;
 use crate::auth::AdminUser;
-use crate::db::{self, plans, plans::Plan};
+use crate::db::{self, plans::Plan};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::extract::State;
@@ -13,7 +13,7 @@ use axum::Json;
 use serde::Deserialize;
 
 pub async fn list(State(st): State<AppState>, _: AdminUser) -> ApiResult<impl IntoResponse> {
-    let rows = db::run(&st.pool, |c| plans::list(c)).await?;
+    let rows = st.store.list_plans().await?;
     Ok(Json(DataList { data: rows }))
 }
 
@@ -73,7 +73,7 @@ pub async fn create(
     };
     validate(&plan)?;
     let now = db::ts(st.clock.now());
-    let plan = db::run(&st.pool, move |c| plans::insert(c, &plan, &now)).await?;
+    let plan = st.store.create_plan(plan, now).await?;
     st.creds.reload().await?;
     Ok((StatusCode::CREATED, Json(plan)))
 }
@@ -97,8 +97,9 @@ pub async fn update(
     AppPath(name): AppPath<String>,
     AppJson(b): AppJson<UpdatePlan>,
 ) -> ApiResult<impl IntoResponse> {
-    let n = name.clone();
-    let mut plan = db::run(&st.pool, move |c| plans::find(c, &n))
+    let mut plan = st
+        .store
+        .plan_by_name(name.clone())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("There is no plan named {name:?}.")))?;
     if let Some(v) = b.monthly_tokens {
@@ -114,8 +115,7 @@ pub async fn update(
         plan.allowed_models = v;
     }
     validate(&plan)?;
-    let saved = plan.clone();
-    db::run(&st.pool, move |c| plans::update(c, &saved)).await?;
+    st.store.update_plan(plan.clone()).await?;
     st.creds.reload().await?;
     Ok(Json(plan))
 }
@@ -125,8 +125,7 @@ pub async fn delete(
     _: AdminUser,
     AppPath(name): AppPath<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let n = name.clone();
-    if !db::run(&st.pool, move |c| plans::delete(c, &n)).await? {
+    if !st.store.delete_plan(name.clone()).await? {
         return Err(ApiError::not_found(format!(
             "There is no plan named {name:?}."
         )));

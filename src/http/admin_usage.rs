@@ -4,7 +4,7 @@
 use super::extract::AppQuery;
 use super::subscriptions::{usage_filter, UsageQuery};
 use crate::auth::AdminUser;
-use crate::db::{self, usage::RequestFilter, users};
+use crate::db::usage::RequestFilter;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::extract::State;
@@ -39,8 +39,7 @@ pub async fn usage(
     };
     let (f, _, _) = usage_filter(&st, &uq, None)?;
     st.metering.writer.flush().await;
-    let g = group_by.clone();
-    let rows = db::run(&st.pool, move |c| db::usage::grouped(c, &g, &f)).await?;
+    let rows = st.store.usage_grouped(group_by.clone(), f).await?;
     Ok(Json(json!({"group_by": group_by, "rows": rows})))
 }
 
@@ -89,30 +88,27 @@ pub async fn requests(
     st.metering.writer.flush().await;
     let user = q.user.filter(|s| !s.is_empty());
     let provider = q.provider.filter(|s| !s.is_empty());
-    let mut rows = db::run(&st.pool, move |c| {
-        let user_id = match user {
-            None => None,
-            Some(u) => match u.parse::<i64>() {
-                Ok(id) => Some(id),
-                Err(_) => match users::find_by_username(c, &u)? {
-                    Some(row) => Some(row.id),
-                    None => return Ok(Vec::new()),
-                },
+    let user_id = match user {
+        None => None,
+        Some(u) => match u.parse::<i64>() {
+            Ok(id) => Some(id),
+            Err(_) => match st.store.user_by_username(u).await? {
+                Some(row) => Some(row.id),
+                None => return Ok(Json(json!({"data": [], "next_before": null}))),
             },
-        };
-        db::usage::requests(
-            c,
-            &RequestFilter {
-                user_id,
-                provider,
-                outcome,
-                before,
-                // One more than asked, to know whether another page follows.
-                limit: limit + 1,
-            },
-        )
-    })
-    .await?;
+        },
+    };
+    let mut rows = st
+        .store
+        .requests_page(RequestFilter {
+            user_id,
+            provider,
+            outcome,
+            before,
+            // One more than asked, to know whether another page follows.
+            limit: limit + 1,
+        })
+        .await?;
     let next_before = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(|r| r.id)

@@ -5,7 +5,7 @@
 use super::extract::{double_option, AppJson, AppPath, AppQuery};
 use super::views::{AdminUserView, DataList};
 use crate::auth::AdminUser;
-use crate::db::{self, users};
+use crate::db::{self, UserChanges};
 use crate::error::{ApiError, ApiResult};
 use crate::service::accounts;
 use crate::state::AppState;
@@ -25,10 +25,7 @@ pub async fn list(
     _: AdminUser,
     AppQuery(q): AppQuery<SearchQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let rows = db::run(&st.pool, move |c| {
-        users::search(c, q.q.as_deref().filter(|s| !s.is_empty()))
-    })
-    .await?;
+    let rows = st.store.search_users(q.q.filter(|s| !s.is_empty())).await?;
     Ok(Json(DataList {
         data: rows.iter().map(AdminUserView::from).collect(),
     }))
@@ -58,20 +55,18 @@ pub async fn create(
         .await
         .map_err(ApiError::internal)??;
     let now = db::ts(st.clock.now());
-    let user = db::run(&st.pool, move |c| {
-        Ok(accounts::create_user(
-            c,
-            &accounts::NewAccount {
-                username: &b.username,
-                password_hash: Some(&hash),
-                email: b.email.as_deref(),
-                role: b.role.as_deref().unwrap_or("user"),
-                plan: b.plan.as_deref(),
-            },
-            &now,
-        ))
-    })
-    .await??;
+    let user = accounts::create_user(
+        &st.store,
+        &accounts::NewAccount {
+            username: &b.username,
+            password_hash: Some(&hash),
+            email: b.email.as_deref(),
+            role: b.role.as_deref().unwrap_or("user"),
+            plan: b.plan.as_deref(),
+        },
+        &now,
+    )
+    .await?;
     st.creds.reload().await?;
     Ok((StatusCode::CREATED, Json(AdminUserView::from(&user))))
 }
@@ -122,36 +117,14 @@ pub async fn update(
         ),
         None => None,
     };
-    let user = db::run(&st.pool, move |c| {
-        let tx = c.transaction()?;
-        if users::find_by_id(&tx, id)?.is_none() {
-            return Ok(Err(ApiError::not_found(format!(
-                "There is no user with id {id}."
-            ))));
-        }
-        if let Some(plan) = &b.plan {
-            if let Err(e) = accounts::require_plan(&tx, plan) {
-                return Ok(Err(e));
-            }
-            users::set_plan(&tx, id, plan)?;
-        }
-        if let Some(role) = &b.role {
-            users::set_role(&tx, id, role)?;
-        }
-        if let Some(email) = &b.email {
-            users::set_email(&tx, id, email.as_deref())?;
-        }
-        if let Some(hash) = &hash {
-            users::set_password(&tx, id, hash)?;
-        }
-        if let Some(d) = b.disabled {
-            users::set_disabled(&tx, id, d)?;
-        }
-        let user = users::find_by_id(&tx, id)?;
-        tx.commit()?;
-        Ok(user.ok_or_else(|| ApiError::not_found(format!("There is no user with id {id}."))))
-    })
-    .await??;
+    let changes = UserChanges {
+        plan: b.plan,
+        role: b.role,
+        email: b.email,
+        password_hash: hash,
+        disabled: b.disabled,
+    };
+    let user = accounts::update_user(&st.store, id, changes).await?;
     st.creds.reload().await?;
     Ok(Json(AdminUserView::from(&user)))
 }
@@ -164,7 +137,7 @@ pub async fn delete(
     if id == me.user.id {
         return Err(ApiError::bad_request("You cannot delete your own account."));
     }
-    if !db::run(&st.pool, move |c| users::delete(c, id)).await? {
+    if !st.store.delete_user(id).await? {
         return Err(ApiError::not_found(format!(
             "There is no user with id {id}."
         )));

@@ -4,7 +4,7 @@
 use super::extract::{client_addr, AppJson, JsonOrForm, Peer};
 use super::views::UserView;
 use crate::auth::{password, CurrentUser, SessionUser};
-use crate::db::{self, users};
+use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::service::accounts;
 use crate::state::AppState;
@@ -41,17 +41,14 @@ pub async fn register(
     .await
     .map_err(ApiError::internal)??;
     let now = db::ts(st.clock.now());
-    let user = db::run(&st.pool, move |c| {
-        let a = accounts::NewAccount {
-            username: &b.username,
-            password_hash: Some(&hash),
-            email: b.email.as_deref(),
-            role: "user",
-            plan: None,
-        };
-        Ok(accounts::create_user(c, &a, &now))
-    })
-    .await??;
+    let a = accounts::NewAccount {
+        username: &b.username,
+        password_hash: Some(&hash),
+        email: b.email.as_deref(),
+        role: "user",
+        plan: None,
+    };
+    let user = accounts::create_user(&st.store, &a, &now).await?;
     st.creds.reload().await?;
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
 }
@@ -78,8 +75,7 @@ pub async fn login(
             wait,
         ));
     }
-    let name = b.username.clone();
-    let user = db::run(&st.pool, move |c| users::find_by_username(c, &name)).await?;
+    let user = st.store.user_by_username(b.username.clone()).await?;
     let stored = user.as_ref().and_then(|u| u.password_hash.clone());
     let pw = b.password;
     let ok = tokio::task::spawn_blocking(move || password::verify(&pw, stored.as_deref()))
@@ -127,7 +123,9 @@ pub async fn me(
     CurrentUser(p): CurrentUser,
 ) -> ApiResult<impl IntoResponse> {
     let id = p.user.id;
-    let user = db::run(&st.pool, move |c| users::find_by_id(c, id))
+    let user = st
+        .store
+        .user_by_id(id)
         .await?
         .ok_or_else(|| ApiError::invalid_api_key("This account no longer exists."))?;
     Ok(Json(UserView::from(&user)))
@@ -146,7 +144,9 @@ pub async fn change_password(
 ) -> ApiResult<impl IntoResponse> {
     accounts::validate_password(&b.new_password).map_err(|e| e.with_param("new_password"))?;
     let id = p.user.id;
-    let user = db::run(&st.pool, move |c| users::find_by_id(c, id))
+    let user = st
+        .store
+        .user_by_id(id)
         .await?
         .ok_or_else(|| ApiError::invalid_api_key("This account no longer exists."))?;
     let stored = user.password_hash.clone();
@@ -161,7 +161,7 @@ pub async fn change_password(
     })
     .await
     .map_err(ApiError::internal)??;
-    db::run(&st.pool, move |c| users::set_password(c, id, &hash)).await?;
+    st.store.set_user_password(id, hash).await?;
     st.creds.reload().await?;
     Ok(StatusCode::NO_CONTENT)
 }

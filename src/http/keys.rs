@@ -42,10 +42,7 @@ pub async fn create(
         allowed_models: b.allowed_models,
         monthly_token_limit: b.monthly_token_limit,
     };
-    let (row, secret) = db::run(&st.pool, move |c| {
-        Ok(accounts::create_key(c, uid, &spec, &now))
-    })
-    .await??;
+    let (row, secret) = accounts::create_key(&st.store, uid, &spec, &now).await?;
     st.creds.reload().await?;
     Ok((
         StatusCode::CREATED,
@@ -68,7 +65,7 @@ pub async fn list(
     CurrentUser(p): CurrentUser,
 ) -> ApiResult<impl IntoResponse> {
     let uid = p.user.id;
-    let rows = db::run(&st.pool, move |c| api_keys::list_for_user(c, uid)).await?;
+    let rows = st.store.list_keys_for_user(uid).await?;
     let snap = st.creds.snapshot();
     Ok(Json(DataList {
         data: rows.iter().map(|k| KeyView::new(k, &snap, false)).collect(),
@@ -92,7 +89,8 @@ pub struct UpdateKey {
 
 /// The caller's key `id`, or 404 (also for another user's key).
 async fn own_key(st: &AppState, user_id: i64, id: i64) -> ApiResult<api_keys::KeyRow> {
-    db::run(&st.pool, move |c| api_keys::find_by_id(c, id))
+    st.store
+        .key_by_id(id)
         .await?
         .filter(|k| k.user_id == user_id)
         .ok_or_else(|| ApiError::not_found(format!("You have no API key with id {id}.")))
@@ -126,12 +124,11 @@ pub async fn update(
         k.allowed_models.as_deref(),
         k.monthly_token_limit,
     )?;
-    let row = db::run(&st.pool, move |c| {
-        api_keys::update(c, &k)?;
-        api_keys::find_by_id(c, k.id)
-    })
-    .await?
-    .ok_or_else(|| ApiError::not_found(format!("You have no API key with id {id}.")))?;
+    let row = st
+        .store
+        .update_key(k)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("You have no API key with id {id}.")))?;
     st.creds.reload().await?;
     Ok(Json(KeyView::new(&row, &st.creds.snapshot(), false)))
 }
@@ -142,7 +139,7 @@ pub async fn revoke(
     AppPath(id): AppPath<i64>,
 ) -> ApiResult<impl IntoResponse> {
     own_key(&st, p.user.id, id).await?;
-    db::run(&st.pool, move |c| api_keys::revoke(c, id)).await?;
+    st.store.revoke_key(id).await?;
     st.creds.reload().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -107,7 +107,7 @@ async fn start(
         browser_hash: hash(&binding),
         created_at: db::ts(now),
     };
-    db::run(&st.pool, move |c| svc::issue_state(c, &row, now)).await?;
+    svc::issue_state(&st.store, row, now).await?;
     let secure = if st.config.server.public_url.starts_with("https://") {
         "; Secure"
     } else {
@@ -143,18 +143,8 @@ async fn finish(
     let provider = find_provider(st, id)?;
     let binding = cookie(headers, BINDING_COOKIE).map(|b| hash(&b));
     let now = st.clock.now();
-    let redeem = |state: String| {
-        let (provider, binding) = (provider.id.clone(), binding.clone());
-        db::run(&st.pool, move |c| {
-            Ok(svc::redeem_state(
-                c,
-                &state,
-                &provider,
-                binding.as_deref(),
-                now,
-            ))
-        })
-    };
+    let redeem =
+        |state: String| svc::redeem_state(&st.store, state, &provider.id, binding.as_deref(), now);
     if let Some(err) = q.error {
         // The provider sent the browser back without a code (the user said no,
         // or the provider refused). Spend the state so it cannot be replayed.
@@ -173,7 +163,7 @@ async fn finish(
             "The sign-in answer has no state; start the sign-in again.",
         )
     })?;
-    let row = redeem(state).await??;
+    let row = redeem(state).await?;
     let code = q.code.filter(|c| !c.is_empty()).ok_or_else(|| {
         ApiError::invalid_field(
             "code",
@@ -186,10 +176,7 @@ async fn finish(
         .await?;
     let identity = provider.userinfo(&st.oauth_http, &access).await?;
     let (pid, link_to, stamp) = (provider.id.clone(), row.link_user_id, db::ts(now));
-    let user = db::run(&st.pool, move |c| {
-        Ok(svc::sign_in(c, &pid, &identity, link_to, &stamp))
-    })
-    .await??;
+    let user = svc::sign_in(&st.store, &pid, &identity, link_to, &stamp).await?;
     if user.disabled {
         return Err(ApiError::forbidden_code(
             "account_disabled",

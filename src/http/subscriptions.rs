@@ -119,8 +119,7 @@ pub async fn usage(
     let (f, start, end) = usage_filter(&st, &q, Some(p.user.id))?;
     st.metering.writer.flush().await;
     let provider = f.provider.clone();
-    let (tokens, requests, ok_tokens, cost) =
-        db::run(&st.pool, move |c| db::usage::totals(c, &f)).await?;
+    let (tokens, requests, ok_tokens, cost) = st.store.usage_totals(f).await?;
     let avg = if requests > 0 {
         ok_tokens as f64 / requests as f64
     } else {
@@ -144,6 +143,6 @@ pub async fn daily(
 ) -> ApiResult<impl IntoResponse> {
     let (f, _, _) = usage_filter(&st, &q, Some(p.user.id))?;
     st.metering.writer.flush().await;
-    let days = db::run(&st.pool, move |c| db::usage::daily(c, &f)).await?;
+    let days = st.store.usage_daily(f).await?;
     Ok(Json(json!({ "days": days })))
 }

@@ -12,7 +12,7 @@
 //! sends records has its own vector (a shard), so the serving threads never
 //! contend for one lock; the writer drains every shard.
 
-use crate::db::{self, usage::UsageRecord, Pool};
+use crate::db::{self, usage::UsageRecord, Store};
 use std::cell::RefCell;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -96,7 +96,7 @@ const TRIM_EVERY: Duration = Duration::from_secs(3600);
 
 impl UsageWriter {
     /// Starts the writer thread.
-    pub fn spawn(pool: Pool, retention_days: u64) -> UsageWriter {
+    pub fn spawn(store: Store, retention_days: u64) -> UsageWriter {
         static IDS: AtomicU64 = AtomicU64::new(0);
         let shared = Arc::new(Shared {
             id: IDS.fetch_add(1, Ordering::Relaxed),
@@ -108,7 +108,7 @@ impl UsageWriter {
         let for_thread = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("usage-writer".into())
-            .spawn(move || run(pool, for_thread, retention_days));
+            .spawn(move || run(store, for_thread, retention_days));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the usage writer");
         }
@@ -160,12 +160,12 @@ impl UsageWriter {
     }
 }
 
-fn run(pool: Pool, s: Arc<Shared>, retention_days: u64) {
+fn run(store: Store, s: Arc<Shared>, retention_days: u64) {
     let mut last_trim: Option<Instant> = None;
     let mut last_write: Option<Instant> = None;
     loop {
         if last_trim.is_none_or(|t| t.elapsed() > TRIM_EVERY) {
-            trim(&pool, retention_days);
+            trim(&store, retention_days);
             last_trim = Some(Instant::now());
         }
         let mut q = s.lock();
@@ -214,7 +214,7 @@ fn run(pool: Pool, s: Arc<Shared>, retention_days: u64) {
         let batch = s.drain();
         if !batch.is_empty() {
             last_write = Some(Instant::now());
-            write(&pool, &batch);
+            write(&store, &batch);
         }
         for a in acks {
             let _ = a.send(());
@@ -225,14 +225,10 @@ fn run(pool: Pool, s: Arc<Shared>, retention_days: u64) {
     }
 }
 
-fn write(pool: &Pool, batch: &[UsageRecord]) {
+fn write(store: &Store, batch: &[UsageRecord]) {
     // A locked or busy database is retried; the records are money.
     for attempt in 0..50 {
-        let result = pool
-            .get()
-            .map_err(db::DbError::from)
-            .and_then(|mut c| db::usage::insert_batch(&mut c, batch));
-        match result {
+        match store.write_usage_batch_blocking(batch) {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, attempt, records = batch.len(), "cannot write usage records; retrying");
@@ -243,13 +239,9 @@ fn write(pool: &Pool, batch: &[UsageRecord]) {
     tracing::error!(records = batch.len(), "giving up writing usage records");
 }
 
-fn trim(pool: &Pool, retention_days: u64) {
+fn trim(store: &Store, retention_days: u64) {
     let before = chrono::Utc::now() - chrono::Duration::days(retention_days as i64);
-    match pool
-        .get()
-        .map_err(db::DbError::from)
-        .and_then(|c| db::usage::delete_before(&c, &db::ts(before)))
-    {
+    match store.trim_usage_blocking(&db::ts(before)) {
         Ok(0) => {}
         Ok(n) => tracing::info!(
             deleted = n,
@@ -264,19 +256,20 @@ mod tests {
     use super::*;
     use crate::db::usage::sample_record as record;
 
-    fn count(pool: &Pool) -> i64 {
-        pool.get()
-            .unwrap()
-            .query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))
-            .unwrap()
+    async fn count(store: &Store) -> usize {
+        let all = db::usage::RequestFilter {
+            limit: 10_000,
+            ..Default::default()
+        };
+        store.requests_page(all).await.unwrap().len()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_from_many_threads_are_all_written() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = db::open(&dir.path().join("w.db")).unwrap();
-        db::migrate(&pool).unwrap();
-        let w = UsageWriter::spawn(pool.clone(), 30);
+        let store = Store::open(&dir.path().join("w.db")).unwrap();
+        store.migrate().await.unwrap();
+        let w = UsageWriter::spawn(store.clone(), 30);
         // Four threads, each with its own shard, sending at once.
         let threads: Vec<_> = (0..4)
             .map(|t| {
@@ -292,13 +285,13 @@ mod tests {
             t.join().unwrap();
         }
         w.flush().await;
-        assert_eq!(count(&pool), 2800);
+        assert_eq!(count(&store).await, 2800);
         // An idle writer is woken by one record, without a flush, well
         // inside the 100 ms durability bound (5 s here, for a loaded CI).
         tokio::time::sleep(Duration::from_millis(100)).await;
         w.send(record(99_999));
         let start = Instant::now();
-        while count(&pool) < 2801 {
+        while count(&store).await < 2801 {
             assert!(start.elapsed() < Duration::from_secs(5), "not woken");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -306,12 +299,12 @@ mod tests {
         w.send(record(100_000));
         drop(w);
         let start = Instant::now();
-        while count(&pool) < 2802 {
+        while count(&store).await < 2802 {
             assert!(
                 start.elapsed() < Duration::from_secs(5),
                 "not written at close"
             );
-            std::thread::sleep(Duration::from_millis(5));
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }

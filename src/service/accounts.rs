@@ -1,12 +1,12 @@
-//! Accounts, plans and keys: first-start bootstrap, creating users, minting
-//! keys. Functions here run inside one database connection; password hashing
-//! happens before, outside it.
+//! Accounts, plans and keys: first-start bootstrap, creating and editing
+//! users, minting keys. The checks and the hashing are here; the writes are
+//! the store's, and password hashing happens before them.
 
 use crate::auth::{api_key, password};
 use crate::config::Config;
-use crate::db::{self, api_keys, plans, settings, users, DbResult};
+use crate::db::users::{NewUser, UserRow};
+use crate::db::{self, api_keys, plans, DbResult, Refused, Seed, Store, UserChanges};
 use crate::error::{ApiError, ApiResult};
-use rusqlite::Connection;
 
 /// What the first start did.
 #[derive(Debug, Default)]
@@ -19,61 +19,38 @@ pub struct Bootstrap {
 
 /// Seeds an empty database: plans, the `admin` user, the JWT secret. Runs once:
 /// later starts change nothing. `admin_hash` is computed by the caller only when
-/// `needs_bootstrap` said so.
-pub fn needs_bootstrap(conn: &Connection) -> DbResult<bool> {
-    Ok(settings::get(conn, "initialized")?.is_none())
-}
-
-pub fn bootstrap(
-    conn: &mut Connection,
+/// [`Store::needs_bootstrap`] said so.
+pub async fn bootstrap(
+    store: &Store,
     cfg: &Config,
     admin_hash: &str,
     generated: Option<String>,
     now: &str,
 ) -> DbResult<Bootstrap> {
-    let tx = conn.transaction()?;
-    let mut out = Bootstrap::default();
-    if settings::get(&tx, "initialized")?.is_some() {
-        return Ok(out);
-    }
-    if plans::list(&tx)?.is_empty() {
-        for p in cfg.initial_plans() {
-            plans::insert(
-                &tx,
-                &plans::Plan {
-                    name: p.name,
-                    monthly_tokens: p.monthly_tokens,
-                    requests_per_minute: p.requests_per_minute,
-                    price_usd_month: p.price_usd_month,
-                    allowed_models: p.allowed_models,
-                },
-                now,
-            )?;
-            out.created_plans += 1;
-        }
-    }
-    if users::find_by_username(&tx, "admin")?.is_none() {
-        let plan = plans::default_plan(&tx)?.unwrap_or_else(|| "free".into());
-        users::insert(
-            &tx,
-            &users::NewUser {
-                username: "admin",
-                email: None,
-                password_hash: Some(admin_hash),
-                role: "admin",
-                plan: &plan,
-            },
-            now,
-        )?;
-        out.created_admin = true;
-        out.generated_admin_password = generated;
-    }
-    if settings::get(&tx, "jwt_secret")?.is_none() {
-        settings::set(&tx, "jwt_secret", &random_secret())?;
-    }
-    settings::set(&tx, "initialized", now)?;
-    tx.commit()?;
-    Ok(out)
+    let plans = cfg
+        .initial_plans()
+        .into_iter()
+        .map(|p| plans::Plan {
+            name: p.name,
+            monthly_tokens: p.monthly_tokens,
+            requests_per_minute: p.requests_per_minute,
+            price_usd_month: p.price_usd_month,
+            allowed_models: p.allowed_models,
+        })
+        .collect();
+    let seeded = store
+        .bootstrap(Seed {
+            plans,
+            admin_hash: admin_hash.to_owned(),
+            jwt_secret: random_secret(),
+            now: now.to_owned(),
+        })
+        .await?;
+    Ok(Bootstrap {
+        generated_admin_password: generated.filter(|_| seeded.created_admin),
+        created_admin: seeded.created_admin,
+        created_plans: seeded.created_plans,
+    })
 }
 
 fn random_secret() -> String {
@@ -84,18 +61,11 @@ fn random_secret() -> String {
 }
 
 /// The JWT signing secret: the configured one, else the one stored in the database.
-pub fn jwt_secret(conn: &Connection, cfg: &Config) -> DbResult<String> {
+pub async fn jwt_secret(store: &Store, cfg: &Config) -> DbResult<String> {
     if !cfg.auth.jwt_secret.is_empty() {
         return Ok(cfg.auth.jwt_secret.expose().to_owned());
     }
-    match settings::get(conn, "jwt_secret")? {
-        Some(s) => Ok(s),
-        None => {
-            let s = random_secret();
-            settings::set(conn, "jwt_secret", &s)?;
-            Ok(s)
-        }
-    }
+    store.jwt_secret(random_secret()).await
 }
 
 pub fn validate_username(name: &str) -> ApiResult<()> {
@@ -123,7 +93,8 @@ pub fn validate_role(role: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Hashes a password after checking it is long enough (call outside a connection).
+/// Hashes a password after checking it is long enough (CPU-heavy: call it on
+/// a blocking thread in a server).
 pub fn hash_password(pw: &str) -> ApiResult<String> {
     validate_password(pw)?;
     password::hash(pw).map_err(ApiError::internal)
@@ -138,37 +109,38 @@ pub struct NewAccount<'a> {
 }
 
 /// Creates a user; the plan defaults to the default plan; unknown plan: 400.
-pub fn create_user(conn: &Connection, a: &NewAccount, now: &str) -> ApiResult<users::UserRow> {
+pub async fn create_user(store: &Store, a: &NewAccount<'_>, now: &str) -> ApiResult<UserRow> {
     validate_username(a.username)?;
     validate_role(a.role)?;
-    let plan = match a.plan {
-        Some(p) => {
-            require_plan(conn, p)?;
-            p.to_owned()
-        }
-        None => plans::default_plan(conn)?.ok_or_else(|| ApiError::internal("no plan exists"))?,
+    let new = NewUser {
+        username: a.username.to_owned(),
+        email: a.email.map(str::to_owned),
+        password_hash: a.password_hash.map(str::to_owned),
+        role: a.role.to_owned(),
+        plan: a.plan.map(str::to_owned),
     };
-    Ok(users::insert(
-        conn,
-        &users::NewUser {
-            username: a.username,
-            email: a.email,
-            password_hash: a.password_hash,
-            role: a.role,
-            plan: &plan,
-        },
-        now,
-    )?)
+    match store.create_user(new, now.to_owned()).await? {
+        Ok(u) => Ok(u),
+        Err(Refused::UnknownPlan) => Err(unknown_plan(a.plan.unwrap_or_default())),
+        Err(_) => Err(ApiError::internal("no plan exists")),
+    }
 }
 
-pub fn require_plan(conn: &Connection, plan: &str) -> ApiResult<()> {
-    if plans::find(conn, plan)?.is_none() {
-        return Err(ApiError::invalid_field(
-            "plan",
-            format!("There is no plan named {plan:?}."),
-        ));
+/// The 400 for a plan name that does not exist.
+pub fn unknown_plan(plan: &str) -> ApiError {
+    ApiError::invalid_field("plan", format!("There is no plan named {plan:?}."))
+}
+
+/// Applies `changes` to user `id`: 404 for an unknown user, 400 for an unknown plan.
+pub async fn update_user(store: &Store, id: i64, changes: UserChanges) -> ApiResult<UserRow> {
+    let plan = changes.plan.clone();
+    match store.update_user(id, changes).await? {
+        Ok(u) => Ok(u),
+        Err(Refused::UnknownPlan) => Err(unknown_plan(plan.as_deref().unwrap_or_default())),
+        Err(_) => Err(ApiError::not_found(format!(
+            "There is no user with id {id}."
+        ))),
     }
-    Ok(())
 }
 
 /// Settings of a new key.
@@ -216,8 +188,8 @@ pub fn validate_key_fields(
 }
 
 /// Mints a key for `user_id`; returns the row and the secret (shown once).
-pub fn create_key(
-    conn: &Connection,
+pub async fn create_key(
+    store: &Store,
     user_id: i64,
     spec: &KeySpec,
     now: &str,
@@ -229,19 +201,20 @@ pub fn create_key(
         spec.monthly_token_limit,
     )?;
     let (secret, hash, prefix) = api_key::generate();
-    let row = api_keys::insert(
-        conn,
-        &api_keys::NewKey {
-            user_id,
-            name: spec.name.trim(),
-            description: spec.description.as_deref(),
-            key_hash: &hex::encode(hash),
-            prefix: &prefix,
-            expires_at: expires.as_deref(),
-            allowed_models: spec.allowed_models.as_deref(),
-            monthly_token_limit: spec.monthly_token_limit,
-        },
-        now,
-    )?;
+    let row = store
+        .create_key(
+            api_keys::NewKey {
+                user_id,
+                name: spec.name.trim().to_owned(),
+                description: spec.description.clone(),
+                key_hash: hex::encode(hash),
+                prefix,
+                expires_at: expires,
+                allowed_models: spec.allowed_models.clone(),
+                monthly_token_limit: spec.monthly_token_limit,
+            },
+            now.to_owned(),
+        )
+        .await?;
     Ok((row, secret))
 }

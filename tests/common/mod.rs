@@ -50,7 +50,9 @@ impl TestServer {
     /// Starts a server on an existing directory and config (for restarts).
     pub async fn start_in(dir: tempfile::TempDir, cfg: Config) -> TestServer {
         cfg.validate(None).expect("test config is valid");
-        let (state, _) = tollgate::build_state(cfg, Some(ADMIN_PASSWORD.into())).expect("state");
+        let (state, _) = tollgate::build_state(cfg, Some(ADMIN_PASSWORD.into()))
+            .await
+            .expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -1,0 +1,426 @@
+//! The store: the one way the rest of tollgate reaches the database.
+//!
+//! Its operations are named for what they do and are async: each runs the
+//! backend's blocking work on the blocking pool, so no serving thread waits
+//! for the database. Work that must be all or nothing (seeding, editing a
+//! user, an OAuth sign-in) is one operation. The two `_blocking` operations
+//! are for code that already runs on a thread of its own.
+//!
+//! Today the one backend is SQLite (the modules beside this one). A new
+//! backend is a variant of [`Backend`] and one arm in each operation.
+
+use super::{accounts, api_keys, oauth_states, plans, usage, users, DbError, DbResult, Pool};
+use api_keys::KeyRow;
+use plans::Plan;
+use rusqlite::Connection;
+use usage::{DailyFilter, DailyRow, GroupRow, RequestFilter, UsageRecord};
+use users::{NewUser, UserRow};
+
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Pool),
+}
+
+/// Why the store did not do a write; the caller words the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The plan named does not exist.
+    UnknownPlan,
+    /// No plan exists at all, so a new account has none to be on.
+    NoPlan,
+    /// The user does not exist (any more).
+    UnknownUser,
+    /// The OAuth identity already belongs to another account.
+    IdentityTaken,
+    /// No free username is left for a new OAuth account.
+    NoFreeUsername,
+}
+
+/// What the first start writes (see [`Store::bootstrap`]).
+#[derive(Debug, Clone)]
+pub struct Seed {
+    /// Plans created when there are none.
+    pub plans: Vec<Plan>,
+    /// The password hash of the `admin` user created when there is none.
+    pub admin_hash: String,
+    /// The JWT secret stored when there is none.
+    pub jwt_secret: String,
+    pub now: String,
+}
+
+/// What [`Store::bootstrap`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Seeded {
+    pub created_admin: bool,
+    pub created_plans: usize,
+}
+
+/// The fields of a user to change; `None` leaves a field as it is.
+#[derive(Debug, Default, Clone)]
+pub struct UserChanges {
+    pub plan: Option<String>,
+    pub role: Option<String>,
+    pub email: Option<Option<String>>,
+    /// A new password hash; the user's token version moves with it.
+    pub password_hash: Option<String>,
+    pub disabled: Option<bool>,
+}
+
+/// An OAuth identity signing in (see [`Store::sign_in_with_identity`]).
+#[derive(Debug, Clone)]
+pub struct IdentitySignIn {
+    pub provider: String,
+    pub subject: String,
+    pub email: Option<String>,
+    /// A valid username for a new account; suffixed when it is taken.
+    pub username: String,
+    /// Link the identity to this user instead of signing in as its owner.
+    pub link_to: Option<i64>,
+}
+
+/// What the credential cache is built from, read at one moment.
+#[derive(Debug, Clone)]
+pub struct CredentialRows {
+    pub counter: i64,
+    pub users: Vec<UserRow>,
+    /// Keys not revoked.
+    pub keys: Vec<KeyRow>,
+    pub plans: Vec<Plan>,
+}
+
+/// Runs blocking SQLite work on the blocking pool, re-raising its panics.
+async fn run<T, F>(pool: &Pool, f: F) -> DbResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> DbResult<T> + Send + 'static,
+{
+    let pool = pool.clone();
+    match tokio::task::spawn_blocking(move || {
+        let mut conn = pool.get()?;
+        f(&mut conn)
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(DbError::Task(e.to_string())),
+    }
+}
+
+impl Store {
+    /// A store on an open SQLite pool.
+    pub fn sqlite(pool: Pool) -> Store {
+        Store {
+            backend: Backend::Sqlite(pool),
+        }
+    }
+
+    /// Opens (creating if needed) the SQLite database file.
+    pub fn open(path: &std::path::Path) -> DbResult<Store> {
+        super::open(path).map(Store::sqlite)
+    }
+
+    /// Runs the migrations that have not run yet; returns how many ran.
+    pub async fn migrate(&self) -> DbResult<usize> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, super::migrate_connection).await,
+        }
+    }
+
+    // ----- settings and first start
+
+    /// Whether the first-start seeding has not run yet.
+    pub async fn needs_bootstrap(&self) -> DbResult<bool> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                run(pool, |c| {
+                    Ok(super::settings::get(c, "initialized")?.is_none())
+                })
+                .await
+            }
+        }
+    }
+
+    /// Seeds an empty database once, in one transaction; later calls change nothing.
+    pub async fn bootstrap(&self, seed: Seed) -> DbResult<Seeded> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| accounts::bootstrap(c, &seed)).await,
+        }
+    }
+
+    /// The stored JWT secret; `candidate` is stored and returned when there is none.
+    pub async fn jwt_secret(&self, candidate: String) -> DbResult<String> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| accounts::jwt_secret(c, &candidate)).await,
+        }
+    }
+
+    /// The counter bumped on every change to users, keys or plans (by any process).
+    pub async fn change_counter(&self) -> DbResult<i64> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, |c| super::settings::change_counter(c)).await,
+        }
+    }
+
+    /// Every user, usable key and plan with the change counter, read at one
+    /// moment. Blocking: the credential cache reads and builds its snapshot on
+    /// a blocking thread, since building a large one must not hold a serving
+    /// thread either.
+    pub fn load_credentials_blocking(&self) -> DbResult<CredentialRows> {
+        match &self.backend {
+            Backend::Sqlite(pool) => accounts::load_credentials(&mut *pool.get()?),
+        }
+    }
+
+    // ----- users
+
+    /// Creates a user on its plan, or on the default plan when it names none.
+    /// Refused: [`Refused::UnknownPlan`], [`Refused::NoPlan`]; a taken
+    /// username is [`DbError::Conflict`].
+    pub async fn create_user(&self, u: NewUser, now: String) -> DbResult<Result<UserRow, Refused>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| accounts::create_user(c, &u, &now)).await,
+        }
+    }
+
+    pub async fn user_by_id(&self, id: i64) -> DbResult<Option<UserRow>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| users::find_by_id(c, id)).await,
+        }
+    }
+
+    pub async fn user_by_username(&self, name: String) -> DbResult<Option<UserRow>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| users::find_by_username(c, &name)).await,
+        }
+    }
+
+    /// Users whose username or email contains `q` (all users without `q`), by id.
+    pub async fn search_users(&self, q: Option<String>) -> DbResult<Vec<UserRow>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| users::search(c, q.as_deref())).await,
+        }
+    }
+
+    /// Every user, by id.
+    pub async fn list_users(&self) -> DbResult<Vec<UserRow>> {
+        self.search_users(None).await
+    }
+
+    /// Applies `changes` to user `id`, all or nothing; returns the user as saved.
+    /// Refused: [`Refused::UnknownUser`], [`Refused::UnknownPlan`].
+    pub async fn update_user(
+        &self,
+        id: i64,
+        changes: UserChanges,
+    ) -> DbResult<Result<UserRow, Refused>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                run(pool, move |c| accounts::update_user(c, id, &changes)).await
+            }
+        }
+    }
+
+    /// Sets a new password hash; earlier tokens of the user stop working.
+    pub async fn set_user_password(&self, id: i64, hash: String) -> DbResult<bool> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| users::set_password(c, id, &hash)).await,
+        }
+    }
+
+    pub async fn delete_user(&self, id: i64) -> DbResult<bool> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| users::delete(c, id)).await,
+        }
+    }
+
+    /// The user an OAuth identity signs in as, found, created or linked in one
+    /// transaction. Refused: [`Refused::IdentityTaken`] (linking an identity
+    /// someone else owns), [`Refused::UnknownUser`] (the user to link is
+    /// gone), [`Refused::NoFreeUsername`], [`Refused::NoPlan`].
+    pub async fn sign_in_with_identity(
+        &self,
+        s: IdentitySignIn,
+        now: String,
+    ) -> DbResult<Result<UserRow, Refused>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| accounts::sign_in(c, &s, &now)).await,
+        }
+    }
+
+    // ----- OAuth states
+
+    /// Stores a new sign-in state after dropping those created before `purge_before`.
+    pub async fn save_oauth_state(
+        &self,
+        row: oauth_states::StateRow,
+        purge_before: String,
+    ) -> DbResult<()> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                run(pool, move |c| {
+                    oauth_states::purge_created_before(c, &purge_before)?;
+                    oauth_states::insert(c, &row)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Reads and deletes the row of `state`, so it can be used once only.
+    pub async fn take_oauth_state(
+        &self,
+        state: String,
+    ) -> DbResult<Option<oauth_states::StateRow>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| oauth_states::take(c, &state)).await,
+        }
+    }
+
+    // ----- API keys
+
+    pub async fn create_key(&self, k: api_keys::NewKey, now: String) -> DbResult<KeyRow> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| api_keys::insert(c, &k, &now)).await,
+        }
+    }
+
+    pub async fn key_by_id(&self, id: i64) -> DbResult<Option<KeyRow>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| api_keys::find_by_id(c, id)).await,
+        }
+    }
+
+    /// A user's keys (revoked ones too), by id.
+    pub async fn list_keys_for_user(&self, user_id: i64) -> DbResult<Vec<KeyRow>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| api_keys::list_for_user(c, user_id)).await,
+        }
+    }
+
+    /// Every key, by id.
+    pub async fn list_keys(&self) -> DbResult<Vec<KeyRow>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, |c| api_keys::list_all(c)).await,
+        }
+    }
+
+    /// Writes every editable field of `k` back; returns the key as saved.
+    pub async fn update_key(&self, k: KeyRow) -> DbResult<Option<KeyRow>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                run(pool, move |c| {
+                    api_keys::update(c, &k)?;
+                    api_keys::find_by_id(c, k.id)
+                })
+                .await
+            }
+        }
+    }
+
+    pub async fn revoke_key(&self, id: i64) -> DbResult<bool> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| api_keys::revoke(c, id)).await,
+        }
+    }
+
+    /// Records last-use times gathered in memory, in one transaction.
+    pub async fn record_key_uses(&self, uses: Vec<(i64, String)>) -> DbResult<()> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| api_keys::record_last_used(c, &uses)).await,
+        }
+    }
+
+    // ----- plans
+
+    /// Creates a plan; a taken name is [`DbError::Conflict`].
+    pub async fn create_plan(&self, p: Plan, now: String) -> DbResult<Plan> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| plans::insert(c, &p, &now)).await,
+        }
+    }
+
+    /// Every plan, oldest first.
+    pub async fn list_plans(&self) -> DbResult<Vec<Plan>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, |c| plans::list(c)).await,
+        }
+    }
+
+    pub async fn plan_by_name(&self, name: String) -> DbResult<Option<Plan>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| plans::find(c, &name)).await,
+        }
+    }
+
+    pub async fn update_plan(&self, p: Plan) -> DbResult<bool> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| plans::update(c, &p)).await,
+        }
+    }
+
+    /// Deletes a plan; [`DbError::Conflict`] while a user is on it.
+    pub async fn delete_plan(&self, name: String) -> DbResult<bool> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| plans::delete(c, &name)).await,
+        }
+    }
+
+    // ----- usage
+
+    /// Writes a batch of records with their roll-ups in one transaction.
+    /// Blocking: the usage writer calls it from its own thread.
+    pub fn write_usage_batch_blocking(&self, records: &[UsageRecord]) -> DbResult<()> {
+        match &self.backend {
+            Backend::Sqlite(pool) => usage::insert_batch(&mut *pool.get()?, records),
+        }
+    }
+
+    /// Deletes raw records created before `before` (RFC 3339); roll-ups stay.
+    /// Blocking: the usage writer calls it from its own thread.
+    pub fn trim_usage_blocking(&self, before: &str) -> DbResult<usize> {
+        match &self.backend {
+            Backend::Sqlite(pool) => usage::delete_before(&*pool.get()?, before),
+        }
+    }
+
+    /// Tokens charged in `period` (YYYY-MM): (user, key or 0, tokens).
+    pub async fn period_totals(&self, period: String) -> DbResult<Vec<(i64, i64, i64)>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| usage::period_totals(c, &period)).await,
+        }
+    }
+
+    /// (tokens, successful requests, tokens of successful requests, cost).
+    pub async fn usage_totals(&self, f: DailyFilter) -> DbResult<(i64, i64, i64, f64)> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| usage::totals(c, &f)).await,
+        }
+    }
+
+    /// Totals per day, provider and model.
+    pub async fn usage_daily(&self, f: DailyFilter) -> DbResult<Vec<DailyRow>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| usage::daily(c, &f)).await,
+        }
+    }
+
+    /// Totals grouped by `day`, `user`, `provider` or `model` (checked by the caller).
+    pub async fn usage_grouped(&self, group_by: String, f: DailyFilter) -> DbResult<Vec<GroupRow>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| usage::grouped(c, &group_by, &f)).await,
+        }
+    }
+
+    /// Records newest first, keyset-paginated by id.
+    pub async fn requests_page(&self, f: RequestFilter) -> DbResult<Vec<UsageRecord>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| usage::requests(c, &f)).await,
+        }
+    }
+}
