@@ -45,28 +45,7 @@ pub fn parse(body: &str) -> Result<Conversation, ApiError> {
                 push(&mut c.messages, Role::User, parts);
             }
             "assistant" => {
-                let mut parts = Vec::new();
-                let text = text_of(content);
-                if !text.is_empty() {
-                    parts.push(Part::Text(text));
-                }
-                for call in m
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let f = call.get("function").unwrap_or(&Value::Null);
-                    parts.push(Part::ToolCall {
-                        id: str_of(call, "id").to_owned(),
-                        name: str_of(f, "name").to_owned(),
-                        arguments: match f.get("arguments") {
-                            Some(Value::String(s)) => s.clone(),
-                            Some(other) => other.to_string(),
-                            None => "{}".into(),
-                        },
-                    });
-                }
+                let parts = assistant_parts(m);
                 push(&mut c.messages, Role::Assistant, parts);
             }
             "tool" | "function" => {
@@ -149,6 +128,34 @@ fn user_parts(content: &Value, i: usize) -> Result<Vec<Part>, ApiError> {
             ))
         }
     })
+}
+
+/// An assistant message's text and tool calls (a request's history turn or
+/// an answer's message).
+fn assistant_parts(m: &Value) -> Vec<Part> {
+    let mut parts = Vec::new();
+    let text = text_of(m.get("content").unwrap_or(&Value::Null));
+    if !text.is_empty() {
+        parts.push(Part::Text(text));
+    }
+    for call in m
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let f = call.get("function").unwrap_or(&Value::Null);
+        parts.push(Part::ToolCall {
+            id: str_of(call, "id").to_owned(),
+            name: str_of(f, "name").to_owned(),
+            arguments: match f.get("arguments") {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => "{}".into(),
+            },
+        });
+    }
+    parts
 }
 
 /// Appends a turn, joining it to the previous one of the same role.
@@ -426,25 +433,7 @@ pub fn decode_reply(body: &str) -> Result<Reply, Option<Value>> {
         .and_then(|c| c.get(0))
         .filter(|c| c.is_object())
         .ok_or(None)?;
-    let msg = choice.get("message").unwrap_or(&Value::Null);
-    let mut parts = Vec::new();
-    let text = text_of(msg.get("content").unwrap_or(&Value::Null));
-    if !text.is_empty() {
-        parts.push(Part::Text(text));
-    }
-    for call in msg
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let f = call.get("function").unwrap_or(&Value::Null);
-        parts.push(Part::ToolCall {
-            id: str_of(call, "id").to_owned(),
-            name: str_of(f, "name").to_owned(),
-            arguments: str_of(f, "arguments").to_owned(),
-        });
-    }
+    let parts = assistant_parts(choice.get("message").unwrap_or(&Value::Null));
     let mut stop = stop_of(str_of(choice, "finish_reason"));
     if stop == Stop::End && parts.iter().any(|p| matches!(p, Part::ToolCall { .. })) {
         stop = Stop::ToolUse;
