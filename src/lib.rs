@@ -112,9 +112,8 @@ pub async fn build_state(
         )),
         health: Default::default(),
         metering: Arc::new(Metering {
-            ledger: metering::ledger::Ledger::new(&period, &totals),
+            quotas: metering::quota::Quotas::local(&period, &totals),
             writer: metering::writer::UsageWriter::spawn(store_for_writer, retention_days),
-            limits: Default::default(),
             calls: Default::default(),
             clock,
         }),

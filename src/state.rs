@@ -6,9 +6,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::auth::throttle::LoginThrottle;
 use crate::config::Config;
 use crate::db::Store;
-use crate::metering::{
-    calls::CallTracker, ledger::Ledger, limits::RateLimits, writer::UsageWriter,
-};
+use crate::metering::{calls::CallTracker, quota::Quotas, writer::UsageWriter};
 use crate::upstream::{catalog::Catalog, health::Health, providers::Providers};
 use std::net::IpAddr;
 use std::ops::Deref;
@@ -39,9 +37,9 @@ pub struct Inner {
 /// The metering parts of the state: all a call's settlement needs
 /// (`metering::call` takes this, not the whole state).
 pub struct Metering {
-    pub ledger: Ledger,
+    /// Requests per minute and token balances: admission and settlement.
+    pub quotas: Quotas,
     pub writer: UsageWriter,
-    pub limits: RateLimits,
     /// Calls in flight, ended and awaited at shutdown.
     pub calls: CallTracker,
     pub clock: Arc<Clock>,

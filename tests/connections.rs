@@ -303,12 +303,13 @@ async fn a_client_leaving_a_waiting_call_cancels_it() {
         "",
     );
     conn.write_all(raw.as_bytes()).await.unwrap();
-    let p = tollgate::metering::period_of(s.state.clock.now());
-    let reserved = || s.state.metering.ledger.user(uid, &p).reserved;
-    eventually("the call to reserve", || async { reserved() > 0 }).await;
+    eventually("the call to reserve", || async {
+        s.balance(uid).await.reserved > 0
+    })
+    .await;
     drop(conn);
     eventually("the reservation to be released", || async {
-        reserved() == 0
+        s.balance(uid).await.reserved == 0
     })
     .await;
     let admin = s.admin_token().await;

@@ -5,6 +5,7 @@
 //! stream reaches the client in its dialect and is recorded as one.
 
 mod common;
+use common::eventually;
 use common::mock::{use_mock, Mock};
 use common::TestServer;
 use serde_json::{json, Value};
@@ -106,7 +107,7 @@ async fn parallel_calls_in_every_dialect_never_overdraw() {
         tokio::spawn(async move {
             let mut max = 0;
             while !stop.load(Ordering::SeqCst) {
-                let b = st.metering.ledger.user(uid, &p);
+                let b = st.metering.quotas.balances(uid, None, &p).await.unwrap().0;
                 max = max.max(b.used + b.reserved);
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
@@ -148,7 +149,7 @@ async fn parallel_calls_in_every_dialect_never_overdraw() {
         ok,
         "refusals never go upstream"
     );
-    let b = s.state.metering.ledger.user(uid, &period(&s));
+    let b = s.balance(uid).await;
     assert_eq!((b.used, b.reserved), (charged, 0));
     assert_eq!(charged, 108 * ok as i64);
 }
@@ -205,9 +206,8 @@ async fn a_client_leaving_a_stream_is_charged_an_estimate_in_every_dialect() {
             got.push_str(std::str::from_utf8(&r.chunk().await.unwrap().unwrap()).unwrap());
         }
         drop(r);
-        let p = period(&s);
-        wait_for("the reservation to be released", || {
-            s.state.metering.ledger.user(uid, &p).reserved == 0
+        eventually("the reservation to be released", || async {
+            s.balance(uid).await.reserved == 0
         })
         .await;
         // The held provider finds its reader gone once it may go on.
@@ -223,7 +223,7 @@ async fn a_client_leaving_a_stream_is_charged_an_estimate_in_every_dialect() {
         assert!(rec["completion_tokens"].as_i64().unwrap() >= 1, "{rec}");
         assert_eq!(rec["endpoint"], path.trim_start_matches("/v1/"), "{rec}");
     }
-    let b = s.state.metering.ledger.user(uid, &period(&s));
+    let b = s.balance(uid).await;
     let total: i64 = records(&s)
         .await
         .iter()
@@ -278,6 +278,6 @@ async fn an_error_inside_a_stream_reaches_the_client_in_its_dialect() {
         recs.iter().all(|r| r["outcome"] == "upstream_error"),
         "{recs:?}"
     );
-    let b = s.state.metering.ledger.user(uid, &period(&s));
+    let b = s.balance(uid).await;
     assert_eq!(b.reserved, 0);
 }

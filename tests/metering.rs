@@ -92,7 +92,7 @@ fn watch_balance(s: &TestServer, user: i64) -> (Arc<AtomicBool>, tokio::task::Jo
     let h = tokio::spawn(async move {
         let mut max = 0;
         while !stop2.load(Ordering::SeqCst) {
-            let b = st.metering.ledger.user(user, &p);
+            let b = st.metering.quotas.balances(user, None, &p).await.unwrap().0;
             max = max.max(b.used + b.reserved);
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
@@ -208,7 +208,7 @@ async fn parallel_calls_never_overdraw_the_balance() {
         10,
         "refused calls never reach the upstream"
     );
-    let b = s.state.metering.ledger.user(uid, &period(&s));
+    let b = s.balance(uid).await;
     assert_eq!(b.reserved, 0, "nothing left reserved");
     assert_eq!(b.used, tokens);
     assert_eq!(b.used, 1080);
@@ -224,7 +224,7 @@ async fn parallel_streams_never_overdraw_the_balance() {
     assert_eq!(ok, 10);
     assert_eq!(ends.iter().filter(|e| matches!(e, End::Quota)).count(), 90);
     assert_eq!(mock.generation_calls().len(), 10);
-    let b = s.state.metering.ledger.user(uid, &period(&s));
+    let b = s.balance(uid).await;
     assert_eq!((b.used, b.reserved), (tokens, 0));
     assert_eq!(b.used, 1080);
 }
@@ -272,7 +272,7 @@ async fn failed_calls_under_load_charge_nothing() {
         good_upstream, ok,
         "every good call that went upstream succeeded"
     );
-    let b = s.state.metering.ledger.user(uid, &period(&s));
+    let b = s.balance(uid).await;
     assert_eq!(b.reserved, 0);
     assert_eq!(b.used, tokens, "failures charged nothing");
     assert!(b.used <= 1100);
@@ -362,7 +362,7 @@ async fn the_completion_cap_follows_the_balance() {
     assert_eq!(r.status(), 200);
     assert_eq!(last_call()["max_tokens"], 7);
     used += 18;
-    let b = s.state.metering.ledger.user(uid, &period(&s));
+    let b = s.balance(uid).await;
     assert_eq!((b.used, b.reserved), (used, 0));
 }
 
@@ -412,7 +412,7 @@ async fn a_cap_below_the_minimum_is_refused_without_calling_upstream() {
     .await;
     assert_quota_refusal(r).await;
     assert_eq!(mock.generation_calls().len(), 1);
-    let b = s.state.metering.ledger.user(uid, &period(&s));
+    let b = s.balance(uid).await;
     assert_eq!((b.used, b.reserved), (13, 0));
 
     let admin = s.admin_token().await;
@@ -459,9 +459,8 @@ async fn a_key_limit_bounds_calls_made_with_that_key() {
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["_usage_info"]["remaining_tokens"], 100_000 - 216);
-    let p = period(&s);
-    assert_eq!(s.state.metering.ledger.key(kid, &p).used, 108);
-    assert_eq!(s.state.metering.ledger.user(uid, &p).used, 216);
+    assert_eq!(s.key_balance(kid).await.used, 108);
+    assert_eq!(s.balance(uid).await.used, 216);
     // /subscriptions/me seen through the limited key shows the key's balance.
     let me: Value = s
         .client
@@ -585,9 +584,8 @@ async fn a_disconnect_cancels_the_upstream_and_charges_an_estimate() {
         mock.state.dropped_streams.load(Ordering::SeqCst) == 1
     })
     .await;
-    let p = period(&s);
-    wait_for("the reservation to be released", || {
-        s.state.metering.ledger.user(uid, &p).reserved == 0
+    eventually("the reservation to be released", || async {
+        s.balance(uid).await.reserved == 0
     })
     .await;
     let rec = record_of(&s, &rid).await;
@@ -601,7 +599,7 @@ async fn a_disconnect_cancels_the_upstream_and_charges_an_estimate() {
         "completion estimate {completion} does not match the generated text"
     );
     assert_eq!(rec["total_tokens"], PROMPT_ESTIMATE + completion);
-    let b = s.state.metering.ledger.user(uid, &p);
+    let b = s.balance(uid).await;
     assert_eq!((b.used, b.reserved), (PROMPT_ESTIMATE + completion, 0));
     assert_eq!(mock.state.finished_streams.load(Ordering::SeqCst), 0);
 }
@@ -625,9 +623,8 @@ async fn with_drain_a_disconnect_is_charged_exactly() {
     drop(r);
     // Let the gateway notice the client is gone before the upstream goes on.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let p = period(&s);
     assert!(
-        s.state.metering.ledger.user(uid, &p).reserved > 0,
+        s.balance(uid).await.reserved > 0,
         "still reserved while draining"
     );
     mock.state.gate.notify_one();
@@ -635,8 +632,8 @@ async fn with_drain_a_disconnect_is_charged_exactly() {
         mock.state.finished_streams.load(Ordering::SeqCst) == 1
     })
     .await;
-    wait_for("the call to settle", || {
-        s.state.metering.ledger.user(uid, &p).reserved == 0
+    eventually("the call to settle", || async {
+        s.balance(uid).await.reserved == 0
     })
     .await;
     assert_eq!(
@@ -644,7 +641,7 @@ async fn with_drain_a_disconnect_is_charged_exactly() {
         0,
         "drained, not cancelled"
     );
-    let b = s.state.metering.ledger.user(uid, &p);
+    let b = s.balance(uid).await;
     assert_eq!(b.used, 100, "exactly the upstream's usage");
     let rec = record_of(&s, &rid).await;
     assert_eq!(rec["estimated"], false, "{rec}");
@@ -658,7 +655,6 @@ async fn with_drain_a_disconnect_is_charged_exactly() {
 async fn embeddings_and_legacy_completions_are_metered() {
     let (_mock, s) = setup(|_| {}).await;
     let (uid, _, key) = s.user_with_key("ivy", Some("pro")).await;
-    let p = period(&s);
 
     let r = post(
         &s,
@@ -672,7 +668,7 @@ async fn embeddings_and_legacy_completions_are_metered() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["_usage_info"]["tokens_used"], 12);
     assert_eq!(v["data"].as_array().unwrap().len(), 2);
-    assert_eq!(s.state.metering.ledger.user(uid, &p).used, 12);
+    assert_eq!(s.balance(uid).await.used, 12);
 
     let r = post(
         &s,
@@ -686,7 +682,7 @@ async fn embeddings_and_legacy_completions_are_metered() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["_usage_info"]["tokens_used"], 12);
     assert_eq!(v["choices"][0]["text"], "Hello world");
-    assert_eq!(s.state.metering.ledger.user(uid, &p).used, 24);
+    assert_eq!(s.balance(uid).await.used, 24);
 
     // Streaming, usage asked for: the usage chunk carries it.
     let r = post(
@@ -703,7 +699,7 @@ async fn embeddings_and_legacy_completions_are_metered() {
         .find_map(|c| c.get("_usage_info"))
         .expect("usage chunk");
     assert_eq!(info["tokens_used"], 15);
-    assert_eq!(s.state.metering.ledger.user(uid, &p).used, 39);
+    assert_eq!(s.balance(uid).await.used, 39);
 
     // Streaming, usage not asked for: still charged what the upstream reported.
     let r = post(
@@ -722,7 +718,7 @@ async fn embeddings_and_legacy_completions_are_metered() {
         .filter_map(|c| c["choices"][0]["text"].as_str())
         .collect();
     assert_eq!(t, "Hello world");
-    let b = s.state.metering.ledger.user(uid, &p);
+    let b = s.balance(uid).await;
     assert_eq!((b.used, b.reserved), (47, 0));
 
     let e = record_of(&s, &rid_e).await;
@@ -940,7 +936,13 @@ async fn streams_cut_at_the_end_of_the_grace_period_are_settled_and_recorded() {
         "every call settled before serve returned"
     );
     let p = tollgate::metering::period_of(state.clock.now());
-    let b = state.metering.ledger.user(uid, &p);
+    let b = state
+        .metering
+        .quotas
+        .balances(uid, None, &p)
+        .await
+        .unwrap()
+        .0;
     assert_eq!(b.reserved, 0);
     assert!(
         b.used > PROMPT_ESTIMATE,
@@ -959,9 +961,5 @@ async fn streams_cut_at_the_end_of_the_grace_period_are_settled_and_recorded() {
     assert_eq!(rec["outcome"], "client_cancelled", "{rec}");
     assert_eq!(rec["estimated"], true);
     assert_eq!(rec["total_tokens"], b.used);
-    assert_eq!(
-        s.state.metering.ledger.user(uid, &p).used,
-        b.used,
-        "durable"
-    );
+    assert_eq!(s.balance(uid).await.used, b.used, "durable");
 }

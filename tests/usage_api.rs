@@ -574,11 +574,7 @@ async fn a_new_month_starts_from_zero_without_a_restart() {
         d["days"][0]["date"],
         s.state.clock.now().format("%Y-%m-%d").to_string()
     );
-    let b = s
-        .state
-        .metering
-        .ledger
-        .user(uid, &tollgate::metering::period_of(s.state.clock.now()));
+    let b = s.balance(uid).await;
     assert_eq!((b.used, b.reserved), (10, 0));
 }
 
@@ -603,12 +599,7 @@ async fn a_restart_keeps_the_period_usage() {
     let me = get_json(&s, &token, "/subscriptions/me", &[]).await;
     assert_eq!(me, before, "the same balance after a restart");
     assert_eq!(me["tokens_reserved"], 0);
-    let p = tollgate::metering::period_of(s.state.clock.now());
-    assert_eq!(
-        s.state.metering.ledger.key(kid, &p).used,
-        157,
-        "key totals survive too"
-    );
+    assert_eq!(s.key_balance(kid).await.used, 157, "key totals survive too");
     let me = get_json(&s, &limited, "/subscriptions/me", &[]).await;
     assert_eq!(me["remaining_tokens"], 1000 - 157);
     let u = get_json(&s, &token, "/subscriptions/usage", &[]).await;

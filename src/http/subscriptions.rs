@@ -36,10 +36,14 @@ pub async fn me(
         .plan
         .as_ref()
         .ok_or_else(|| ApiError::internal("user without a plan"))?;
-    let bal = st.metering.ledger.user(p.user.id, &period);
+    let key = p.key.as_ref();
+    let (bal, kb) = st
+        .metering
+        .quotas
+        .balances(p.user.id, key.map(|k| k.id), &period)
+        .await?;
     let mut remaining = (plan.plan.monthly_tokens - bal.used - bal.reserved).max(0);
-    if let (Some(k), Some(limit)) = (&p.key, p.key.as_ref().and_then(|k| k.monthly_token_limit)) {
-        let kb = st.metering.ledger.key(k.id, &period);
+    if let (Some(kb), Some(limit)) = (kb, key.and_then(|k| k.monthly_token_limit)) {
         remaining = remaining.min((limit - kb.used - kb.reserved).max(0));
     }
     Ok(Json(json!({

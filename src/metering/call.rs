@@ -7,6 +7,7 @@
 use super::estimate;
 use super::ledger::Account;
 use super::pricing::Price;
+use super::quota::Grant;
 use crate::db::{self, usage::UsageRecord};
 use crate::state::Metering;
 use serde::Serialize;
@@ -120,7 +121,7 @@ pub struct CallMeter {
     m: Arc<Metering>,
     pub account: Account,
     pub info: CallInfo,
-    reserved: i64,
+    grant: Grant,
     pub prompt_estimate: i64,
     pub price: Option<Price>,
     started: Instant,
@@ -130,12 +131,12 @@ pub struct CallMeter {
 }
 
 impl CallMeter {
-    /// Wraps a reservation already taken in the ledger.
+    /// Wraps a reservation already taken (see [`super::quota::Quotas::admit`]).
     pub fn new(
         m: Arc<Metering>,
         account: Account,
         info: CallInfo,
-        reserved: i64,
+        grant: Grant,
         prompt_estimate: i64,
         price: Option<Price>,
     ) -> Self {
@@ -144,7 +145,7 @@ impl CallMeter {
             m,
             account,
             info,
-            reserved,
+            grant,
             prompt_estimate,
             price,
             started: Instant::now(),
@@ -155,7 +156,7 @@ impl CallMeter {
     }
 
     pub fn reserved(&self) -> i64 {
-        self.reserved
+        self.grant.reserved
     }
 
     /// The provider and model that actually serve the call (after a fallback).
@@ -209,12 +210,20 @@ impl CallMeter {
         };
         let now = self.m.clock.now();
         let period = super::period_of(now);
-        let reserved = if self.done { 0 } else { self.reserved };
-        let charged = if self.done { 0 } else { total };
-        let remaining = self
-            .m
-            .ledger
-            .settle(&self.account, &period, reserved, charged);
+        let remaining = match self.done {
+            // Settled already: what is left, without releasing anything twice.
+            true => {
+                let nothing = Grant {
+                    reserved: 0,
+                    ..self.grant
+                };
+                self.m.quotas.settle(&self.account, &period, &nothing, 0)
+            }
+            false => self
+                .m
+                .quotas
+                .settle(&self.account, &period, &self.grant, total),
+        };
         if !self.done {
             self.done = true;
             let latency_ms = self.elapsed_ms();

@@ -1,7 +1,8 @@
 //! Metering: the in-memory balance ledger (`ledger`), the per-call guard that
 //! reserves before and settles after by construction (`call`), the background
-//! usage writer (`writer`), the calls in flight (`calls`), prices (`pricing`), token estimates (`estimate`)
-//! and requests-per-minute limits (`limits`).
+//! usage writer (`writer`), the calls in flight (`calls`), prices
+//! (`pricing`), token estimates (`estimate`), requests-per-minute limits (`limits`) and admission, local or shared
+//! between replicas (`quota`).
 
 pub mod call;
 pub mod calls;
@@ -9,6 +10,7 @@ pub mod estimate;
 pub mod ledger;
 pub mod limits;
 pub mod pricing;
+pub mod quota;
 pub mod writer;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};

@@ -17,6 +17,7 @@ use crate::json;
 use crate::metering::call::{record_refusal, CallInfo, CallMeter, Outcome};
 use crate::metering::ledger::Account;
 use crate::metering::pricing::Price;
+use crate::metering::quota::{Ask, Refusal};
 use crate::state::AppState;
 use crate::telemetry;
 use crate::upstream::client::{self, SendError};
@@ -307,20 +308,6 @@ async fn run(
             route.provider.inactive_reason().unwrap_or_default()
         ))));
     }
-    if let Err(wait) = st
-        .metering
-        .limits
-        .check(p.user.id, plan.plan.requests_per_minute)
-    {
-        return Err(refuse(ApiError::rate_limited(
-            format!(
-                "Rate limit of your plan reached ({} requests per minute); retry in {wait} s.",
-                plan.plan.requests_per_minute
-            ),
-            wait,
-        )));
-    }
-
     // Reserve: prompt estimate + cap × n (SPEC §6), for the dearest model the
     // call may run.
     let (mut price, mut model_limit) = price_and_limit(&st, &req.model, &route);
@@ -346,34 +333,42 @@ async fn run(
         .or(model_limit)
         .unwrap_or(metering.default_max_tokens as i64);
     let (min_cap, n) = (metering.min_completion_tokens as i64, req.n);
+    let ask = Ask {
+        prompt: prompt_estimate,
+        wanted,
+        n,
+        min_cap,
+        embeddings: ep == Endpoint::Embeddings,
+    };
     let period = crate::metering::period_of(st.clock.now());
-    let decision = st.metering.ledger.reserve(&account, &period, |avail| {
-        if avail < prompt_estimate {
-            return Err(avail);
+    let rpm = plan.plan.requests_per_minute;
+    let admitted = st
+        .metering
+        .quotas
+        .admit(&account, rpm, &ask, &period)
+        .await
+        .map_err(|e| refuse(ApiError::from(e)))?;
+    let grant = match admitted {
+        Ok(g) => g,
+        Err(Refusal::Rate(wait)) => {
+            return Err(refuse(ApiError::rate_limited(
+                format!("Rate limit of your plan reached ({rpm} requests per minute); retry in {wait} s."),
+                wait,
+            )));
         }
-        if ep == Endpoint::Embeddings {
-            return Ok((prompt_estimate, None));
-        }
-        let cap = wanted.min((avail - prompt_estimate) / n);
-        if cap < wanted && cap < min_cap {
-            return Err(avail);
-        }
-        Ok((prompt_estimate + cap * n, Some(cap)))
-    });
-    let (reserved, cap) = match decision {
-        Ok(d) => d,
-        Err(avail) => {
+        Err(Refusal::Quota(avail)) => {
             return Err(refuse(ApiError::insufficient_quota(format!(
                 "You have {avail} tokens left this period, not enough for this call (about {prompt_estimate} prompt tokens \
                  plus at least {min_cap} completion tokens). Wait for the next period or ask for a larger plan."
             ))));
         }
     };
+    let cap = grant.cap;
     let mut meter = CallMeter::new(
         st.metering.clone(),
         account,
         info,
-        reserved,
+        grant,
         prompt_estimate,
         price,
     );

@@ -202,6 +202,35 @@ impl TestServer {
     }
 
     /// Moves the server clock so that it reads `target` (Unix seconds) now.
+    /// The user's balance this period, once every settled call is written
+    /// (replicas on PostgreSQL charge a call when its record is written).
+    pub async fn balance(&self, user_id: i64) -> tollgate::metering::ledger::Balance {
+        self.balances(user_id, None).await.0
+    }
+
+    /// The key's balance this period (see [`TestServer::balance`]).
+    pub async fn key_balance(&self, key_id: i64) -> tollgate::metering::ledger::Balance {
+        self.balances(0, Some(key_id)).await.1.unwrap()
+    }
+
+    async fn balances(
+        &self,
+        user_id: i64,
+        key_id: Option<i64>,
+    ) -> (
+        tollgate::metering::ledger::Balance,
+        Option<tollgate::metering::ledger::Balance>,
+    ) {
+        self.state.metering.writer.flush().await;
+        let p = tollgate::metering::period_of(self.state.clock.now());
+        self.state
+            .metering
+            .quotas
+            .balances(user_id, key_id, &p)
+            .await
+            .expect("balances")
+    }
+
     pub fn set_clock(&self, target: i64) {
         let now = self.state.clock.now().timestamp();
         self.state.clock.advance(target - now);

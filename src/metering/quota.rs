@@ -1,0 +1,165 @@
+//! Admission: the requests-per-minute check and the reservation of a call, in
+//! one step, and the balances they are decided on.
+//!
+//! One instance (SQLite) keeps both in memory: the [`Ledger`] and the
+//! [`RateLimits`]. Replicas on PostgreSQL share them through the database
+//! (`Quotas::Shared`), so a user whose calls land on different replicas still
+//! gets exactly their plan. Either way the decision itself is [`Ask::decide`].
+
+use super::ledger::{Account, Balance, Ledger};
+use super::limits::RateLimits;
+use crate::db::DbResult;
+
+/// What a call asks to reserve (SPEC §6): its prompt estimate plus a cap on
+/// completion tokens for each of its `n` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    pub prompt: i64,
+    /// The completion cap the call wants (the client's, the model's or the default).
+    pub wanted: i64,
+    pub n: i64,
+    /// The smallest cap worth calling with when `wanted` does not fit.
+    pub min_cap: i64,
+    /// Embeddings generate nothing: only the prompt is reserved.
+    pub embeddings: bool,
+}
+
+impl Ask {
+    /// The reservation for `avail` tokens left, and the completion cap to send
+    /// (`None` for embeddings); `Err(avail)` when the call does not fit.
+    pub fn decide(&self, avail: i64) -> Result<(i64, Option<i64>), i64> {
+        if avail < self.prompt {
+            return Err(avail);
+        }
+        if self.embeddings {
+            return Ok((self.prompt, None));
+        }
+        let n = self.n.max(1);
+        let cap = self.wanted.min((avail - self.prompt) / n);
+        if cap < self.wanted && cap < self.min_cap {
+            return Err(avail);
+        }
+        Ok((self.prompt + cap * n, Some(cap)))
+    }
+}
+
+/// A reservation taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub reserved: i64,
+    pub cap: Option<i64>,
+    /// What the account had left before this reservation.
+    pub avail: i64,
+    /// The reservation's row when it lives in the database.
+    pub hold: Option<i64>,
+}
+
+/// Why a call was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the plan's requests per minute: seconds to wait.
+    Rate(u64),
+    /// Not enough tokens left: how many there are.
+    Quota(i64),
+}
+
+pub enum Quotas {
+    /// One instance: balances and rates in this process's memory.
+    Local { ledger: Ledger, limits: RateLimits },
+}
+
+impl Quotas {
+    /// In-memory quotas holding this period's `totals` (user, key or 0, tokens).
+    pub fn local(period: &str, totals: &[(i64, i64, i64)]) -> Quotas {
+        Quotas::Local {
+            ledger: Ledger::new(period, totals),
+            limits: RateLimits::default(),
+        }
+    }
+
+    /// Counts the call against the user's requests per minute, then reserves
+    /// what `ask` decides — atomically against every other call of the user.
+    pub async fn admit(
+        &self,
+        a: &Account,
+        rpm: i64,
+        ask: &Ask,
+        period: &str,
+    ) -> DbResult<Result<Grant, Refusal>> {
+        match self {
+            Quotas::Local { ledger, limits } => {
+                if let Err(wait) = limits.check(a.user_id, rpm) {
+                    return Ok(Err(Refusal::Rate(wait)));
+                }
+                let mut seen = 0;
+                let r = ledger.reserve(a, period, |avail| {
+                    seen = avail;
+                    ask.decide(avail)
+                });
+                Ok(match r {
+                    Ok((reserved, cap)) => Ok(Grant {
+                        reserved,
+                        cap,
+                        avail: seen,
+                        hold: None,
+                    }),
+                    Err(avail) => Err(Refusal::Quota(avail)),
+                })
+            }
+        }
+    }
+
+    /// Releases a call's reservation and charges what it used; returns what
+    /// the account may still use (as far as this instance can tell without
+    /// waiting for the database).
+    pub fn settle(&self, a: &Account, period: &str, grant: &Grant, charged: i64) -> i64 {
+        match self {
+            Quotas::Local { ledger, .. } => ledger.settle(a, period, grant.reserved, charged),
+        }
+    }
+
+    /// The user's balance this period, and the key's when one is named.
+    pub async fn balances(
+        &self,
+        user_id: i64,
+        key_id: Option<i64>,
+        period: &str,
+    ) -> DbResult<(Balance, Option<Balance>)> {
+        match self {
+            Quotas::Local { ledger, .. } => Ok((
+                ledger.user(user_id, period),
+                key_id.map(|k| ledger.key(k, period)),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decide_reserves_the_prompt_and_a_cap_per_choice() {
+        let ask = Ask {
+            prompt: 10,
+            wanted: 100,
+            n: 2,
+            min_cap: 16,
+            embeddings: false,
+        };
+        assert_eq!(ask.decide(1000), Ok((210, Some(100))));
+        // Not room for the whole cap: a smaller one, down to min_cap.
+        assert_eq!(ask.decide(60), Ok((60, Some(25))));
+        assert_eq!(ask.decide(41), Err(41));
+        assert_eq!(ask.decide(9), Err(9));
+        let emb = Ask {
+            embeddings: true,
+            ..ask
+        };
+        assert_eq!(emb.decide(10), Ok((10, None)));
+        assert_eq!(emb.decide(9), Err(9));
+        // A wanted cap below min_cap still fits when it fits whole.
+        let small = Ask { wanted: 5, ..ask };
+        assert_eq!(small.decide(20), Ok((20, Some(5))));
+    }
+}
