@@ -60,6 +60,7 @@ fn record(i: usize) -> UsageRecord {
         latency_ms: 150,
         ttft_ms: Some(40),
         created_at: "2026-11-26T10:00:00Z".to_owned(),
+        reservation: None,
     }
 }
 

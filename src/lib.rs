@@ -129,6 +129,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let poller = tokio::spawn(state.creds.clone().poll_changes());
+    let leases = tokio::spawn(metering::quota::Quotas::keep_leases(state.metering.clone()));
     let flusher = tokio::spawn(state.creds.clone().flush_last_used_loop());
     let refresher = tokio::spawn(state.catalog.clone().refresh_loop(state.providers.clone()));
     server::raise_open_files_limit();
@@ -186,8 +187,10 @@ pub async fn serve(
     poller.abort();
     flusher.abort();
     refresher.abort();
-    // Everything queued is written.
+    // Everything queued is written (and, with shared quotas, the
+    // reservations it charges are gone with it).
     state.metering.writer.flush().await;
+    leases.abort();
     if let Err(e) = state.creds.flush_last_used().await {
         tracing::warn!(error = %e, "cannot record key last-use times at shutdown");
     }

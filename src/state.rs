@@ -6,7 +6,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::auth::throttle::LoginThrottle;
 use crate::config::Config;
 use crate::db::Store;
-use crate::metering::{calls::CallTracker, quota::Quotas, writer::UsageWriter};
+use crate::metering::{calls::CallTracker, ledger::Balance, quota::Quotas, writer::UsageWriter};
 use crate::upstream::{catalog::Catalog, health::Health, providers::Providers};
 use std::net::IpAddr;
 use std::ops::Deref;
@@ -43,6 +43,24 @@ pub struct Metering {
     /// Calls in flight, ended and awaited at shutdown.
     pub calls: CallTracker,
     pub clock: Arc<Clock>,
+}
+
+impl Metering {
+    /// The user's balance this period, and the key's when one is named. With
+    /// shared quotas a call is charged when its record is written, so this
+    /// replica's pending records are written first: a client sees its own
+    /// calls charged.
+    pub async fn balances(
+        &self,
+        user_id: i64,
+        key_id: Option<i64>,
+        period: &str,
+    ) -> crate::db::DbResult<(Balance, Option<Balance>)> {
+        if matches!(self.quotas, Quotas::Shared(_)) {
+            self.writer.flush().await;
+        }
+        self.quotas.balances(user_id, key_id, period).await
+    }
 }
 
 impl Deref for AppState {

@@ -9,6 +9,7 @@ mod accounts;
 pub mod api_keys;
 pub mod oauth_states;
 pub mod plans;
+pub mod quota;
 pub mod settings;
 mod store;
 pub mod usage;

@@ -18,11 +18,11 @@ use users::{NewUser, UserRow};
 
 #[derive(Clone)]
 pub struct Store {
-    backend: Backend,
+    pub(super) backend: Backend,
 }
 
 #[derive(Clone)]
-enum Backend {
+pub(super) enum Backend {
     Sqlite(Pool),
 }
 

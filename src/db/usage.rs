@@ -30,6 +30,10 @@ pub struct UsageRecord {
     pub latency_ms: i64,
     pub ttft_ms: Option<i64>,
     pub created_at: String,
+    /// The reservation this record's charge replaces, when replicas share
+    /// quotas: written in the same transaction that deletes it. Not stored.
+    #[serde(skip)]
+    pub reservation: Option<i64>,
 }
 
 #[derive(Default)]
@@ -360,6 +364,7 @@ fn record_from_row(r: &Row) -> rusqlite::Result<UsageRecord> {
         latency_ms: r.get(17)?,
         ttft_ms: r.get(18)?,
         created_at: r.get(19)?,
+        reservation: None,
     })
 }
 
@@ -432,6 +437,7 @@ pub(crate) fn sample_record(i: i64) -> UsageRecord {
         latency_ms: 10 + i,
         ttft_ms: (i % 3 != 0).then_some(i),
         created_at: format!("2026-11-{:02}T00:00:{:02}Z", 1 + i % 28, i % 60),
+        reservation: None,
     }
 }
 

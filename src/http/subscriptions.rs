@@ -39,7 +39,6 @@ pub async fn me(
     let key = p.key.as_ref();
     let (bal, kb) = st
         .metering
-        .quotas
         .balances(p.user.id, key.map(|k| k.id), &period)
         .await?;
     let mut remaining = (plan.plan.monthly_tokens - bal.used - bal.reserved).max(0);

@@ -255,6 +255,7 @@ impl CallMeter {
                 latency_ms,
                 ttft_ms: self.ttft_ms,
                 created_at: db::ts(now),
+                reservation: self.grant.hold,
             });
         }
         UsageInfo {
@@ -308,6 +309,7 @@ pub fn record_refusal(m: &Metering, info: &CallInfo, http_status: u16) {
         latency_ms: 0,
         ttft_ms: None,
         created_at: db::ts(m.clock.now()),
+        reservation: None,
     });
 }
 

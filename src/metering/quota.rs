@@ -8,7 +8,9 @@
 
 use super::ledger::{Account, Balance, Ledger};
 use super::limits::RateLimits;
-use crate::db::DbResult;
+use crate::db::quota::Admission;
+use crate::db::{DbResult, Store};
+use std::time::Duration;
 
 /// What a call asks to reserve (SPEC §6): its prompt estimate plus a cap on
 /// completion tokens for each of its `n` choices.
@@ -66,6 +68,16 @@ pub enum Refusal {
 pub enum Quotas {
     /// One instance: balances and rates in this process's memory.
     Local { ledger: Ledger, limits: RateLimits },
+    /// Replicas: balances, reservations and rates in the database.
+    Shared(Shared),
+}
+
+/// Quotas kept in a database that replicas share.
+pub struct Shared {
+    store: Store,
+    /// This replica, as named on its reservations.
+    instance: String,
+    lease: Duration,
 }
 
 impl Quotas {
@@ -74,6 +86,49 @@ impl Quotas {
         Quotas::Local {
             ledger: Ledger::new(period, totals),
             limits: RateLimits::default(),
+        }
+    }
+
+    /// Quotas in `store`, shared with every replica on it; this replica's
+    /// reservations expire `lease` after it stops renewing them.
+    pub fn shared(store: Store, lease: Duration) -> Quotas {
+        use rand::Rng;
+        let instance = format!("{:016x}", rand::rngs::OsRng.gen::<u64>());
+        Quotas::Shared(Shared {
+            store,
+            instance,
+            lease,
+        })
+    }
+
+    /// Keeps this replica's reservations alive while it runs and clears
+    /// those of replicas that died (shared quotas only; returns at once
+    /// otherwise).
+    pub async fn keep_leases(m: std::sync::Arc<crate::state::Metering>) {
+        let Quotas::Shared(sh) = &m.quotas else {
+            return;
+        };
+        let every = (sh.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            let r = sh
+                .store
+                .renew_reservations(sh.instance.clone(), sh.lease.as_secs_f64())
+                .await;
+            match (r, failing) {
+                (Ok(()), true) => {
+                    failing = false;
+                    tracing::info!("reservation leases renewed again");
+                }
+                (Err(e), false) => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot renew reservation leases");
+                }
+                _ => {}
+            }
         }
     }
 
@@ -106,6 +161,36 @@ impl Quotas {
                     Err(avail) => Err(Refusal::Quota(avail)),
                 })
             }
+            Quotas::Shared(sh) => {
+                let d = sh
+                    .store
+                    .admit(Admission {
+                        user_id: a.user_id,
+                        key_id: a.key_id,
+                        user_limit: a.user_limit,
+                        key_limit: a.key_limit,
+                        period: period.to_owned(),
+                        rpm,
+                        prompt: ask.prompt,
+                        wanted: ask.wanted,
+                        n: ask.n,
+                        min_cap: ask.min_cap,
+                        embeddings: ask.embeddings,
+                        instance: sh.instance.clone(),
+                        lease_secs: sh.lease.as_secs_f64(),
+                    })
+                    .await?;
+                Ok(match (d.wait_secs, d.hold) {
+                    (Some(wait), _) => Err(Refusal::Rate(wait.max(1) as u64)),
+                    (None, Some(hold)) => Ok(Grant {
+                        reserved: d.reserved,
+                        cap: d.cap,
+                        avail: d.avail,
+                        hold: Some(hold),
+                    }),
+                    (None, None) => Err(Refusal::Quota(d.avail)),
+                })
+            }
         }
     }
 
@@ -115,6 +200,9 @@ impl Quotas {
     pub fn settle(&self, a: &Account, period: &str, grant: &Grant, charged: i64) -> i64 {
         match self {
             Quotas::Local { ledger, .. } => ledger.settle(a, period, grant.reserved, charged),
+            // The charge replaces the reservation when the usage writer
+            // writes the call's record; until then the tokens stay held.
+            Quotas::Shared(_) => (grant.avail - charged).max(0),
         }
     }
 
@@ -130,6 +218,14 @@ impl Quotas {
                 ledger.user(user_id, period),
                 key_id.map(|k| ledger.key(k, period)),
             )),
+            Quotas::Shared(sh) => {
+                let (u, k) = sh.store.held(user_id, key_id, period.to_owned()).await?;
+                let b = |h: crate::db::quota::Held| Balance {
+                    used: h.used,
+                    reserved: h.reserved,
+                };
+                Ok((b(u), k.map(b)))
+            }
         }
     }
 }

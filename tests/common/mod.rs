@@ -225,7 +225,6 @@ impl TestServer {
         let p = tollgate::metering::period_of(self.state.clock.now());
         self.state
             .metering
-            .quotas
             .balances(user_id, key_id, &p)
             .await
             .expect("balances")
