@@ -26,8 +26,9 @@ pub struct GlobalArgs {
     /// Configuration file (default: ./config.toml when it exists)
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// SQLite database file (overrides [database] path and TOLLGATE_DB)
-    #[arg(long, global = true, value_name = "PATH")]
+    /// SQLite database file or PostgreSQL URL (overrides [database] and
+    /// TOLLGATE_DB / TOLLGATE_DATABASE_URL)
+    #[arg(long, global = true, value_name = "PATH|URL")]
     pub db: Option<PathBuf>,
 }
 

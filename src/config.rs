@@ -134,15 +134,32 @@ pub enum MetricsAccess {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
+    /// The SQLite file (the default backend).
     pub path: PathBuf,
+    /// A PostgreSQL URL (`postgres://user:password@host:5432/tollgate`):
+    /// selects PostgreSQL instead of `path`, for one or many replicas.
+    #[serde(serialize_with = "masked_url", skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// How long a replica's reservations outlive it when it dies without
+    /// settling them (SPEC §11). Default: the longest provider
+    /// `timeout_secs` plus 60.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservation_lease_secs: Option<u64>,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             path: PathBuf::from("tollgate.db"),
+            url: None,
+            reservation_lease_secs: None,
         }
     }
+}
+
+/// Whether `s` names a PostgreSQL database rather than a SQLite file.
+pub fn is_postgres_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -393,7 +410,14 @@ impl Config {
             cfg.server.listen = l.clone();
         }
         if let Some(d) = &ov.db {
-            cfg.database.path = d.clone();
+            // `--db` takes a file or a PostgreSQL URL.
+            match d.to_str().filter(|d| is_postgres_url(d)) {
+                Some(url) => cfg.database.url = Some(url.to_owned()),
+                None => {
+                    cfg.database.path = d.clone();
+                    cfg.database.url = None;
+                }
+            }
         }
         cfg.validate(path.as_deref())?;
         Ok(cfg)
@@ -429,6 +453,9 @@ impl Config {
         }
         if let Some(v) = get("TOLLGATE_DB") {
             self.database.path = PathBuf::from(v);
+        }
+        if let Some(v) = get("TOLLGATE_DATABASE_URL") {
+            self.database.url = Some(v);
         }
         if let Some(v) = get("TOLLGATE_JWT_SECRET") {
             self.auth.jwt_secret = Secret::new(v);
@@ -510,6 +537,23 @@ impl Config {
         }
         if self.database.path.as_os_str().is_empty() {
             return err("database.path", "expected a file path".into());
+        }
+        if let Some(url) = &self.database.url {
+            if !is_postgres_url(url) {
+                return err(
+                    "database.url",
+                    format!(
+                        "expected a PostgreSQL URL such as postgres://user:password@host:5432/tollgate, got {:?}",
+                        mask_password(url)
+                    ),
+                );
+            }
+        }
+        if self.database.reservation_lease_secs == Some(0) {
+            return err(
+                "database.reservation_lease_secs",
+                "expected a number of seconds above 0".into(),
+            );
         }
         if self.auth.access_token_ttl_secs == 0 {
             return err(
@@ -684,6 +728,21 @@ impl Config {
     pub fn to_masked_toml(&self) -> String {
         toml::to_string_pretty(self)
             .unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+    }
+
+    /// How long a dead replica's reservations are kept (SPEC §11).
+    pub fn reservation_lease(&self) -> std::time::Duration {
+        let secs = self.database.reservation_lease_secs.unwrap_or_else(|| {
+            let longest = self
+                .providers
+                .values()
+                .filter_map(|p| p.timeout_secs)
+                .chain(std::iter::once(600))
+                .max()
+                .unwrap_or(600);
+            longest + 60
+        });
+        std::time::Duration::from_secs(secs)
     }
 
     /// The plans to create on first start.

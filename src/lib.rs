@@ -50,10 +50,10 @@ pub async fn open_database(
     cfg: &Config,
     admin_password: Option<String>,
 ) -> Result<(db::Store, Bootstrap), StartError> {
-    let store = db::Store::open(&cfg.database.path)?;
+    let store = db::Store::connect(&cfg.database)?;
     let ran = store.migrate().await?;
     if ran > 0 {
-        tracing::info!(migrations = ran, path = %cfg.database.path.display(), "database migrated");
+        tracing::info!(migrations = ran, database = %db::Store::describe(&cfg.database), "database migrated");
     }
     let report = if store.needs_bootstrap().await? {
         let (password, generated) = match admin_password.filter(|p| !p.is_empty()) {
@@ -88,10 +88,16 @@ pub async fn build_state(
         .iter()
         .filter_map(|p| p.parse().ok())
         .collect();
-    // The ledger starts from what the database says was charged this period:
-    // nothing is reserved after a restart.
-    let period = metering::period_of(chrono::Utc::now());
-    let totals = store.period_totals(period.clone()).await?;
+    // One instance keeps its quotas in memory, starting from what the
+    // database says was charged this period (nothing is reserved after a
+    // restart); replicas keep them in the database they share.
+    let quotas = if store.shares_quotas() {
+        metering::quota::Quotas::shared(store.clone(), cfg.reservation_lease())
+    } else {
+        let period = metering::period_of(chrono::Utc::now());
+        let totals = store.period_totals(period.clone()).await?;
+        metering::quota::Quotas::local(&period, &totals)
+    };
     telemetry::init();
     let cfg_ref = cfg.clone();
     let store_for_writer = store.clone();
@@ -112,7 +118,7 @@ pub async fn build_state(
         )),
         health: Default::default(),
         metering: Arc::new(Metering {
-            quotas: metering::quota::Quotas::local(&period, &totals),
+            quotas,
             writer: metering::writer::UsageWriter::spawn(store_for_writer, retention_days),
             calls: Default::default(),
             clock,

@@ -28,7 +28,10 @@ fn main() {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // tokio-postgres logs server notices at info and each statement's parameters at debug level:
+        // password and key hashes, never to be logged (SPEC §3).
+        .add_directive("tokio_postgres=warn".parse().expect("a valid directive"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -88,11 +91,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Migrate => {
             let cfg = load_config(&cli, None)?;
-            let store = Store::open(&cfg.database.path)?;
+            let store = Store::connect(&cfg.database)?;
             let n = block_on(store.migrate())??;
             println!(
                 "{n} migration(s) applied to {}",
-                cfg.database.path.display()
+                Store::describe(&cfg.database)
             );
             Ok(())
         }
@@ -326,7 +329,10 @@ fn serve(cfg: Config) -> Result<()> {
             },
             providers.default_id
         );
-        tracing::info!("database: {}", state.config.database.path.display());
+        tracing::info!(
+            "database: {}",
+            tollgate::db::Store::describe(&state.config.database)
+        );
         tollgate::serve(listener, state, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())

@@ -73,19 +73,32 @@ fn fails(o: &Output) -> String {
 }
 
 /// A temp dir holding the database; the CLI runs there with `--db <abs path>`.
+/// With `TOLLGATE_TEST_BACKEND=postgres`, `--db` is a fresh PostgreSQL database.
 struct Db {
     dir: tempfile::TempDir,
     path: PathBuf,
+    url: Option<String>,
 }
 
 impl Db {
     fn new() -> Db {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tollgate.db");
-        Db { dir, path }
+        let url = common::pg::backend_is_postgres()
+            .then(|| common::pg::fresh_database_blocking("cli"))
+            .flatten();
+        Db { dir, path, url }
     }
     fn db(&self) -> &str {
-        self.path.to_str().unwrap()
+        self.url
+            .as_deref()
+            .unwrap_or_else(|| self.path.to_str().unwrap())
+    }
+    /// A server configuration on this database.
+    fn config(&self) -> tollgate::config::Config {
+        let mut cfg = test_config(self.dir.path());
+        cfg.database.url = self.url.clone();
+        cfg
     }
     async fn run(&self, args: &[&str]) -> Output {
         self.run_stdin(args, None).await
@@ -232,7 +245,7 @@ async fn user_and_plan_commands() {
     );
 
     // A server on that database sees what the CLI did.
-    let cfg = test_config(db.dir.path());
+    let cfg = db.config();
     let s = TestServer::start_in(db.dir, cfg).await;
     s.login("alice", "alice-password").await;
     s.login("carol", "carol-password-2").await;
@@ -300,14 +313,14 @@ async fn key_commands() {
     assert!(row.contains("active"), "{row}");
 
     // The key authenticates against a server on that database; revoked, it does not.
-    let cfg = test_config(db.dir.path());
-    let path = db.path.clone();
+    let cfg = db.config();
+    let db_arg = db.db().to_owned();
     let cwd = tempfile::tempdir().unwrap();
     let s = TestServer::start_in(db.dir, cfg).await;
     let me: Value = s.get_as("/auth/me", &key).await.json().await.unwrap();
     assert_eq!(me["username"], "alice");
 
-    let db_arg = path.to_str().unwrap();
+    let db_arg = db_arg.as_str();
     ok(&tollgate(
         cwd.path(),
         &["key", "revoke", &id.to_string(), "--db", db_arg],
@@ -425,7 +438,12 @@ async fn db_flag_before_and_after_the_words() {
     // --config works in both places too, and --db overrides its path.
     let cfgdir = tempfile::tempdir().unwrap();
     let cfgfile = cfgdir.path().join("custom.toml");
-    std::fs::write(&cfgfile, format!("[database]\npath = {:?}\n", p)).unwrap();
+    let key = if p.starts_with("postgres") {
+        "url"
+    } else {
+        "path"
+    };
+    std::fs::write(&cfgfile, format!("[database]\n{key} = {p:?}\n")).unwrap();
     let c = cfgfile.to_str().unwrap();
     let l = ok(&tollgate(other.path(), &["--config", c, "user", "list"], None).await);
     user_row(&l, "carol");
@@ -454,7 +472,7 @@ async fn migrate_command() {
     let o = ok(&db.run(&["migrate"]).await);
     let applied: usize = o.split_whitespace().next().unwrap().parse().unwrap();
     assert!(applied >= 1, "first migrate applies the schema: {o}");
-    assert!(db.path.exists());
+    assert!(db.url.is_some() || db.path.exists());
     let o = ok(&db.run(&["migrate"]).await);
     assert!(o.starts_with('0'), "nothing left to apply: {o}");
     // A migrated but unseeded database still gets plans and the admin on first use.
@@ -609,8 +627,7 @@ async fn check_config_names_the_bad_key() {
 #[tokio::test]
 async fn cli_changes_reach_a_running_server_within_5s() {
     let s = TestServer::start().await;
-    let db_path = s.state.config.database.path.clone();
-    let db = db_path.to_str().unwrap().to_owned();
+    let db = common::db_arg(&s.state.config);
     let cwd = tempfile::tempdir().unwrap();
     let (_, token, key) = s.user_with_key("alice", None).await;
     let key_id = s
@@ -713,7 +730,7 @@ async fn a_sign_in_right_after_a_cli_change_works_at_once() {
     // The user signs in the moment the CLI is done: the token must work on the
     // first call, not only after the server's next poll.
     let s = TestServer::start().await;
-    let db = s.state.config.database.path.to_str().unwrap().to_owned();
+    let db = common::db_arg(&s.state.config);
     let cwd = tempfile::tempdir().unwrap();
     for round in 0..3 {
         let name = format!("u{round}");

@@ -1,5 +1,6 @@
 //! The database: one SQLite file through an r2d2 pool (WAL, busy timeout,
-//! foreign keys on), schema from refinery migrations embedded in the binary.
+//! foreign keys on), or PostgreSQL for replicas (`pg/`); schema from refinery
+//! migrations embedded in the binary (`migrations/sqlite`, `migrations/postgres`).
 //!
 //! All SQL of the project lives under this module. The rest of tollgate
 //! reaches the database only through [`Store`], whose operations are named for
@@ -8,6 +9,7 @@
 mod accounts;
 pub mod api_keys;
 pub mod oauth_states;
+pub mod pg;
 pub mod plans;
 pub mod quota;
 pub mod settings;
@@ -25,7 +27,7 @@ use std::time::Duration;
 pub type Pool = r2d2::Pool<SqliteConnectionManager>;
 
 mod embedded {
-    refinery::embed_migrations!("migrations");
+    refinery::embed_migrations!("migrations/sqlite");
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,8 @@ pub enum DbError {
     Conflict(String),
     #[error("database task failed: {0}")]
     Task(String),
+    #[error("postgresql: {0}")]
+    Postgres(String),
 }
 
 pub type DbResult<T> = Result<T, DbError>;
@@ -183,6 +187,42 @@ mod migration_tests {
             )
             .unwrap();
         assert_eq!(index, 1);
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    /// Migration versions of `migrations/<dir>`, in order.
+    fn versions(dir: &str) -> Vec<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(dir);
+        let mut v: Vec<(u32, String)> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .map(|n| {
+                let version = n[1..n.find("__").unwrap()].parse().unwrap();
+                (version, n.split("__").nth(1).unwrap().to_owned())
+            })
+            .collect();
+        v.sort();
+        v.into_iter()
+            .map(|(n, name)| format!("V{n}__{name}"))
+            .collect()
+    }
+
+    #[test]
+    fn both_backends_carry_the_same_migrations() {
+        assert_eq!(versions("sqlite"), versions("postgres"));
+        // refinery embeds a directory tree: a file beside the two would be
+        // in neither backend's schema.
+        let mut top: Vec<String> =
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+        top.sort();
+        assert_eq!(top, ["postgres", "sqlite"]);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Quotas shared by replicas (SPEC §11): admission, balances and the leases
-//! of reservations, in the database. Only PostgreSQL shares them; one SQLite
-//! instance keeps its quotas in memory (`metering::quota`), so these
-//! operations refuse on SQLite.
+//! of reservations, in the database. Only PostgreSQL shares them (`pg/quota.rs`
+//! and migrations/postgres/V5); one SQLite instance keeps its quotas in memory
+//! (`metering::quota`), so these operations refuse on SQLite.
 
 use super::store::{Backend, Store};
 use super::{DbError, DbResult};
@@ -55,6 +55,7 @@ impl Store {
     pub fn shares_quotas(&self) -> bool {
         match &self.backend {
             Backend::Sqlite(_) => false,
+            Backend::Postgres(_) => true,
         }
     }
 
@@ -66,6 +67,7 @@ impl Store {
                 let _ = a;
                 Err(unshared())
             }
+            Backend::Postgres(pg) => pg.admit(&a).await,
         }
     }
 
@@ -82,6 +84,7 @@ impl Store {
                 let _ = (user_id, key_id, period);
                 Err(unshared())
             }
+            Backend::Postgres(pg) => pg.held(user_id, key_id, &period).await,
         }
     }
 
@@ -93,6 +96,31 @@ impl Store {
                 let _ = (instance, lease_secs);
                 Err(unshared())
             }
+            Backend::Postgres(pg) => pg.renew_reservations(&instance, lease_secs).await,
+        }
+    }
+
+    /// Lowers a settled call's reservation to what it was charged, until the
+    /// usage writer replaces it with the charge itself.
+    pub async fn shrink_reservation(&self, hold: i64, charged: i64) -> DbResult<()> {
+        match &self.backend {
+            Backend::Sqlite(_) => {
+                let _ = (hold, charged);
+                Err(unshared())
+            }
+            Backend::Postgres(pg) => pg.shrink(hold, charged).await,
+        }
+    }
+
+    /// Releases a reservation that no call will settle (its admission was
+    /// abandoned by a client that went away while it was being decided).
+    pub async fn release_reservation(&self, hold: i64) -> DbResult<()> {
+        match &self.backend {
+            Backend::Sqlite(_) => {
+                let _ = hold;
+                Err(unshared())
+            }
+            Backend::Postgres(pg) => pg.release(hold).await,
         }
     }
 }

@@ -6,8 +6,10 @@
 //! user, an OAuth sign-in) is one operation. The two `_blocking` operations
 //! are for code that already runs on a thread of its own.
 //!
-//! Today the one backend is SQLite (the modules beside this one). A new
-//! backend is a variant of [`Backend`] and one arm in each operation.
+//! Two backends: SQLite (the modules beside this one), whose blocking work
+//! runs on the blocking pool, and PostgreSQL (`pg/`), which is awaited
+//! directly. A new backend is a variant of [`Backend`] and one arm in each
+//! operation.
 
 use super::{accounts, api_keys, oauth_states, plans, usage, users, DbError, DbResult, Pool};
 use api_keys::KeyRow;
@@ -24,6 +26,7 @@ pub struct Store {
 #[derive(Clone)]
 pub(super) enum Backend {
     Sqlite(Pool),
+    Postgres(super::pg::Pg),
 }
 
 /// Why the store did not do a write; the caller words the answer.
@@ -125,9 +128,37 @@ impl Store {
         super::open(path).map(Store::sqlite)
     }
 
+    /// The configured database: PostgreSQL when `[database] url` is set,
+    /// else the SQLite file at `path`. PostgreSQL connects at first use.
+    pub fn connect(cfg: &crate::config::DatabaseConfig) -> DbResult<Store> {
+        match &cfg.url {
+            Some(url) => Ok(Store {
+                backend: Backend::Postgres(super::pg::Pg::connect(url)?),
+            }),
+            None => Store::open(&cfg.path),
+        }
+    }
+
+    /// Where the data lives, for messages (a PostgreSQL URL without its password).
+    pub fn describe(cfg: &crate::config::DatabaseConfig) -> String {
+        match &cfg.url {
+            Some(url) => crate::config::mask_password(url),
+            None => cfg.path.display().to_string(),
+        }
+    }
+
+    /// The PostgreSQL backend, for the work only it does (`migrate --from-sqlite`).
+    pub fn postgres(&self) -> Option<&super::pg::Pg> {
+        match &self.backend {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
     /// Runs the migrations that have not run yet; returns how many ran.
     pub async fn migrate(&self) -> DbResult<usize> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.migrate().await,
             Backend::Sqlite(pool) => run(pool, super::migrate_connection).await,
         }
     }
@@ -137,6 +168,7 @@ impl Store {
     /// Whether the first-start seeding has not run yet.
     pub async fn needs_bootstrap(&self) -> DbResult<bool> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.needs_bootstrap().await,
             Backend::Sqlite(pool) => {
                 run(pool, |c| {
                     Ok(super::settings::get(c, "initialized")?.is_none())
@@ -149,6 +181,7 @@ impl Store {
     /// Seeds an empty database once, in one transaction; later calls change nothing.
     pub async fn bootstrap(&self, seed: Seed) -> DbResult<Seeded> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.bootstrap(seed).await,
             Backend::Sqlite(pool) => run(pool, move |c| accounts::bootstrap(c, &seed)).await,
         }
     }
@@ -156,6 +189,7 @@ impl Store {
     /// The stored JWT secret; `candidate` is stored and returned when there is none.
     pub async fn jwt_secret(&self, candidate: String) -> DbResult<String> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.jwt_secret(candidate).await,
             Backend::Sqlite(pool) => run(pool, move |c| accounts::jwt_secret(c, &candidate)).await,
         }
     }
@@ -163,6 +197,7 @@ impl Store {
     /// The counter bumped on every change to users, keys or plans (by any process).
     pub async fn change_counter(&self) -> DbResult<i64> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.change_counter().await,
             Backend::Sqlite(pool) => run(pool, |c| super::settings::change_counter(c)).await,
         }
     }
@@ -173,6 +208,7 @@ impl Store {
     /// thread either.
     pub fn load_credentials_blocking(&self) -> DbResult<CredentialRows> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.block_on(pg.load_credentials()),
             Backend::Sqlite(pool) => accounts::load_credentials(&mut *pool.get()?),
         }
     }
@@ -184,18 +220,21 @@ impl Store {
     /// username is [`DbError::Conflict`].
     pub async fn create_user(&self, u: NewUser, now: String) -> DbResult<Result<UserRow, Refused>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.create_user(u, now).await,
             Backend::Sqlite(pool) => run(pool, move |c| accounts::create_user(c, &u, &now)).await,
         }
     }
 
     pub async fn user_by_id(&self, id: i64) -> DbResult<Option<UserRow>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.user_by_id(id).await,
             Backend::Sqlite(pool) => run(pool, move |c| users::find_by_id(c, id)).await,
         }
     }
 
     pub async fn user_by_username(&self, name: String) -> DbResult<Option<UserRow>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.user_by_username(name).await,
             Backend::Sqlite(pool) => run(pool, move |c| users::find_by_username(c, &name)).await,
         }
     }
@@ -203,6 +242,7 @@ impl Store {
     /// Users whose username or email contains `q` (all users without `q`), by id.
     pub async fn search_users(&self, q: Option<String>) -> DbResult<Vec<UserRow>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.search_users(q).await,
             Backend::Sqlite(pool) => run(pool, move |c| users::search(c, q.as_deref())).await,
         }
     }
@@ -220,6 +260,7 @@ impl Store {
         changes: UserChanges,
     ) -> DbResult<Result<UserRow, Refused>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.update_user(id, changes).await,
             Backend::Sqlite(pool) => {
                 run(pool, move |c| accounts::update_user(c, id, &changes)).await
             }
@@ -229,12 +270,14 @@ impl Store {
     /// Sets a new password hash; earlier tokens of the user stop working.
     pub async fn set_user_password(&self, id: i64, hash: String) -> DbResult<bool> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.set_user_password(id, hash).await,
             Backend::Sqlite(pool) => run(pool, move |c| users::set_password(c, id, &hash)).await,
         }
     }
 
     pub async fn delete_user(&self, id: i64) -> DbResult<bool> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.delete_user(id).await,
             Backend::Sqlite(pool) => run(pool, move |c| users::delete(c, id)).await,
         }
     }
@@ -249,6 +292,7 @@ impl Store {
         now: String,
     ) -> DbResult<Result<UserRow, Refused>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.sign_in_with_identity(s, now).await,
             Backend::Sqlite(pool) => run(pool, move |c| accounts::sign_in(c, &s, &now)).await,
         }
     }
@@ -262,6 +306,7 @@ impl Store {
         purge_before: String,
     ) -> DbResult<()> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.save_oauth_state(row, purge_before).await,
             Backend::Sqlite(pool) => {
                 run(pool, move |c| {
                     oauth_states::purge_created_before(c, &purge_before)?;
@@ -278,6 +323,7 @@ impl Store {
         state: String,
     ) -> DbResult<Option<oauth_states::StateRow>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.take_oauth_state(state).await,
             Backend::Sqlite(pool) => run(pool, move |c| oauth_states::take(c, &state)).await,
         }
     }
@@ -286,12 +332,14 @@ impl Store {
 
     pub async fn create_key(&self, k: api_keys::NewKey, now: String) -> DbResult<KeyRow> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.create_key(k, now).await,
             Backend::Sqlite(pool) => run(pool, move |c| api_keys::insert(c, &k, &now)).await,
         }
     }
 
     pub async fn key_by_id(&self, id: i64) -> DbResult<Option<KeyRow>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.key_by_id(id).await,
             Backend::Sqlite(pool) => run(pool, move |c| api_keys::find_by_id(c, id)).await,
         }
     }
@@ -299,6 +347,7 @@ impl Store {
     /// A user's keys (revoked ones too), by id.
     pub async fn list_keys_for_user(&self, user_id: i64) -> DbResult<Vec<KeyRow>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.list_keys_for_user(user_id).await,
             Backend::Sqlite(pool) => run(pool, move |c| api_keys::list_for_user(c, user_id)).await,
         }
     }
@@ -306,6 +355,7 @@ impl Store {
     /// Every key, by id.
     pub async fn list_keys(&self) -> DbResult<Vec<KeyRow>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.list_keys().await,
             Backend::Sqlite(pool) => run(pool, |c| api_keys::list_all(c)).await,
         }
     }
@@ -313,6 +363,7 @@ impl Store {
     /// Writes every editable field of `k` back; returns the key as saved.
     pub async fn update_key(&self, k: KeyRow) -> DbResult<Option<KeyRow>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.update_key(k).await,
             Backend::Sqlite(pool) => {
                 run(pool, move |c| {
                     api_keys::update(c, &k)?;
@@ -325,6 +376,7 @@ impl Store {
 
     pub async fn revoke_key(&self, id: i64) -> DbResult<bool> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.revoke_key(id).await,
             Backend::Sqlite(pool) => run(pool, move |c| api_keys::revoke(c, id)).await,
         }
     }
@@ -332,6 +384,7 @@ impl Store {
     /// Records last-use times gathered in memory, in one transaction.
     pub async fn record_key_uses(&self, uses: Vec<(i64, String)>) -> DbResult<()> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.record_key_uses(uses).await,
             Backend::Sqlite(pool) => run(pool, move |c| api_keys::record_last_used(c, &uses)).await,
         }
     }
@@ -341,6 +394,7 @@ impl Store {
     /// Creates a plan; a taken name is [`DbError::Conflict`].
     pub async fn create_plan(&self, p: Plan, now: String) -> DbResult<Plan> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.create_plan(p, now).await,
             Backend::Sqlite(pool) => run(pool, move |c| plans::insert(c, &p, &now)).await,
         }
     }
@@ -348,18 +402,21 @@ impl Store {
     /// Every plan, oldest first.
     pub async fn list_plans(&self) -> DbResult<Vec<Plan>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.list_plans().await,
             Backend::Sqlite(pool) => run(pool, |c| plans::list(c)).await,
         }
     }
 
     pub async fn plan_by_name(&self, name: String) -> DbResult<Option<Plan>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.plan_by_name(name).await,
             Backend::Sqlite(pool) => run(pool, move |c| plans::find(c, &name)).await,
         }
     }
 
     pub async fn update_plan(&self, p: Plan) -> DbResult<bool> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.update_plan(p).await,
             Backend::Sqlite(pool) => run(pool, move |c| plans::update(c, &p)).await,
         }
     }
@@ -367,6 +424,7 @@ impl Store {
     /// Deletes a plan; [`DbError::Conflict`] while a user is on it.
     pub async fn delete_plan(&self, name: String) -> DbResult<bool> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.delete_plan(name).await,
             Backend::Sqlite(pool) => run(pool, move |c| plans::delete(c, &name)).await,
         }
     }
@@ -377,6 +435,7 @@ impl Store {
     /// Blocking: the usage writer calls it from its own thread.
     pub fn write_usage_batch_blocking(&self, records: &[UsageRecord]) -> DbResult<()> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.block_on(pg.write_usage_batch(records)),
             Backend::Sqlite(pool) => usage::insert_batch(&mut *pool.get()?, records),
         }
     }
@@ -385,6 +444,7 @@ impl Store {
     /// Blocking: the usage writer calls it from its own thread.
     pub fn trim_usage_blocking(&self, before: &str) -> DbResult<usize> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.block_on(pg.trim_usage(before)),
             Backend::Sqlite(pool) => usage::delete_before(&*pool.get()?, before),
         }
     }
@@ -392,6 +452,7 @@ impl Store {
     /// Tokens charged in `period` (YYYY-MM): (user, key or 0, tokens).
     pub async fn period_totals(&self, period: String) -> DbResult<Vec<(i64, i64, i64)>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.period_totals(period).await,
             Backend::Sqlite(pool) => run(pool, move |c| usage::period_totals(c, &period)).await,
         }
     }
@@ -399,6 +460,7 @@ impl Store {
     /// (tokens, successful requests, tokens of successful requests, cost).
     pub async fn usage_totals(&self, f: DailyFilter) -> DbResult<(i64, i64, i64, f64)> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.usage_totals(f).await,
             Backend::Sqlite(pool) => run(pool, move |c| usage::totals(c, &f)).await,
         }
     }
@@ -406,6 +468,7 @@ impl Store {
     /// Totals per day, provider and model.
     pub async fn usage_daily(&self, f: DailyFilter) -> DbResult<Vec<DailyRow>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.usage_daily(f).await,
             Backend::Sqlite(pool) => run(pool, move |c| usage::daily(c, &f)).await,
         }
     }
@@ -413,6 +476,7 @@ impl Store {
     /// Totals grouped by `day`, `user`, `provider` or `model` (checked by the caller).
     pub async fn usage_grouped(&self, group_by: String, f: DailyFilter) -> DbResult<Vec<GroupRow>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.usage_grouped(group_by, f).await,
             Backend::Sqlite(pool) => run(pool, move |c| usage::grouped(c, &group_by, &f)).await,
         }
     }
@@ -420,6 +484,7 @@ impl Store {
     /// Records newest first, keyset-paginated by id.
     pub async fn requests_page(&self, f: RequestFilter) -> DbResult<Vec<UsageRecord>> {
         match &self.backend {
+            Backend::Postgres(pg) => pg.requests_page(f).await,
             Backend::Sqlite(pool) => run(pool, move |c| usage::requests(c, &f)).await,
         }
     }

@@ -128,6 +128,8 @@ pub struct CallMeter {
     ttft_ms: Option<i64>,
     generated_chars: usize,
     done: bool,
+    /// Shared quotas: the shrinking of the reservation to the charge, in flight.
+    settling: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl CallMeter {
@@ -152,6 +154,16 @@ impl CallMeter {
             ttft_ms: None,
             generated_chars: 0,
             done: false,
+            settling: None,
+        }
+    }
+
+    /// Waits until the settled call's reservation is down to its charge in
+    /// the database (shared quotas; at once otherwise), so that the client's
+    /// next call, sent when this answer arrives, sees the tokens released.
+    pub async fn settled(&mut self) {
+        if let Some(t) = self.settling.take() {
+            let _ = t.await;
         }
     }
 
@@ -219,10 +231,12 @@ impl CallMeter {
                 };
                 self.m.quotas.settle(&self.account, &period, &nothing, 0)
             }
-            false => self
-                .m
-                .quotas
-                .settle(&self.account, &period, &self.grant, total),
+            false => {
+                self.settling = self.m.quotas.shrink(&self.grant, total);
+                self.m
+                    .quotas
+                    .settle(&self.account, &period, &self.grant, total)
+            }
         };
         if !self.done {
             self.done = true;

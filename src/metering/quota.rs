@@ -162,24 +162,40 @@ impl Quotas {
                 })
             }
             Quotas::Shared(sh) => {
-                let d = sh
-                    .store
-                    .admit(Admission {
-                        user_id: a.user_id,
-                        key_id: a.key_id,
-                        user_limit: a.user_limit,
-                        key_limit: a.key_limit,
-                        period: period.to_owned(),
-                        rpm,
-                        prompt: ask.prompt,
-                        wanted: ask.wanted,
-                        n: ask.n,
-                        min_cap: ask.min_cap,
-                        embeddings: ask.embeddings,
-                        instance: sh.instance.clone(),
-                        lease_secs: sh.lease.as_secs_f64(),
-                    })
-                    .await?;
+                let store = sh.store.clone();
+                let admission = Admission {
+                    user_id: a.user_id,
+                    key_id: a.key_id,
+                    user_limit: a.user_limit,
+                    key_limit: a.key_limit,
+                    period: period.to_owned(),
+                    rpm,
+                    prompt: ask.prompt,
+                    wanted: ask.wanted,
+                    n: ask.n,
+                    min_cap: ask.min_cap,
+                    embeddings: ask.embeddings,
+                    instance: sh.instance.clone(),
+                    lease_secs: sh.lease.as_secs_f64(),
+                };
+                // Decided on a task of its own: a client that goes away while
+                // the database decides drops this future, and then the task
+                // releases the reservation that nobody would settle.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    let r = store.admit(admission).await;
+                    if let Err(Ok(crate::db::quota::Admitted {
+                        hold: Some(hold), ..
+                    })) = tx.send(r)
+                    {
+                        if let Err(e) = store.release_reservation(hold).await {
+                            tracing::warn!(error = %e, "cannot release an abandoned reservation");
+                        }
+                    }
+                });
+                let d = rx
+                    .await
+                    .map_err(|_| crate::db::DbError::Task("the admission task ended".into()))??;
                 Ok(match (d.wait_secs, d.hold) {
                     (Some(wait), _) => Err(Refusal::Rate(wait.max(1) as u64)),
                     (None, Some(hold)) => Ok(Grant {
@@ -204,6 +220,25 @@ impl Quotas {
             // writes the call's record; until then the tokens stay held.
             Quotas::Shared(_) => (grant.avail - charged).max(0),
         }
+    }
+
+    /// Shared quotas: shrinks a settled call's reservation to its charge at
+    /// once, on a task of its own, so the tokens it does not use are free for
+    /// the next call before the usage writer replaces it with the charge.
+    /// `None` for in-memory quotas, which settle in `settle`.
+    pub fn shrink(&self, grant: &Grant, charged: i64) -> Option<tokio::task::JoinHandle<()>> {
+        let (Quotas::Shared(sh), Some(hold)) = (self, grant.hold) else {
+            return None;
+        };
+        if charged >= grant.reserved {
+            return None;
+        }
+        let store = sh.store.clone();
+        Some(tokio::spawn(async move {
+            if let Err(e) = store.shrink_reservation(hold, charged).await {
+                tracing::warn!(error = %e, "cannot release a settled call's unused tokens");
+            }
+        }))
     }
 
     /// The user's balance this period, and the key's when one is named.

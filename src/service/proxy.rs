@@ -408,6 +408,7 @@ async fn run(
         Ok(r) => r,
         Err(e) => {
             meter.finish(Outcome::UpstreamError, e.status.as_u16(), None);
+            meter.settled().await;
             telemetry::record_request(
                 &meter.info.provider,
                 &meter.info.metric_model,
@@ -653,6 +654,7 @@ async fn whole_response(
                 ApiError::upstream(format!("{}: the answer broke off: {e}", prov.name))
             };
             meter.finish(Outcome::UpstreamError, err.status.as_u16(), None);
+            meter.settled().await;
             return Err(err);
         }
     };
@@ -664,10 +666,13 @@ async fn whole_response(
         ));
         st.health.record(&prov.id, false);
         meter.finish(Outcome::UpstreamError, 502, usage);
+        meter.settled().await;
         return Err(err);
     }
     if way == Way::Translate {
-        return translated_whole(st, meter, &bytes, target, client_model, ep);
+        let r = translated_whole(st, meter, &bytes, target, client_model, ep);
+        meter.settled().await;
+        return r;
     }
     let anthropic = prov.api == ProviderApi::Anthropic;
     let answer = std::str::from_utf8(&bytes)
@@ -676,6 +681,7 @@ async fn whole_response(
     let Some(answer) = answer else {
         st.health.record(&prov.id, false);
         meter.finish(Outcome::UpstreamError, 502, None);
+        meter.settled().await;
         return Err(ApiError::upstream(format!(
             "{}: the provider answered something that is not a JSON object.",
             prov.name
@@ -690,6 +696,7 @@ async fn whole_response(
             None => ApiError::upstream(format!("{}: the provider reported an error.", prov.name)),
         };
         meter.finish(Outcome::UpstreamError, err.status.as_u16(), answer.usage());
+        meter.settled().await;
         return Err(err);
     }
     let usage = if anthropic {
@@ -707,6 +714,7 @@ async fn whole_response(
     }
     meter.first_token();
     let info = meter.finish(Outcome::Ok, 200, usage);
+    meter.settled().await;
     let mut out = Vec::with_capacity(bytes.len() + 256);
     answer.write(&mut out, &json::quoted(client_model), true, Some(&info));
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())

@@ -1,9 +1,12 @@
 //! Test harness: a real tollgate server on 127.0.0.1:0 with a temporary SQLite
-//! file, and helpers to sign in and mint keys.
+//! file (or, with `TOLLGATE_TEST_BACKEND=postgres`, a fresh PostgreSQL
+//! database), and helpers to sign in and mint keys.
 
 #![allow(dead_code)]
 
 pub mod mock;
+pub mod pg;
+pub mod process;
 pub mod raw;
 pub mod sdk;
 
@@ -29,10 +32,25 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     let mut cfg = Config::default();
     cfg.server.listen = "127.0.0.1:0".into();
     cfg.database.path = dir.join("tollgate.db");
+    if pg::backend_is_postgres() {
+        cfg.database.url = pg::fresh_database_blocking("suite");
+        assert!(
+            cfg.database.url.is_some(),
+            "TOLLGATE_TEST_BACKEND=postgres needs TOLLGATE_TEST_PG_URL"
+        );
+    }
     // The mocks are on loopback: a proxy in the developer's environment
     // must not carry the tests' calls.
     cfg.routing.proxy = Some("none".into());
     cfg
+}
+
+/// The `--db` argument naming `cfg`'s database (a file or a PostgreSQL URL).
+pub fn db_arg(cfg: &Config) -> String {
+    match &cfg.database.url {
+        Some(u) => u.clone(),
+        None => cfg.database.path.to_str().unwrap().to_owned(),
+    }
 }
 
 impl TestServer {

@@ -1,0 +1,3 @@
+-- PostgreSQL's V5 adds the tables and functions of quotas shared by replicas
+-- (SPEC §11). One SQLite instance keeps its quotas in memory, so there is
+-- nothing to add here; the file keeps the two backends' versions in step.
