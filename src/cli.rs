@@ -49,8 +49,14 @@ pub enum Command {
     /// Show plans
     #[command(subcommand)]
     Plan(PlanCmd),
-    /// Apply pending database migrations and exit
-    Migrate,
+    /// Apply pending database migrations and exit; with --from-sqlite, copy a
+    /// SQLite deployment into the (empty) PostgreSQL database configured
+    Migrate {
+        /// The SQLite database file to copy: users, identities, keys, plans,
+        /// usage and settings
+        #[arg(long, value_name = "PATH")]
+        from_sqlite: Option<std::path::PathBuf>,
+    },
     /// Validate the configuration and print it with secrets masked
     CheckConfig,
     /// Show each provider, whether it is active and why

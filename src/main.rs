@@ -89,14 +89,30 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("configuration OK");
             Ok(())
         }
-        Command::Migrate => {
+        Command::Migrate { from_sqlite } => {
             let cfg = load_config(&cli, None)?;
             let store = Store::connect(&cfg.database)?;
             let n = block_on(store.migrate())??;
-            println!(
-                "{n} migration(s) applied to {}",
-                Store::describe(&cfg.database)
-            );
+            let target = Store::describe(&cfg.database);
+            println!("{n} migration(s) applied to {target}");
+            if let Some(source) = from_sqlite {
+                let Some(pg) = store.postgres() else {
+                    bail!(
+                        "--from-sqlite copies into PostgreSQL: set [database] url, \
+                         TOLLGATE_DATABASE_URL or --db postgres://…"
+                    );
+                };
+                let copied = block_on(pg.copy_from_sqlite(source, |table, done, total| {
+                    eprint!("\rcopying {table}: {done}/{total}   ");
+                    if done == total {
+                        eprintln!();
+                    }
+                }))??;
+                for (table, rows) in copied {
+                    println!("{table}: {rows} row(s)");
+                }
+                println!("copied {} into {target}", source.display());
+            }
             Ok(())
         }
         Command::Providers { probe } => providers(&load_config(&cli, None)?, *probe),

@@ -9,6 +9,7 @@
 //! (called from threads of their own) can wait on it.
 
 mod accounts;
+pub mod copy;
 mod quota;
 mod usage;
 
