@@ -14,6 +14,7 @@ const JWT_SECRET: &str = "jwt-signing-secret-0f9e8d7c6b5a";
 const USER_PW: &str = "user-secret-pw-1234";
 const USER_PW2: &str = "user-new-secret-5678";
 const WRONG_PW: &str = "wrong-secret-pw-0000";
+const DB_PW: &str = "db-secret-pw-4242";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -26,14 +27,27 @@ fn free_port() -> u16 {
 #[tokio::test]
 async fn no_secret_reaches_the_output() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("tollgate.db");
+    // On PostgreSQL (TOLLGATE_TEST_BACKEND) the URL carries a password too:
+    // the test cluster trusts loopback, so any password connects.
+    let db = if common::pg::backend_is_postgres() {
+        let url = common::pg::fresh_database("secrets")
+            .await
+            .expect("TOLLGATE_TEST_PG_URL");
+        url.replacen(
+            "postgres://postgres@",
+            &format!("postgres://postgres:{DB_PW}@"),
+            1,
+        )
+    } else {
+        dir.path().join("tollgate.db").to_str().unwrap().to_owned()
+    };
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args([
             "serve",
             "--db",
-            db.to_str().unwrap(),
+            &db,
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
@@ -43,6 +57,7 @@ async fn no_secret_reaches_the_output() {
         .env("OPENROUTER_API_KEY", PROVIDER_KEY)
         .env("TOLLGATE_JWT_SECRET", JWT_SECRET)
         .env_remove("TOLLGATE_DB")
+        .env_remove("TOLLGATE_DATABASE_URL")
         .env_remove("TOLLGATE_LISTEN")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -87,6 +102,7 @@ async fn no_secret_reaches_the_output() {
         USER_PW.into(),
         USER_PW2.into(),
         WRONG_PW.into(),
+        DB_PW.into(),
     ];
 
     let login = |user: &'static str, pw: &'static str| {
@@ -145,6 +161,9 @@ async fn no_secret_reaches_the_output() {
     let key = created["api_key"].as_str().unwrap().to_owned();
     let key_id = created["id"].as_i64().unwrap();
     secrets.push(key.clone());
+    // Its stored hash too: a database driver logging statement parameters
+    // would print it.
+    secrets.push(hex::encode(tollgate::auth::api_key::hash(&key)));
 
     // Use the key both ways, on good and bad paths (query strings included).
     assert_eq!(

@@ -126,14 +126,21 @@ fn web_page_end_to_end_in_chromium() {
     let log = std::fs::File::create(&log_path).expect("log file");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
+    // The page on the store the suite runs on (TOLLGATE_TEST_BACKEND).
+    let db = if common::pg::backend_is_postgres() {
+        common::pg::fresh_database_blocking("webui").expect("TOLLGATE_TEST_PG_URL")
+    } else {
+        dir.path().join("tollgate.db").to_str().unwrap().to_owned()
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
-        .arg(dir.path().join("tollgate.db"))
+        .arg(&db)
         // A working directory of its own: its ./config.toml points aiml at the mock.
         .current_dir(dir.path())
         .env("TOLLGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env_remove("TOLLGATE_LISTEN")
         .env_remove("TOLLGATE_DB")
+        .env_remove("TOLLGATE_DATABASE_URL")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log clone"))
