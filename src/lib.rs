@@ -35,12 +35,19 @@ use std::sync::Arc;
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// Not `#[from]`: a source would print the same text twice in the CLI's error chain.
     #[error("database: {0}")]
-    Db(#[from] db::DbError),
+    Db(db::DbError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<db::DbError> for StartError {
+    fn from(e: db::DbError) -> Self {
+        StartError::Db(e)
+    }
 }
 
 /// Opens the database, runs pending migrations and seeds an empty one.

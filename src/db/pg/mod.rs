@@ -37,6 +37,8 @@ pub struct Pg {
     pool: Pool,
     config: Arc<tokio_postgres::Config>,
     home: Arc<Home>,
+    /// The URL without its password, for messages.
+    shown: Arc<str>,
 }
 
 /// The runtime the connections' I/O runs on.
@@ -133,13 +135,21 @@ pub(super) fn on_constraint(e: tokio_postgres::Error, what: &str) -> DbError {
 impl Pg {
     /// A pool for `url`; nothing connects until the first operation.
     pub fn connect(url: &str) -> DbResult<Pg> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
-            DbError::Postgres(format!(
-                "the database URL {} is not valid: {}",
-                crate::config::mask_password(url),
-                describe(&e)
-            ))
-        })?;
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| {
+                DbError::Postgres(format!(
+                    "the database URL {} is not valid: {}",
+                    crate::config::mask_password(url),
+                    describe(&e)
+                ))
+            })?;
+        // An unreachable host fails in seconds rather than at the OS's TCP timeout.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("tollgate");
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("tollgate-pg")
@@ -165,11 +175,25 @@ impl Pg {
             pool,
             config: Arc::new(config),
             home,
+            shown: crate::config::mask_password(url).into(),
         })
     }
 
     pub(super) async fn client(&self) -> DbResult<deadpool_postgres::Object> {
-        Ok(self.pool.get().await?)
+        self.pool
+            .get()
+            .await
+            .map_err(|e| self.unreachable(e.into()))
+    }
+
+    /// Names the database in an error of connecting to it.
+    fn unreachable(&self, e: DbError) -> DbError {
+        match e {
+            DbError::Postgres(m) if !m.starts_with("ERROR") => {
+                DbError::Postgres(format!("cannot use the database at {}: {m}", self.shown))
+            }
+            e => e,
+        }
     }
 
     /// Runs `f` to completion from a thread that is not a runtime's.
@@ -179,7 +203,9 @@ impl Pg {
 
     /// Runs the migrations that have not run yet, one replica at a time.
     pub async fn migrate(&self) -> DbResult<usize> {
-        let (mut client, task) = connect_on(&self.config, self.home.handle()).await?;
+        let (mut client, task) = connect_on(&self.config, self.home.handle())
+            .await
+            .map_err(|e| self.unreachable(e.into()))?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
             .await?;
