@@ -131,7 +131,7 @@ pub enum MetricsAccess {
     Off,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// The SQLite file (the default backend).
@@ -154,6 +154,16 @@ impl Default for DatabaseConfig {
             url: None,
             reservation_lease_secs: None,
         }
+    }
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("path", &self.path)
+            .field("url", &self.url.as_deref().map(mask_password))
+            .field("reservation_lease_secs", &self.reservation_lease_secs)
+            .finish()
     }
 }
 
@@ -410,17 +420,21 @@ impl Config {
             cfg.server.listen = l.clone();
         }
         if let Some(d) = &ov.db {
-            // `--db` takes a file or a PostgreSQL URL.
-            match d.to_str().filter(|d| is_postgres_url(d)) {
-                Some(url) => cfg.database.url = Some(url.to_owned()),
-                None => {
-                    cfg.database.path = d.clone();
-                    cfg.database.url = None;
-                }
-            }
+            cfg.apply_db_flag(d);
         }
         cfg.validate(path.as_deref())?;
         Ok(cfg)
+    }
+
+    /// `--db`: a SQLite file, or a PostgreSQL URL; either replaces the other.
+    pub fn apply_db_flag(&mut self, d: &Path) {
+        match d.to_str().filter(|d| is_postgres_url(d)) {
+            Some(url) => self.database.url = Some(url.to_owned()),
+            None => {
+                self.database.path = d.to_owned();
+                self.database.url = None;
+            }
+        }
     }
 
     /// Parses TOML text; an error names the key and what was expected.
@@ -825,5 +839,45 @@ mod tests {
         );
         assert!(!printed.contains("sk-or-x"), "{printed}");
         assert!(format!("{c:?}").find("sk-or-x").is_none());
+    }
+
+    #[test]
+    fn the_database_is_a_file_or_a_postgres_url() {
+        let text =
+            "[database]\nurl = \"postgres://u:pw-123@db:5432/t\"\nreservation_lease_secs = 90\n";
+        let mut c = Config::parse(text, None).unwrap();
+        c.validate(None).unwrap();
+        assert_eq!(c.reservation_lease(), std::time::Duration::from_secs(90));
+        let printed = c.to_masked_toml();
+        assert!(!printed.contains("pw-123"), "{printed}");
+        assert!(printed.contains("postgres://u:***@db:5432/t"), "{printed}");
+        assert!(!format!("{c:?}").contains("pw-123"), "{c:?}");
+
+        c.apply_env(|k| (k == "TOLLGATE_DATABASE_URL").then(|| "postgresql://x@h/d".into()));
+        assert_eq!(c.database.url.as_deref(), Some("postgresql://x@h/d"));
+        c.apply_db_flag(Path::new("/srv/t.db"));
+        assert_eq!(
+            (c.database.url.as_deref(), c.database.path.to_str()),
+            (None, Some("/srv/t.db"))
+        );
+        c.apply_db_flag(Path::new("postgres://a@b/c"));
+        assert_eq!(c.database.url.as_deref(), Some("postgres://a@b/c"));
+
+        // The lease outlives the longest call a provider may make.
+        let mut d = Config::default();
+        assert_eq!(d.reservation_lease(), std::time::Duration::from_secs(660));
+        d = Config::parse(
+            "[providers.slow]\nbase_url = \"http://h/v1\"\ntimeout_secs = 1800\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(d.reservation_lease(), std::time::Duration::from_secs(1860));
+
+        let bad = Config::parse("[database]\nurl = \"mysql://u:pw-456@h/d\"\n", None).unwrap();
+        let e = bad.validate(None).unwrap_err().to_string();
+        assert!(e.contains("database.url") && !e.contains("pw-456"), "{e}");
+        let zero = Config::parse("[database]\nreservation_lease_secs = 0\n", None).unwrap();
+        let e = zero.validate(None).unwrap_err().to_string();
+        assert!(e.contains("database.reservation_lease_secs"), "{e}");
     }
 }

@@ -21,6 +21,7 @@ async fn tollgate(cwd: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         .stderr(std::process::Stdio::piped());
     for v in [
         "TOLLGATE_DB",
+        "TOLLGATE_DATABASE_URL",
         "TOLLGATE_LISTEN",
         "TOLLGATE_JWT_SECRET",
         "OPENROUTER_API_KEY",

@@ -73,6 +73,7 @@ async fn start(dir: &Path, config: &Path) -> Server {
         "AIML_API_KEY",
         "TOLLGATE_LISTEN",
         "TOLLGATE_DB",
+        "TOLLGATE_DATABASE_URL",
         "TOLLGATE_JWT_SECRET",
     ] {
         cmd.env_remove(var);
