@@ -503,7 +503,9 @@ async fn admin_keys_list_and_revoke() {
         .iter()
         .map(|k| k["user_id"].as_i64().unwrap())
         .collect();
-    assert_eq!(owners, [alice_id, bob_id]);
+    // Newest first (SPEC §13), with the end of the list said.
+    assert_eq!(owners, [bob_id, alice_id]);
+    assert_eq!(all["next_before"], Value::Null);
     for k in data {
         assert!(k.get("api_key").is_none());
         assert!(k["prefix"].is_string() && k.get("revoked").is_some());
@@ -525,7 +527,7 @@ async fn admin_keys_list_and_revoke() {
         assert_eq!(ids, [alice_id], "?user={q}");
     }
 
-    let bob_key_id = data[1]["id"].as_i64().unwrap();
+    let bob_key_id = data[0]["id"].as_i64().unwrap();
     let r = s
         .client
         .delete(s.url(&format!("/admin/keys/{bob_key_id}")))

@@ -258,13 +258,14 @@ async fn user_and_plan_commands() {
         .iter()
         .map(|u| (u["username"].as_str().unwrap(), u["plan"].as_str().unwrap()))
         .collect();
+    // Newest first (SPEC §13).
     assert_eq!(
         plans,
         [
-            ("admin", "free"),
-            ("alice", "enterprise"),
+            ("carol", "pro"),
             ("bob", "free"),
-            ("carol", "pro")
+            ("alice", "enterprise"),
+            ("admin", "free")
         ]
     );
     let r = s

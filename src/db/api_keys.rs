@@ -100,6 +100,69 @@ pub fn list_all(conn: &Connection) -> DbResult<Vec<KeyRow>> {
     Ok(rows)
 }
 
+/// Escapes `q` for a `LIKE '%…%' ESCAPE '\'` substring pattern.
+pub fn like_pattern(q: &str) -> String {
+    format!(
+        "%{}%",
+        q.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    )
+}
+
+/// Which keys a page lists, newest first (SPEC §13).
+#[derive(Debug, Clone, Default)]
+pub struct KeyPage {
+    /// Only this user's keys.
+    pub user_id: Option<i64>,
+    /// A substring of the key's name or of its owner's username or email.
+    pub q: Option<String>,
+    /// Only keys with a smaller id.
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// A page of keys, newest first.
+pub fn page(conn: &Connection, f: &KeyPage) -> DbResult<Vec<KeyRow>> {
+    use rusqlite::types::Value;
+    let mut w = vec!["1 = 1".to_owned()];
+    let mut p: Vec<Value> = Vec::new();
+    let mut join = "";
+    if let Some(u) = f.user_id {
+        p.push(Value::Integer(u));
+        w.push(format!("k.user_id = ?{}", p.len()));
+    }
+    if let Some(b) = f.before {
+        p.push(Value::Integer(b));
+        w.push(format!("k.id < ?{}", p.len()));
+    }
+    if let Some(q) = f.q.as_deref().filter(|q| !q.is_empty()) {
+        join = "JOIN users u ON u.id = k.user_id";
+        p.push(Value::Text(like_pattern(q)));
+        let n = p.len();
+        w.push(format!(
+            "(k.name LIKE ?{n} ESCAPE '\\' OR u.username LIKE ?{n} ESCAPE '\\' \
+             OR COALESCE(u.email, '') LIKE ?{n} ESCAPE '\\')"
+        ));
+    }
+    p.push(Value::Integer(f.limit));
+    let cols: Vec<String> = COLUMNS
+        .split(", ")
+        .map(|c| format!("k.{}", c.trim()))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM api_keys k {join} WHERE {} ORDER BY k.id DESC LIMIT ?{}",
+        cols.join(", "),
+        w.join(" AND "),
+        p.len()
+    );
+    let mut st = conn.prepare(&sql)?;
+    let rows = st
+        .query_map(rusqlite::params_from_iter(p), from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 /// Keys that can still authenticate (not revoked); expiry is checked per request.
 pub fn list_usable(conn: &Connection) -> DbResult<Vec<KeyRow>> {
     let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM api_keys WHERE revoked = 0"))?;

@@ -247,6 +247,22 @@ impl Store {
         }
     }
 
+    /// A page of users, newest first: those whose username or email contains
+    /// `q`, with an id below `before`.
+    pub async fn users_page(
+        &self,
+        q: Option<String>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> DbResult<Vec<UserRow>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                run(pool, move |c| users::page(c, q.as_deref(), before, limit)).await
+            }
+            Backend::Postgres(pg) => pg.users_page(q, before, limit).await,
+        }
+    }
+
     /// Every user, by id.
     pub async fn list_users(&self) -> DbResult<Vec<UserRow>> {
         self.search_users(None).await
@@ -349,6 +365,14 @@ impl Store {
         match &self.backend {
             Backend::Postgres(pg) => pg.list_keys_for_user(user_id).await,
             Backend::Sqlite(pool) => run(pool, move |c| api_keys::list_for_user(c, user_id)).await,
+        }
+    }
+
+    /// A page of keys, newest first (see [`api_keys::KeyPage`]).
+    pub async fn keys_page(&self, f: api_keys::KeyPage) -> DbResult<Vec<KeyRow>> {
+        match &self.backend {
+            Backend::Sqlite(pool) => run(pool, move |c| api_keys::page(c, &f)).await,
+            Backend::Postgres(pg) => pg.keys_page(f).await,
         }
     }
 

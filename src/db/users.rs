@@ -95,6 +95,28 @@ pub fn search(conn: &Connection, q: Option<&str>) -> DbResult<Vec<UserRow>> {
     Ok(rows)
 }
 
+/// A page of users whose username or email contains `q`, newest first.
+pub fn page(
+    conn: &Connection,
+    q: Option<&str>,
+    before: Option<i64>,
+    limit: i64,
+) -> DbResult<Vec<UserRow>> {
+    let pattern = super::api_keys::like_pattern(q.unwrap_or(""));
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM users
+         WHERE id < ?2 AND (?1 = '%%' OR username LIKE ?1 ESCAPE '\\' OR COALESCE(email, '') LIKE ?1 ESCAPE '\\')
+         ORDER BY id DESC LIMIT ?3"
+    ))?;
+    let rows = st
+        .query_map(
+            params![pattern, before.unwrap_or(i64::MAX), limit],
+            from_row,
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 pub fn list_all(conn: &Connection) -> DbResult<Vec<UserRow>> {
     search(conn, None)
 }

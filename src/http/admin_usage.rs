@@ -3,6 +3,7 @@
 
 use super::extract::AppQuery;
 use super::subscriptions::{usage_filter, UsageQuery};
+use super::views::Paging;
 use crate::auth::AdminUser;
 use crate::db::usage::RequestFilter;
 use crate::error::{ApiError, ApiResult};
@@ -57,25 +58,7 @@ pub async fn requests(
     _: AdminUser,
     AppQuery(q): AppQuery<RequestsQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let limit = match q.limit.as_deref().filter(|s| !s.is_empty()) {
-        None => 50,
-        Some(s) => match s.parse::<i64>() {
-            Ok(n) if (1..=500).contains(&n) => n,
-            _ => {
-                return Err(ApiError::invalid_field(
-                    "limit",
-                    "limit is a number from 1 to 500.",
-                ))
-            }
-        },
-    };
-    let before = match q.before.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(
-            s.parse::<i64>()
-                .map_err(|_| ApiError::invalid_field("before", "before is a record id."))?,
-        ),
-    };
+    let paging = Paging::parse(q.limit.as_deref(), q.before.as_deref(), 50, 500)?;
     let outcome = q.status.filter(|s| !s.is_empty());
     if let Some(o) = &outcome {
         if !["ok", "upstream_error", "client_cancelled", "refused"].contains(&o.as_str()) {
@@ -94,26 +77,19 @@ pub async fn requests(
             Ok(id) => Some(id),
             Err(_) => match st.store.user_by_username(u).await? {
                 Some(row) => Some(row.id),
-                None => return Ok(Json(json!({"data": [], "next_before": null}))),
+                None => return Ok(Json(json!({"data": [], "next_before": null})).into_response()),
             },
         },
     };
-    let mut rows = st
+    let rows = st
         .store
         .requests_page(RequestFilter {
             user_id,
             provider,
             outcome,
-            before,
-            // One more than asked, to know whether another page follows.
-            limit: limit + 1,
+            before: paging.before,
+            limit: paging.ask(),
         })
         .await?;
-    let next_before = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.id)
-    } else {
-        None
-    };
-    Ok(Json(json!({"data": rows, "next_before": next_before})))
+    Ok(Json(paging.page(rows, |r| r.id, |r| r)).into_response())
 }

@@ -3,7 +3,7 @@
 //! disable, demote or delete their own account (so one always remains).
 
 use super::extract::{double_option, AppJson, AppPath, AppQuery};
-use super::views::{AdminUserView, DataList};
+use super::views::{AdminUserView, Paging};
 use crate::auth::AdminUser;
 use crate::db::{self, UserChanges};
 use crate::error::{ApiError, ApiResult};
@@ -17,7 +17,10 @@ use serde::Deserialize;
 
 #[derive(Deserialize)]
 pub struct SearchQuery {
+    /// A substring of the username or email.
     q: Option<String>,
+    limit: Option<String>,
+    before: Option<String>,
 }
 
 pub async fn list(
@@ -25,10 +28,16 @@ pub async fn list(
     _: AdminUser,
     AppQuery(q): AppQuery<SearchQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let rows = st.store.search_users(q.q.filter(|s| !s.is_empty())).await?;
-    Ok(Json(DataList {
-        data: rows.iter().map(AdminUserView::from).collect(),
-    }))
+    let paging = Paging::parse(q.limit.as_deref(), q.before.as_deref(), 100, 1000)?;
+    let rows = st
+        .store
+        .users_page(q.q.filter(|s| !s.is_empty()), paging.before, paging.ask())
+        .await?;
+    Ok(Json(paging.page(
+        rows,
+        |u| u.id,
+        |u| AdminUserView::from(&u),
+    )))
 }
 
 #[derive(Deserialize)]

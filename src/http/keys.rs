@@ -1,8 +1,8 @@
 //! `/api/keys`: a user's own API keys — create (the secret shown once), list,
 //! edit, revoke. Another user's key id answers 404.
 
-use super::extract::{double_option, AppJson, AppPath};
-use super::views::{CreatedKeyView, DataList, KeyView};
+use super::extract::{double_option, AppJson, AppPath, AppQuery};
+use super::views::{CreatedKeyView, KeyView, Paging};
 use crate::auth::{CurrentUser, SessionUser};
 use crate::db::{self, api_keys};
 use crate::error::{ApiError, ApiResult};
@@ -60,16 +60,34 @@ pub async fn create(
     ))
 }
 
+#[derive(Deserialize)]
+pub struct ListQuery {
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+/// The caller's keys, newest first, a page at a time (SPEC §13).
 pub async fn list(
     State(st): State<AppState>,
     CurrentUser(p): CurrentUser,
+    AppQuery(q): AppQuery<ListQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let uid = p.user.id;
-    let rows = st.store.list_keys_for_user(uid).await?;
+    let paging = Paging::parse(q.limit.as_deref(), q.before.as_deref(), 100, 1000)?;
+    let rows = st
+        .store
+        .keys_page(api_keys::KeyPage {
+            user_id: Some(p.user.id),
+            q: None,
+            before: paging.before,
+            limit: paging.ask(),
+        })
+        .await?;
     let snap = st.creds.snapshot();
-    Ok(Json(DataList {
-        data: rows.iter().map(|k| KeyView::new(k, &snap, false)).collect(),
-    }))
+    Ok(Json(paging.page(
+        rows,
+        |k| k.id,
+        |k| KeyView::new(&k, &snap, false),
+    )))
 }
 
 #[derive(Deserialize)]

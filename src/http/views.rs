@@ -74,7 +74,11 @@ impl KeyView {
     /// The key as stored, with a last use seen in memory but not yet written.
     pub fn new(k: &KeyRow, snap: &Snapshot, with_user: bool) -> Self {
         let mut last_used_at = k.last_used_at.clone();
-        if let Some(live) = snap.key_by_id(k.id) {
+        let mut hash = [0u8; 32];
+        let live = hex::decode_to_slice(&k.key_hash, &mut hash)
+            .ok()
+            .and_then(|_| snap.keys.get(&hash));
+        if let Some(live) = live {
             let t = live.last_used.load(Ordering::Relaxed);
             let stored = last_used_at
                 .as_deref()
@@ -120,4 +124,75 @@ pub type PlanView = Plan;
 #[derive(Serialize)]
 pub struct DataList<T: Serialize> {
     pub data: Vec<T>,
+}
+
+/// One page of a list, newest first (SPEC §13): `next_before` is the id to
+/// ask for the next page with, `null` on the last one.
+#[derive(Serialize)]
+pub struct Page<T: Serialize> {
+    pub data: Vec<T>,
+    pub next_before: Option<i64>,
+}
+
+/// `?limit=` and `?before=` of a paged list, checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Paging {
+    pub limit: i64,
+    pub before: Option<i64>,
+}
+
+impl Paging {
+    /// Reads `limit` (default `default`, 1 to `max`) and `before` (an id).
+    pub fn parse(
+        limit: Option<&str>,
+        before: Option<&str>,
+        default: i64,
+        max: i64,
+    ) -> crate::error::ApiResult<Paging> {
+        use crate::error::ApiError;
+        let limit = match limit.filter(|s| !s.is_empty()) {
+            None => default,
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::invalid_field(
+                        "limit",
+                        format!("limit is a number from 1 to {max}."),
+                    ))
+                }
+            },
+        };
+        let before = match before.filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(s.parse::<i64>().map_err(|_| {
+                ApiError::invalid_field("before", "before is an id from the previous page.")
+            })?),
+        };
+        Ok(Paging { limit, before })
+    }
+
+    /// How many rows to ask the store for: one more than a page, to know
+    /// whether another page follows.
+    pub fn ask(&self) -> i64 {
+        self.limit + 1
+    }
+
+    /// Cuts `rows` (asked with [`Paging::ask`]) to a page; `id` names a row.
+    pub fn page<R, T: Serialize>(
+        &self,
+        mut rows: Vec<R>,
+        id: impl Fn(&R) -> i64,
+        view: impl FnMut(R) -> T,
+    ) -> Page<T> {
+        let next_before = if rows.len() as i64 > self.limit {
+            rows.truncate(self.limit as usize);
+            rows.last().map(&id)
+        } else {
+            None
+        };
+        Page {
+            data: rows.into_iter().map(view).collect(),
+            next_before,
+        }
+    }
 }

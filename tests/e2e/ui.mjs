@@ -210,6 +210,23 @@ step("admin changes that user's plan in the page", async (t) => {
   await t.shot('03-admin-users');
 });
 
+step('the users list pages: 100 at a time, newest first, "Show more users" for the rest', async (t) => {
+  const { page } = t;
+  const made = await Promise.all(Array.from({ length: 100 }, (_, i) => t.api('POST', '/admin/users',
+    { username: `pager${String(i).padStart(3, '0')}`, password: 'pager-password-1' }, t.token)));
+  assert.ok(made.every((r) => r.status === 201), 'the users were created');
+  await t.go('#/admin/users', 'Users');
+  await page.getByRole('cell', { name: 'pager099', exact: true }).waitFor();
+  assert.equal(await page.locator('tbody tr').count(), 100, 'one page of 100');
+  assert.equal(await page.getByRole('cell', { name: 'admin', exact: true }).count(), 0, 'the oldest user is on the next page');
+  await page.getByRole('button', { name: 'Show more users' }).click();
+  await page.getByRole('cell', { name: 'admin', exact: true }).first().waitFor();
+  assert.ok(await page.getByRole('button', { name: 'Show more users' }).isHidden(), 'no page after the last');
+  await page.getByLabel('Search users').fill('pager00');
+  await page.waitForFunction(() => document.querySelectorAll('tbody tr').length === 10);
+  await page.getByLabel('Search users').fill('');
+});
+
 step('user creates a key: the secret is shown once, with a copy button', async (t) => {
   const { page } = t;
   await t.go('#/keys', 'API keys');

@@ -35,17 +35,25 @@ export async function usersPage(section, me, current) {
     addBtn.setAttribute('aria-expanded', String(!form.hidden));
     if (!form.hidden) form.querySelector('input').focus();
   });
-  section.append(form, search, list);
+  // A page at a time, newest first (SPEC §13); "Show more" asks for the next.
+  const more = h('button', { type: 'button', class: 'secondary', hidden: true }, 'Show more users');
+  section.append(form, search, list, h('div', { class: 'actions center' }, more));
+  let users = [];
+  let nextBefore = null;
 
   let timer;
-  q.addEventListener('input', () => { clearTimeout(timer); timer = setTimeout(refresh, 250); });
-  search.addEventListener('submit', (e) => { e.preventDefault(); refresh(); });
+  q.addEventListener('input', () => { clearTimeout(timer); timer = setTimeout(() => refresh(false), 250); });
+  search.addEventListener('submit', (e) => { e.preventDefault(); refresh(false); });
+  more.addEventListener('click', () => refresh(true));
 
-  async function refresh() {
-    let users;
+  async function refresh(append) {
+    const params = new URLSearchParams({ limit: '100' });
+    if (q.value.trim()) params.set('q', q.value.trim());
+    if (append && nextBefore != null) params.set('before', String(nextBefore));
     try {
-      const [u, p] = await Promise.all([get(`/admin/users?q=${encodeURIComponent(q.value.trim())}`), get('/admin/plans')]);
-      users = u.data || [];
+      const [u, p] = await Promise.all([get(`/admin/users?${params}`), get('/admin/plans')]);
+      users = append ? [...users, ...(u.data || [])] : (u.data || []);
+      nextBefore = u.next_before ?? null;
       plans = (p.data || []).map((x) => x.name);
     } catch (e) {
       if (current()) list.replaceChildren(failed(e, 'User management', '/admin/users'));
@@ -53,6 +61,7 @@ export async function usersPage(section, me, current) {
     }
     if (!current()) return;
     form.setPlans(plans);
+    more.hidden = nextBefore == null;
     list.replaceChildren();
     if (users.length === 0) {
       list.append(q.value.trim()

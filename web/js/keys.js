@@ -31,17 +31,26 @@ export async function keysPage(section, user, current) {
     if (!form.hidden) form.querySelector('input').focus();
   });
   const list = h('div', { class: 'card' }, loading('your keys'));
-  section.append(secretSlot, form, list);
+  // A page at a time, newest first (SPEC §13); "Show more" asks for the next.
+  const more = h('button', { type: 'button', class: 'secondary', hidden: true }, 'Show more keys');
+  section.append(secretSlot, form, list, h('div', { class: 'actions center' }, more));
+  let keys = [];
+  let nextBefore = null;
+  more.addEventListener('click', () => refresh(true));
 
-  async function refresh() {
-    let keys;
+  async function refresh(append) {
+    const params = new URLSearchParams({ limit: '100' });
+    if (append && nextBefore != null) params.set('before', String(nextBefore));
     try {
-      keys = (await get('/api/keys')).data || [];
+      const res = await get(`/api/keys?${params}`);
+      keys = append ? [...keys, ...(res.data || [])] : (res.data || []);
+      nextBefore = res.next_before ?? null;
     } catch (e) {
       if (current()) list.replaceChildren(failed(e, 'Key management', '/api/keys'));
       return;
     }
     if (!current()) return;
+    more.hidden = nextBefore == null;
     list.replaceChildren(h('h2', {}, 'Your keys'));
     if (keys.length === 0) {
       list.append(empty('You have no API keys yet.', 'Choose "Create key" above; the secret is shown once, so copy it into your tool right away.'));

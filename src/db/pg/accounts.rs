@@ -365,6 +365,29 @@ impl Pg {
         Ok(rows.iter().map(user).collect())
     }
 
+    pub async fn users_page(
+        &self,
+        q: Option<String>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> DbResult<Vec<UserRow>> {
+        let pattern = crate::db::api_keys::like_pattern(q.as_deref().unwrap_or(""));
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users
+                 WHERE id < $2 AND ($1 = '%%'
+                       OR username COLLATE \"C\" ILIKE $1 ESCAPE '\\'
+                       OR COALESCE(email, '') COLLATE \"C\" ILIKE $1 ESCAPE '\\')
+                 ORDER BY id DESC LIMIT $3"
+            ))
+            .await?;
+        let rows = c
+            .query(&st, &[&pattern, &before.unwrap_or(i64::MAX), &limit])
+            .await?;
+        Ok(rows.iter().map(user).collect())
+    }
+
     pub async fn update_user(
         &self,
         id: i64,
@@ -600,6 +623,52 @@ impl Pg {
                 &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY id"),
                 &[&user_id],
             )
+            .await?
+            .iter()
+            .map(key)
+            .collect())
+    }
+
+    pub async fn keys_page(&self, f: crate::db::api_keys::KeyPage) -> DbResult<Vec<KeyRow>> {
+        let mut w = vec!["TRUE".to_owned()];
+        let mut p: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
+        let mut join = "";
+        if let Some(u) = f.user_id {
+            p.push(Box::new(u));
+            w.push(format!("k.user_id = ${}", p.len()));
+        }
+        if let Some(b) = f.before {
+            p.push(Box::new(b));
+            w.push(format!("k.id < ${}", p.len()));
+        }
+        if let Some(q) = f.q.as_deref().filter(|q| !q.is_empty()) {
+            join = "JOIN users u ON u.id = k.user_id";
+            p.push(Box::new(crate::db::api_keys::like_pattern(q)));
+            let n = p.len();
+            w.push(format!(
+                "(k.name COLLATE \"C\" ILIKE ${n} ESCAPE '\\' OR u.username COLLATE \"C\" ILIKE ${n} ESCAPE '\\' \
+                 OR COALESCE(u.email, '') COLLATE \"C\" ILIKE ${n} ESCAPE '\\')"
+            ));
+        }
+        p.push(Box::new(f.limit));
+        let cols: Vec<String> = KEY_COLUMNS
+            .split(", ")
+            .map(|c| format!("k.{}", c.trim()))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM api_keys k {join} WHERE {} ORDER BY k.id DESC LIMIT ${}",
+            cols.join(", "),
+            w.join(" AND "),
+            p.len()
+        );
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = p
+            .iter()
+            .map(|b| &**b as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        Ok(self
+            .client()
+            .await?
+            .query(&sql, &params)
             .await?
             .iter()
             .map(key)
