@@ -230,6 +230,9 @@ pub struct MeteringConfig {
     pub min_completion_tokens: u64,
     pub on_disconnect: OnDisconnect,
     pub usage_retention_days: u64,
+    /// Usage records that may wait in memory while the database refuses
+    /// writes; past it metered calls are refused with 503 (SPEC §13).
+    pub max_pending_records: u64,
 }
 
 impl Default for MeteringConfig {
@@ -239,6 +242,7 @@ impl Default for MeteringConfig {
             min_completion_tokens: 16,
             on_disconnect: OnDisconnect::Cancel,
             usage_retention_days: 90,
+            max_pending_records: 1_000_000,
         }
     }
 }

@@ -207,6 +207,19 @@ impl ApiError {
         )
     }
 
+    /// Usage records cannot be written and too many wait in memory (SPEC §13):
+    /// no call is served that could go unrecorded.
+    pub fn usage_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            Some("usage_unavailable"),
+            "The gateway cannot record usage right now (its database refuses writes), so it takes no \
+             metered calls; retry shortly. Operators: see /health and the server log.",
+        )
+        .with_retry_after(5)
+    }
+
     pub fn upstream_timeout(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,

@@ -46,10 +46,20 @@ pub fn init() {
     });
 }
 
+/// Usage records waiting to be written (all writers of the process).
+static PENDING_RECORDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Set from the usage writer's count when /metrics is scraped.
+pub fn set_pending_records(n: usize) {
+    PENDING_RECORDS.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The Prometheus text exposition.
 pub fn render() -> String {
     init();
     flush_local();
+    metrics::gauge!("tollgate_usage_records_pending")
+        .set(PENDING_RECORDS.load(std::sync::atomic::Ordering::Relaxed) as f64);
     HANDLE
         .get()
         .and_then(|h| h.as_ref())

@@ -169,11 +169,21 @@ fn panic_response() -> Response {
     ApiError::internal("a request handler panicked").into_response()
 }
 
-async fn health() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok"}))
+/// `ok`, or 503 `degraded` with the reason while usage records wait because
+/// the database refuses writes (SPEC §13).
+async fn health(State(st): State<AppState>) -> axum::response::Response {
+    match st.metering.writer.failure() {
+        None => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
+        Some(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "degraded", "reason": reason})),
+        )
+            .into_response(),
+    }
 }
 
-async fn metrics_text() -> impl IntoResponse {
+async fn metrics_text(State(st): State<AppState>) -> impl IntoResponse {
+    crate::telemetry::set_pending_records(st.metering.writer.pending());
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -183,8 +193,8 @@ async fn metrics_text() -> impl IntoResponse {
     )
 }
 
-async fn metrics_admin(_: crate::auth::AdminOrAdminKey) -> impl IntoResponse {
-    metrics_text().await
+async fn metrics_admin(st: State<AppState>, _: crate::auth::AdminOrAdminKey) -> impl IntoResponse {
+    metrics_text(st).await
 }
 
 async fn not_found(State(_): State<AppState>) -> ApiError {

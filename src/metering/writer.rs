@@ -5,6 +5,13 @@
 //! ending, and under load one transaction every 20 ms carries every record. It also trims the raw
 //! log to `usage_retention_days` once an hour.
 //!
+//! When the database refuses writes (disk full, unreachable) the batch is
+//! retried until it is written, never dropped, while later records wait in
+//! memory; [`UsageWriter::failure`] says so (`/health`), and the proxy
+//! refuses metered calls once [`UsageWriter::pending`] reaches
+//! `max_pending_records` (SPEC §13). When writes succeed again every waiting
+//! record is written, in order.
+//!
 //! Records are queued in mutex-guarded vectors rather than a channel: the
 //! thread is woken only when it waits for a first record (or on a flush, or
 //! a full batch), so under load one wake-up carries a whole batch instead of
@@ -14,7 +21,7 @@
 
 use crate::db::{self, usage::UsageRecord, Store};
 use std::cell::RefCell;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -34,6 +41,12 @@ struct Shared {
     shards: Mutex<Vec<Arc<Shard>>>,
     /// The thread waits for a first record and must be woken.
     idle: AtomicBool,
+    /// The last write failed; the batch in flight is being retried.
+    failing: AtomicBool,
+    /// Records of the batch being written (while failing: being retried).
+    in_flight: AtomicUsize,
+    /// Why the last write failed, while it is failing.
+    error: Mutex<Option<String>>,
 }
 
 thread_local! {
@@ -104,6 +117,9 @@ impl UsageWriter {
             cv: Condvar::new(),
             shards: Mutex::default(),
             idle: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            error: Mutex::new(None),
         });
         let for_thread = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -147,8 +163,37 @@ impl UsageWriter {
         }
     }
 
-    /// Waits until everything queued so far is written (shutdown, tests).
+    /// Records not written yet: queued, and in the batch being written.
+    /// Costs a lock per serving thread: the proxy asks only while
+    /// [`UsageWriter::is_failing`].
+    pub fn pending(&self) -> usize {
+        let s = &self.h.0;
+        s.in_flight.load(Ordering::Relaxed) + s.pending()
+    }
+
+    /// Whether the last write failed (one relaxed load: asked on every call).
+    pub fn is_failing(&self) -> bool {
+        self.h.0.failing.load(Ordering::Relaxed)
+    }
+
+    /// Why records are waiting, while writes fail and some wait.
+    pub fn failure(&self) -> Option<String> {
+        if !self.is_failing() {
+            return None;
+        }
+        let n = self.pending();
+        (n > 0).then(|| {
+            let why = lock(&self.h.0.error).clone().unwrap_or_default();
+            format!("{n} usage record(s) wait to be written: {why}")
+        })
+    }
+
+    /// Waits until everything queued so far is written (shutdown, tests);
+    /// returns at once while writes fail (nothing would be written).
     pub async fn flush(&self) {
+        if self.is_failing() {
+            return;
+        }
         let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
         {
             let s = &self.h.0;
@@ -214,7 +259,13 @@ fn run(store: Store, s: Arc<Shared>, retention_days: u64) {
         let batch = s.drain();
         if !batch.is_empty() {
             last_write = Some(Instant::now());
-            write(&store, &batch);
+            // A long outage leaves many records: written in order, a
+            // transaction of bounded size at a time.
+            for chunk in batch.chunks(CHUNK) {
+                s.in_flight.store(chunk.len(), Ordering::Relaxed);
+                write(&store, &s, chunk);
+                s.in_flight.store(0, Ordering::Relaxed);
+            }
         }
         for a in acks {
             let _ = a.send(());
@@ -225,18 +276,41 @@ fn run(store: Store, s: Arc<Shared>, retention_days: u64) {
     }
 }
 
-fn write(store: &Store, batch: &[UsageRecord]) {
-    // A locked or busy database is retried; the records are money.
-    for attempt in 0..50 {
+/// Records per transaction when a backlog is written.
+const CHUNK: usize = 20_000;
+
+/// Writes `batch`, retrying until it is written: the records are money. Only
+/// at shutdown does it give up, after about a minute, so that the process can
+/// stop; what is lost then is counted in the log.
+fn write(store: &Store, s: &Shared, batch: &[UsageRecord]) {
+    let mut attempt: u32 = 0;
+    loop {
         match store.write_usage_batch_blocking(batch) {
-            Ok(()) => return,
+            Ok(()) => {
+                if s.failing.swap(false, Ordering::Relaxed) {
+                    *lock(&s.error) = None;
+                    tracing::info!(records = batch.len(), "usage records are written again");
+                }
+                return;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, attempt, records = batch.len(), "cannot write usage records; retrying");
-                std::thread::sleep(Duration::from_millis(100 * (attempt + 1).min(10)));
+                let first = !s.failing.swap(true, Ordering::Relaxed);
+                *lock(&s.error) = Some(e.to_string());
+                if first || attempt % 50 == 0 {
+                    tracing::warn!(error = %e, attempt, records = batch.len(), waiting = s.pending(), "cannot write usage records; retrying");
+                }
+                if attempt >= 60 && s.lock().closed {
+                    tracing::error!(
+                        records = batch.len() + s.pending(),
+                        "giving up writing usage records at shutdown: they are lost"
+                    );
+                    return;
+                }
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(100 * u64::from(attempt.min(10))));
             }
         }
     }
-    tracing::error!(records = batch.len(), "giving up writing usage records");
 }
 
 fn trim(store: &Store, retention_days: u64) {

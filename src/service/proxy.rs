@@ -340,6 +340,22 @@ async fn run(
         min_cap,
         embeddings: ep == Endpoint::Embeddings,
     };
+    // While usage cannot be written, records wait in memory up to
+    // max_pending_records; past it no call is taken that could go unrecorded.
+    // The refusal itself is not recorded (it would only add to the wait).
+    if st.metering.writer.is_failing()
+        && st.metering.writer.pending() as u64 >= metering.max_pending_records
+    {
+        let e = ApiError::usage_unavailable();
+        telemetry::record_request(
+            &info.provider,
+            &info.metric_model,
+            ep.name(),
+            e.status.as_u16(),
+            0.0,
+        );
+        return Err(e);
+    }
     let period = crate::metering::period_of(st.clock.now());
     let rpm = plan.plan.requests_per_minute;
     let admitted = st
