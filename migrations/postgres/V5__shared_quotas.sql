@@ -30,9 +30,13 @@ CREATE TABLE rate_limits (
 -- holds it), read in ONE statement: under READ COMMITTED each statement has
 -- its own snapshot, and the usage writer moves a charge from reservations to
 -- usage_period in one transaction; two statements could see neither.
+-- plpgsql, not sql: plpgsql keeps its statements' plans for the session,
+-- while a sql function that cannot be inlined is planned at every call
+-- (about 1 ms, ten times its execution).
 CREATE FUNCTION tollgate_held(p_user BIGINT, p_key BIGINT, p_period TEXT,
     OUT used_user BIGINT, OUT held_user BIGINT, OUT used_key BIGINT, OUT held_key BIGINT)
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
     SELECT
         (SELECT COALESCE(SUM(tokens), 0)::BIGINT FROM usage_period
           WHERE period = p_period AND user_id = p_user),
@@ -42,7 +46,8 @@ LANGUAGE sql STABLE AS $$
           WHERE period = p_period AND key_id = p_key),
         (SELECT COALESCE(SUM(tokens), 0)::BIGINT FROM reservations
           WHERE key_id = p_key AND period = p_period AND expires_at > clock_timestamp())
-$$;
+    INTO used_user, held_user, used_key, held_key;
+END $$;
 
 -- Admits one call: counts it against the user's requests per minute, then
 -- reserves what the plan allows (the same rule as Ask::decide in
@@ -58,7 +63,8 @@ DECLARE
     now_s DOUBLE PRECISION;
     t     DOUBLE PRECISION;
     iv    DOUBLE PRECISION;
-    h     RECORD;
+    used_u BIGINT;
+    used_k BIGINT;
     n     BIGINT;
 BEGIN
     -- One admission per user at a time, on every replica; released at commit.
@@ -75,10 +81,20 @@ BEGIN
     INSERT INTO rate_limits (user_id, tat) VALUES (p_user, t + iv)
         ON CONFLICT (user_id) DO UPDATE SET tat = EXCLUDED.tat;
 
-    SELECT * INTO h FROM tollgate_held(p_user, p_key, p_period);
-    avail := p_user_limit - h.used_user - h.held_user;
+    -- As tollgate_held, written out so that this function's cached plan covers it.
+    SELECT
+        (SELECT COALESCE(SUM(tokens), 0)::BIGINT FROM usage_period
+          WHERE period = p_period AND user_id = p_user)
+      + (SELECT COALESCE(SUM(tokens), 0)::BIGINT FROM reservations
+          WHERE user_id = p_user AND period = p_period AND expires_at > clock_timestamp()),
+        (SELECT COALESCE(SUM(tokens), 0)::BIGINT FROM usage_period
+          WHERE period = p_period AND key_id = p_key)
+      + (SELECT COALESCE(SUM(tokens), 0)::BIGINT FROM reservations
+          WHERE key_id = p_key AND period = p_period AND expires_at > clock_timestamp())
+    INTO used_u, used_k;
+    avail := p_user_limit - used_u;
     IF p_key IS NOT NULL AND p_key_limit IS NOT NULL THEN
-        avail := LEAST(avail, p_key_limit - h.used_key - h.held_key);
+        avail := LEAST(avail, p_key_limit - used_k);
     END IF;
     avail := GREATEST(avail, 0);
 
