@@ -197,6 +197,12 @@ impl Pg {
             Vec::new(),
             Vec::new(),
         );
+        // Rows are upserted in key order: replicas writing at once then lock
+        // shared roll-up rows in one order and cannot deadlock each other.
+        let mut days: Vec<_> = days.into_iter().collect();
+        days.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut periods: Vec<_> = periods.into_iter().collect();
+        periods.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for ((day, user, provider, model), d) in &days {
             day_cols.0.push(*day);
             day_cols.1.push(*user);
