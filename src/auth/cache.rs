@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Admin,
@@ -97,7 +101,18 @@ pub struct CredentialCache {
     id: u64,
     /// Serialises reloads so an older snapshot never replaces a newer one.
     reloading: Mutex<()>,
+    /// Key hashes looked for in the database and not found there, so that a
+    /// client repeating a wrong key costs one query, not one per call.
+    misses: Mutex<hashbrown::HashSet<[u8; 32]>>,
+    /// Database lookups of unknown keys in flight: beyond these, a flood of
+    /// random keys is refused from memory.
+    lookups: tokio::sync::Semaphore,
 }
+
+/// Unknown key hashes remembered; the set is emptied when full.
+const MISSES_CAP: usize = 10_000;
+/// Concurrent database lookups of keys missing from the snapshot.
+const LOOKUPS: usize = 4;
 
 fn user_entry(u: UserRow) -> UserEntry {
     UserEntry {
@@ -164,6 +179,8 @@ impl CredentialCache {
             version: AtomicU64::new(0),
             id: IDS.fetch_add(1, Ordering::Relaxed),
             reloading: Mutex::new(()),
+            misses: Mutex::default(),
+            lookups: tokio::sync::Semaphore::new(LOOKUPS),
         };
         cache.reload_blocking()?;
         Ok(cache)
@@ -238,6 +255,7 @@ impl CredentialCache {
         };
         *self.snap.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
         self.version.fetch_add(1, Ordering::Release);
+        lock(&self.misses).clear();
         Ok(())
     }
 
@@ -248,6 +266,41 @@ impl CredentialCache {
         match tokio::task::spawn_blocking(move || me.reload_blocking()).await {
             Ok(r) => r,
             Err(e) => Err(db::DbError::Task(e.to_string())),
+        }
+    }
+
+    /// A key that is not in the snapshot may have been made a moment ago by
+    /// the CLI or another replica: looks for its hash in the database once
+    /// and, when it is there, reloads the snapshot so the key works at its
+    /// first use. Hashes not found are remembered (bounded), and only a few
+    /// lookups run at once, so random keys cannot flood the database.
+    pub async fn find_new_key(self: &Arc<Self>, hash: &[u8; 32]) -> bool {
+        if lock(&self.misses).contains(hash) {
+            return false;
+        }
+        let Ok(_permit) = self.lookups.try_acquire() else {
+            return false;
+        };
+        match self.store.usable_key_exists(hex::encode(hash)).await {
+            Ok(true) => match self.reload().await {
+                Ok(()) => self.with_snapshot(|s| s.keys.contains_key(hash)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reload the credential cache");
+                    false
+                }
+            },
+            Ok(false) => {
+                let mut m = lock(&self.misses);
+                if m.len() >= MISSES_CAP {
+                    m.clear();
+                }
+                m.insert(*hash);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up an unknown key");
+                false
+            }
         }
     }
 

@@ -75,6 +75,30 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, 
         .with_snapshot(|snap| resolve(state, snap, token, now))
 }
 
+/// [`authenticate`], and when an API key is not in the in-memory snapshot,
+/// one look in the database first (see `CredentialCache::find_new_key`): a
+/// key made by the CLI or another replica works at its first use.
+pub async fn authenticate_or_look_up(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
+    let err = match authenticate(state, headers) {
+        Ok(p) => return Ok(p),
+        Err(e) => e,
+    };
+    let Some(token) = credential(headers).filter(|t| api_key::looks_like_key(t)) else {
+        return Err(err);
+    };
+    let hash = api_key::hash(token);
+    if state.creds.with_snapshot(|s| s.keys.contains_key(&hash)) {
+        return Err(err); // known: refused for another reason
+    }
+    if state.creds.find_new_key(&hash).await {
+        return authenticate(state, headers);
+    }
+    Err(err)
+}
+
 fn resolve(
     state: &AppState,
     snap: &super::cache::Snapshot,
@@ -153,13 +177,17 @@ pub struct RequireAuth<S> {
     state: AppState,
 }
 
+type Slow =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+
 impl<S> tower::Service<Request> for RequireAuth<S>
 where
-    S: tower::Service<Request, Response = Response, Error = Infallible>,
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<std::future::Ready<Result<Response, Infallible>>, S::Future>;
+    type Future = Either<std::future::Ready<Result<Response, Infallible>>, Either<S::Future, Slow>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -180,7 +208,29 @@ where
             }
             Ok(p) => {
                 req.extensions_mut().insert(p);
-                Either::Right(self.inner.call(req))
+                Either::Right(Either::Left(self.inner.call(req)))
+            }
+            // An API key missing from memory: looked for in the database
+            // (rarely: a key made a moment ago elsewhere), off this path.
+            Err(e) if credential(req.headers()).is_some_and(api_key::looks_like_key) => {
+                let (state, mut inner) = (self.state.clone(), self.inner.clone());
+                Either::Right(Either::Right(Box::pin(async move {
+                    match authenticate_or_look_up(&state, req.headers()).await {
+                        Ok(_)
+                            if crate::http::declared_too_large(
+                                req.headers(),
+                                state.config.server.max_body_bytes,
+                            ) =>
+                        {
+                            Ok(crate::error::body_too_large().into_response())
+                        }
+                        Ok(p) => {
+                            req.extensions_mut().insert(p);
+                            inner.call(req).await
+                        }
+                        Err(_) => Ok(e.into_response()),
+                    }
+                })))
             }
             Err(e) => Either::Left(std::future::ready(Ok(e.into_response()))),
         }

@@ -170,6 +170,18 @@ pub fn list_usable(conn: &Connection) -> DbResult<Vec<KeyRow>> {
     Ok(rows)
 }
 
+/// Whether a key with this hash exists and is not revoked.
+pub fn usable_hash_exists(conn: &Connection, key_hash: &str) -> DbResult<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM api_keys WHERE key_hash = ?1 AND revoked = 0",
+            [key_hash],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 /// Writes every editable field of `k` back.
 pub fn update(conn: &Connection, k: &KeyRow) -> DbResult<bool> {
     Ok(conn.execute(

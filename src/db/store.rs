@@ -353,6 +353,16 @@ impl Store {
         }
     }
 
+    /// Whether a usable (not revoked) key has this hash (hex SHA-256).
+    pub async fn usable_key_exists(&self, key_hash: String) -> DbResult<bool> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                run(pool, move |c| api_keys::usable_hash_exists(c, &key_hash)).await
+            }
+            Backend::Postgres(pg) => pg.usable_key_exists(key_hash).await,
+        }
+    }
+
     pub async fn key_by_id(&self, id: i64) -> DbResult<Option<KeyRow>> {
         match &self.backend {
             Backend::Postgres(pg) => pg.key_by_id(id).await,

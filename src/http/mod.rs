@@ -354,7 +354,7 @@ where
 {
     use http_body_util::BodyExt;
     let shape = door.dialect();
-    let p = match crate::auth::extract::authenticate(&st, req.headers()) {
+    let p = match crate::auth::extract::authenticate_or_look_up(&st, req.headers()).await {
         Ok(p) => p,
         Err(e) => return crate::dialect::error_response(shape, e),
     };

@@ -611,6 +611,18 @@ impl Pg {
         Ok(key(&r))
     }
 
+    pub async fn usable_key_exists(&self, key_hash: String) -> DbResult<bool> {
+        Ok(self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT 1 FROM api_keys WHERE key_hash = $1 AND NOT revoked",
+                &[&key_hash],
+            )
+            .await?
+            .is_some())
+    }
+
     pub async fn key_by_id(&self, id: i64) -> DbResult<Option<KeyRow>> {
         key_by_id(&**self.client().await?, id).await
     }
