@@ -89,8 +89,8 @@ async fn restart_keeps_users_keys_and_tokens() {
         .iter()
         .map(|u| u["username"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["admin", "alice"]);
-    assert_eq!(users["data"][0]["id"], admin_id);
+    assert_eq!(names, ["alice", "admin"], "newest first");
+    assert_eq!(users["data"][1]["id"], admin_id);
 
     let plans: Value = s.get_as("/admin/plans", &admin).await.json().await.unwrap();
     let plans: Vec<(&str, i64)> = plans["data"]
