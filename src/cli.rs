@@ -30,6 +30,10 @@ pub struct GlobalArgs {
     /// TOLLGATE_DB / TOLLGATE_DATABASE_URL)
     #[arg(long, global = true, value_name = "PATH|URL")]
     pub db: Option<PathBuf>,
+    /// Also print log lines (commands other than serve print only their
+    /// result and errors; RUST_LOG chooses the levels in detail)
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -19,16 +19,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = Cli::parse();
-    init_tracing();
+    // The server logs at info; the other commands print their result and
+    // errors only, unless -v or RUST_LOG asks for logs.
+    let quiet = !matches!(cli.command, Command::Serve { .. }) && !cli.global.verbose;
+    init_tracing(if quiet { "warn" } else { "info" });
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
         // tokio-postgres logs server notices at info and each statement's parameters at debug level:
         // password and key hashes, never to be logged (SPEC §3).
         .add_directive("tokio_postgres=warn".parse().expect("a valid directive"));

@@ -778,3 +778,46 @@ async fn a_sign_in_right_after_a_cli_change_works_at_once() {
         );
     }
 }
+
+/// Commands print their result and errors, not log lines (the first start's
+/// migrations included); -v brings the logs back.
+#[tokio::test]
+async fn commands_print_no_log_lines_unless_asked() {
+    let (first, second) = (Db::new(), Db::new());
+    let run = |verbose: bool| {
+        let db = if verbose { &second } else { &first };
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args(["user", "list", "--db", db.db()])
+            .current_dir(db.dir.path())
+            .env("TOLLGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env_remove("RUST_LOG")
+            .env_remove("TOLLGATE_DB")
+            .env_remove("TOLLGATE_DATABASE_URL");
+        if verbose {
+            cmd.arg("-v");
+        }
+        cmd.output()
+    };
+    let quiet = run(false).await.unwrap();
+    let (out, errs) = (
+        String::from_utf8_lossy(&quiet.stdout),
+        String::from_utf8_lossy(&quiet.stderr),
+    );
+    assert!(quiet.status.success(), "{errs}");
+    assert!(out.contains("admin"), "{out}");
+    for text in [&out, &errs] {
+        assert!(
+            !text.contains(" INFO ")
+                && !text.contains("refinery")
+                && !text.contains("Applying migration"),
+            "log lines in the output:\n{text}"
+        );
+    }
+    let loud = run(true).await.unwrap();
+    assert!(loud.status.success());
+    assert!(
+        String::from_utf8_lossy(&loud.stderr).contains("INFO"),
+        "-v shows logs: {}",
+        String::from_utf8_lossy(&loud.stderr)
+    );
+}
