@@ -62,7 +62,8 @@ pub async fn open_database(
     if ran > 0 {
         tracing::info!(migrations = ran, database = %db::Store::describe(&cfg.database), "database migrated");
     }
-    let report = if store.needs_bootstrap().await? {
+    let given = admin_password.as_deref().is_some_and(|p| !p.is_empty());
+    let mut report = if store.needs_bootstrap().await? {
         let (password, generated) = match admin_password.filter(|p| !p.is_empty()) {
             Some(p) => (p, None),
             None => {
@@ -78,6 +79,7 @@ pub async fn open_database(
     } else {
         Bootstrap::default()
     };
+    report.admin_password_ignored = given && !report.created_admin;
     Ok((store, report))
 }
 

@@ -326,6 +326,13 @@ fn serve(cfg: Config) -> Result<()> {
         let addr = cfg.listen_addr();
         let (state, report) = tollgate::build_state(cfg, admin_password_env()).await?;
         print_bootstrap(&report);
+        if report.admin_password_ignored {
+            tracing::warn!(
+                "TOLLGATE_ADMIN_PASSWORD is set but ignored: it sets the admin's password on the first start \
+                 only, and this database has its admin already. To change the password: \
+                 tollgate user reset-password admin --password-stdin"
+            );
+        }
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} (is another server running there? use --listen)")
         })?;

@@ -15,6 +15,9 @@ pub struct Bootstrap {
     pub generated_admin_password: Option<String>,
     pub created_admin: bool,
     pub created_plans: usize,
+    /// TOLLGATE_ADMIN_PASSWORD was set, but the database was seeded before:
+    /// it counts only on the first start.
+    pub admin_password_ignored: bool,
 }
 
 /// Seeds an empty database: plans, the `admin` user, the JWT secret. Runs once:
@@ -50,6 +53,7 @@ pub async fn bootstrap(
         generated_admin_password: generated.filter(|_| seeded.created_admin),
         created_admin: seeded.created_admin,
         created_plans: seeded.created_plans,
+        admin_password_ignored: false,
     })
 }
 
