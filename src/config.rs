@@ -167,6 +167,21 @@ impl std::fmt::Debug for DatabaseConfig {
     }
 }
 
+/// `[server] listen`: an address and port, or a host name and port
+/// (`localhost:8000`), whose IPv4 address is preferred when it has one, as
+/// the README's URLs (`http://127.0.0.1:8000`) assume.
+pub fn resolve_listen(listen: &str) -> Option<SocketAddr> {
+    if let Ok(a) = listen.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    use std::net::ToSocketAddrs;
+    let all: Vec<SocketAddr> = listen.to_socket_addrs().ok()?.collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| all.first())
+        .copied()
+}
+
 /// Whether `s` names a PostgreSQL database rather than a SQLite file.
 pub fn is_postgres_url(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://")
@@ -500,11 +515,11 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self, file: Option<&Path>) -> Result<(), ConfigError> {
         let err = |k: &str, m: String| Err(ConfigError::new(file, k, m));
-        if self.server.listen.parse::<SocketAddr>().is_err() {
+        if resolve_listen(&self.server.listen).is_none() {
             return err(
                 "server.listen",
                 format!(
-                    "expected an address and port such as \"127.0.0.1:8000\", got {:?}",
+                    "expected an address or host name and a port such as \"127.0.0.1:8000\" or \"localhost:8000\", got {:?}",
                     self.server.listen
                 ),
             );
@@ -735,11 +750,9 @@ impl Config {
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
-        // validate() guarantees this parses.
-        self.server
-            .listen
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8000)))
+        // validate() checked that it resolves.
+        resolve_listen(&self.server.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000)))
     }
 
     /// The effective configuration as TOML, secrets masked (`check-config`).
@@ -883,5 +896,21 @@ mod tests {
         let zero = Config::parse("[database]\nreservation_lease_secs = 0\n", None).unwrap();
         let e = zero.validate(None).unwrap_err().to_string();
         assert!(e.contains("database.reservation_lease_secs"), "{e}");
+    }
+
+    #[test]
+    fn listen_takes_a_host_name() {
+        let mut c = Config::default();
+        c.server.listen = "localhost:8123".into();
+        c.validate(None).unwrap();
+        assert_eq!(c.listen_addr(), "127.0.0.1:8123".parse().unwrap());
+        c.server.listen = "localhost".into();
+        let e = c.validate(None).unwrap_err().to_string();
+        assert!(
+            e.contains("server.listen") && e.contains("localhost:8000"),
+            "{e}"
+        );
+        c.server.listen = "[::1]:9".into();
+        c.validate(None).unwrap();
     }
 }
