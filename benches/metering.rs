@@ -61,6 +61,7 @@ fn record(i: usize) -> UsageRecord {
         ttft_ms: Some(40),
         created_at: "2026-11-26T10:00:00Z".to_owned(),
         reservation: None,
+        seq: 0,
     }
 }
 

@@ -34,6 +34,10 @@ pub struct UsageRecord {
     /// quotas: written in the same transaction that deletes it. Not stored.
     #[serde(skip)]
     pub reservation: Option<i64>,
+    /// The order in which the writer was handed records (set by it), so a
+    /// batch is written in call order whichever thread sent each. Not stored.
+    #[serde(skip)]
+    pub seq: u64,
 }
 
 #[derive(Default)]
@@ -365,6 +369,7 @@ fn record_from_row(r: &Row) -> rusqlite::Result<UsageRecord> {
         ttft_ms: r.get(18)?,
         created_at: r.get(19)?,
         reservation: None,
+        seq: 0,
     })
 }
 
@@ -438,6 +443,7 @@ pub(crate) fn sample_record(i: i64) -> UsageRecord {
         ttft_ms: (i % 3 != 0).then_some(i),
         created_at: format!("2026-11-{:02}T00:00:{:02}Z", 1 + i % 28, i % 60),
         reservation: None,
+        seq: 0,
     }
 }
 

@@ -270,6 +270,7 @@ impl CallMeter {
                 ttft_ms: self.ttft_ms,
                 created_at: db::ts(now),
                 reservation: self.grant.hold,
+                seq: 0,
             });
         }
         UsageInfo {
@@ -324,6 +325,7 @@ pub fn record_refusal(m: &Metering, info: &CallInfo, http_status: u16) {
         ttft_ms: None,
         created_at: db::ts(m.clock.now()),
         reservation: None,
+        seq: 0,
     });
 }
 

@@ -82,6 +82,11 @@ impl Shared {
                 all.append(&mut s);
             }
         }
+        // Each shard is in order; merged, the batch is in the order records
+        // were sent (a stable sort of a few sorted runs is cheap).
+        if shards.len() > 1 {
+            all.sort_by_key(|r| r.seq);
+        }
         all
     }
 }
@@ -134,7 +139,9 @@ impl UsageWriter {
     }
 
     /// Queues a record; never blocks on the database.
-    pub fn send(&self, r: UsageRecord) {
+    pub fn send(&self, mut r: UsageRecord) {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        r.seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let s = &self.h.0;
         let len = MINE.with(|mine| {
             let mut mine = mine.borrow_mut();

@@ -95,6 +95,7 @@ fn record(r: &Row) -> UsageRecord {
         ttft_ms: r.get(18),
         created_at: r.get(19),
         reservation: None,
+        seq: 0,
     }
 }
 
