@@ -40,14 +40,53 @@ pub struct UsageRecord {
     pub seq: u64,
 }
 
+/// One day's totals of a user, provider and model within a batch.
 #[derive(Default)]
-struct DayTotals {
-    tokens: i64,
-    prompt: i64,
-    completion: i64,
-    requests: i64,
-    ok_tokens: i64,
-    cost: f64,
+pub(super) struct DayTotals {
+    pub tokens: i64,
+    pub prompt: i64,
+    pub completion: i64,
+    pub requests: i64,
+    pub ok_tokens: i64,
+    pub cost: f64,
+}
+
+/// (day, user, provider, model) and (period, user, key or 0).
+pub(super) type DayKey<'a> = (&'a str, i64, &'a str, &'a str);
+pub(super) type PeriodKey<'a> = (&'a str, i64, i64);
+
+/// A batch's roll-ups, summed in memory first (both backends): one upsert per
+/// group per batch.
+pub(super) fn rollups(
+    records: &[UsageRecord],
+) -> (HashMap<DayKey<'_>, DayTotals>, HashMap<PeriodKey<'_>, i64>) {
+    let mut days: HashMap<DayKey, DayTotals> = HashMap::new();
+    let mut periods: HashMap<PeriodKey, i64> = HashMap::new();
+    for r in records {
+        if r.total_tokens > 0 || r.outcome == "ok" {
+            let ok = r.outcome == "ok";
+            let d = days
+                .entry((
+                    &r.created_at[..10],
+                    r.user_id,
+                    r.provider.as_str(),
+                    r.model.as_str(),
+                ))
+                .or_default();
+            d.tokens += r.total_tokens;
+            d.prompt += r.prompt_tokens;
+            d.completion += r.completion_tokens;
+            d.requests += ok as i64;
+            d.ok_tokens += if ok { r.total_tokens } else { 0 };
+            d.cost += r.cost_usd;
+        }
+        if r.total_tokens > 0 {
+            *periods
+                .entry((&r.created_at[..7], r.user_id, r.key_id.unwrap_or(0)))
+                .or_default() += r.total_tokens;
+        }
+    }
+    (days, periods)
 }
 
 /// Records per multi-row insert.
@@ -142,33 +181,7 @@ pub fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> DbResult<
             bind_record(&mut ins_one, 0, r)?;
             ins_one.raw_execute()?;
         }
-        let mut days: HashMap<(&str, i64, &str, &str), DayTotals> = HashMap::new();
-        let mut periods: HashMap<(&str, i64, i64), i64> = HashMap::new();
-        for r in records {
-            // Roll-ups are summed in memory first: one upsert per group per batch.
-            if r.total_tokens > 0 || r.outcome == "ok" {
-                let ok = r.outcome == "ok";
-                let d = days
-                    .entry((
-                        &r.created_at[..10],
-                        r.user_id,
-                        r.provider.as_str(),
-                        r.model.as_str(),
-                    ))
-                    .or_default();
-                d.tokens += r.total_tokens;
-                d.prompt += r.prompt_tokens;
-                d.completion += r.completion_tokens;
-                d.requests += ok as i64;
-                d.ok_tokens += if ok { r.total_tokens } else { 0 };
-                d.cost += r.cost_usd;
-            }
-            if r.total_tokens > 0 {
-                *periods
-                    .entry((&r.created_at[..7], r.user_id, r.key_id.unwrap_or(0)))
-                    .or_default() += r.total_tokens;
-            }
-        }
+        let (days, periods) = rollups(records);
         for ((day, user, provider, model), d) in &days {
             daily.execute(params![
                 day,

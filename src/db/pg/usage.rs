@@ -5,20 +5,9 @@
 use super::Pg;
 use crate::db::usage::{DailyFilter, DailyRow, GroupRow, RequestFilter, UsageRecord};
 use crate::db::DbResult;
-use hashbrown::HashMap;
 use std::borrow::Cow;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
-
-#[derive(Default)]
-struct DayTotals {
-    tokens: i64,
-    prompt: i64,
-    completion: i64,
-    requests: i64,
-    ok_tokens: i64,
-    cost: f64,
-}
 
 /// Column arrays of a batch of records, bound to one `INSERT … SELECT FROM
 /// UNNEST(…)`: one statement per batch, whatever its size.
@@ -137,8 +126,6 @@ impl Pg {
             return Ok(());
         }
         let mut cols = Columns::default();
-        let mut days: HashMap<(&str, i64, &str, &str), DayTotals> = HashMap::new();
-        let mut periods: HashMap<(&str, i64, i64), i64> = HashMap::new();
         let mut held = Vec::new();
         for r in records {
             cols.request_id.push(&r.request_id);
@@ -163,29 +150,8 @@ impl Pg {
             if let Some(h) = r.reservation {
                 held.push(h);
             }
-            if r.total_tokens > 0 || r.outcome == "ok" {
-                let ok = r.outcome == "ok";
-                let d = days
-                    .entry((
-                        &r.created_at[..10],
-                        r.user_id,
-                        r.provider.as_str(),
-                        r.model.as_str(),
-                    ))
-                    .or_default();
-                d.tokens += r.total_tokens;
-                d.prompt += r.prompt_tokens;
-                d.completion += r.completion_tokens;
-                d.requests += ok as i64;
-                d.ok_tokens += if ok { r.total_tokens } else { 0 };
-                d.cost += r.cost_usd;
-            }
-            if r.total_tokens > 0 {
-                *periods
-                    .entry((&r.created_at[..7], r.user_id, r.key_id.unwrap_or(0)))
-                    .or_default() += r.total_tokens;
-            }
         }
+        let (days, periods) = crate::db::usage::rollups(records);
         let mut day_cols = (
             Vec::new(),
             Vec::new(),
