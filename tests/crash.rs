@@ -4,37 +4,15 @@
 
 mod common;
 use common::mock::Mock;
+use common::process::{self, Process};
 use common::ADMIN_PASSWORD;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// A running `tollgate serve`; killed if the test ends early.
-struct Server {
-    child: Option<Child>,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn write_config(dir: &Path, mock: &Mock) -> PathBuf {
     let path = dir.join("config.toml");
@@ -46,56 +24,10 @@ fn write_config(dir: &Path, mock: &Mock) -> PathBuf {
     path
 }
 
-async fn start(dir: &Path, config: &Path) -> Server {
-    let port = free_port();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(config)
-        .arg("--db")
-        .arg(dir.join("tollgate.db"))
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .current_dir(dir)
-        .env("TOLLGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    for var in [
-        "OPENROUTER_API_KEY",
-        "GLAMA_API_KEY",
-        "REQUESTY_API_KEY",
-        "AIML_API_KEY",
-        "TOLLGATE_LISTEN",
-        "TOLLGATE_DB",
-        "TOLLGATE_DATABASE_URL",
-        "TOLLGATE_JWT_SECRET",
-    ] {
-        cmd.env_remove(var);
-    }
-    let child = cmd.spawn().expect("start tollgate");
-    let server = Server {
-        child: Some(child),
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if let Ok(r) = client.get(format!("{}/health", server.url)).send().await {
-            if r.status() == 200 {
-                return server;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "tollgate did not start: {}",
-        std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-    );
+/// `tollgate serve` on the SQLite file in `dir` (see `common::process`).
+async fn start(dir: &Path, config: &Path) -> Process {
+    let db = dir.join("tollgate.db");
+    process::start(dir, "server", config, &["--db", db.to_str().unwrap()]).await
 }
 
 async fn login(c: &reqwest::Client, url: &str, user: &str, pw: &str) -> String {
