@@ -1,10 +1,16 @@
 //! The in-memory credential cache: every user, usable key and plan, loaded from
 //! the database into an immutable snapshot that the request path reads without
-//! a query. It is rebuilt after every change made through the API, and when the
-//! change counter (bumped by triggers, so also by the CLI or any other process)
-//! moves — polled every second.
+//! a query. Triggers log every changed row of users, keys and plans with the
+//! next change number (so changes by the CLI or another replica are logged
+//! too); after a change made through the API, and when the number moves —
+//! polled every second — the cache reads the rows changed since the number it
+//! holds and applies them to a copy of the snapshot. The snapshot's maps are
+//! persistent (imbl), so that copy shares everything but the changed paths:
+//! a change costs in proportion to what changed, not to the number of keys
+//! (SPEC §13). A gap in the log (pruned) or a long run of changes rebuilds it.
 
 use crate::db::{self, api_keys::KeyRow, plans::Plan, users::UserRow, DbResult, Store};
+use crate::db::{ChangedRows, CredentialDelta};
 use crate::glob::Patterns;
 use hashbrown::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -77,18 +83,96 @@ pub struct PlanEntry {
     pub allowed: Patterns,
 }
 
-#[derive(Debug, Default)]
+/// A persistent hash map: a clone shares every node, and an insert copies only
+/// the path to the changed entry.
+pub type Map<K, V> =
+    imbl::GenericHashMap<K, V, hashbrown::DefaultHashBuilder, imbl::shared_ptr::DefaultSharedPtr>;
+
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// The change number the snapshot is current at.
     pub counter: i64,
-    pub users: HashMap<i64, Arc<UserEntry>>,
-    pub keys: HashMap<[u8; 32], Arc<KeyEntry>>,
+    /// False only for the empty snapshot before the first load.
+    loaded: bool,
+    pub users: Map<i64, Arc<UserEntry>>,
+    /// Usable keys by the SHA-256 of the key.
+    pub keys: Map<[u8; 32], Arc<KeyEntry>>,
+    /// The hash of each usable key, by key id.
+    key_ids: Map<i64, [u8; 32]>,
     pub plans: HashMap<String, Arc<PlanEntry>>,
 }
 
 impl Snapshot {
     pub fn key_by_id(&self, id: i64) -> Option<&Arc<KeyEntry>> {
-        self.keys.values().find(|k| k.id == id)
+        self.keys.get(self.key_ids.get(&id)?)
     }
+
+    fn build(rows: db::CredentialRows, old: &Snapshot) -> Snapshot {
+        let mut s = Snapshot {
+            counter: rows.counter,
+            loaded: true,
+            users: rows
+                .users
+                .into_iter()
+                .map(|u| (u.id, Arc::new(user_entry(u))))
+                .collect(),
+            plans: plans_map(rows.plans),
+            ..Default::default()
+        };
+        for k in rows.keys {
+            let prev = old.key_by_id(k.id).map(|e| &**e);
+            s.put_key(k, prev);
+        }
+        s
+    }
+
+    /// A copy of this snapshot with `rows` applied: the persistent maps make
+    /// it cost in proportion to the rows.
+    fn apply(&self, rows: ChangedRows) -> Snapshot {
+        let mut s = self.clone();
+        s.counter = rows.counter;
+        for (id, row) in rows.users {
+            match row {
+                Some(u) => {
+                    s.users.insert(id, Arc::new(user_entry(u)));
+                }
+                None => {
+                    s.users.remove(&id);
+                }
+            }
+        }
+        for (id, row) in rows.keys {
+            let old = s.key_ids.remove(&id).and_then(|h| s.keys.remove(&h));
+            if let Some(k) = row {
+                s.put_key(k, old.as_deref());
+            }
+        }
+        if let Some(plans) = rows.plans {
+            s.plans = plans_map(plans);
+        }
+        s
+    }
+
+    /// Adds a key unless it is revoked, keeping the last-use times `old` saw.
+    fn put_key(&mut self, k: KeyRow, old: Option<&KeyEntry>) {
+        if k.revoked {
+            return;
+        }
+        if let Some((hash, entry)) = key_entry(k, old) {
+            self.key_ids.insert(entry.id, hash);
+            self.keys.insert(hash, Arc::new(entry));
+        }
+    }
+}
+
+fn plans_map(plans: Vec<Plan>) -> HashMap<String, Arc<PlanEntry>> {
+    plans
+        .into_iter()
+        .map(|p| {
+            let allowed = Patterns::lenient(&p.allowed_models);
+            (p.name.clone(), Arc::new(PlanEntry { plan: p, allowed }))
+        })
+        .collect()
 }
 
 pub struct CredentialCache {
@@ -113,6 +197,11 @@ pub struct CredentialCache {
 const MISSES_CAP: usize = 10_000;
 /// Concurrent database lookups of keys missing from the snapshot.
 const LOOKUPS: usize = 4;
+/// Beyond this many changes at once, rebuilding the snapshot is cheaper.
+const MAX_CHANGES: i64 = 20_000;
+/// Change-log entries kept behind the newest; a replica further behind
+/// than that (it was stopped) rebuilds its snapshot.
+const KEEP_CHANGES: i64 = 100_000;
 
 fn user_entry(u: UserRow) -> UserEntry {
     UserEntry {
@@ -218,40 +307,26 @@ impl CredentialCache {
         })
     }
 
-    /// Rebuilds the snapshot from the database, on this thread: it reads
-    /// through the store's blocking variant because building a large
-    /// snapshot must stay off the serving threads too (see [`Self::reload`]).
+    /// Brings the snapshot up to date on this thread: applies the rows
+    /// changed since its change number, or rebuilds it when the log cannot
+    /// say (first load, a gap, a long run of changes). It reads through the
+    /// store's blocking variants because a rebuild must stay off the serving
+    /// threads too (see [`Self::reload`]).
     pub fn reload_blocking(&self) -> DbResult<()> {
         let _guard = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.snapshot();
-        let old_keys: HashMap<i64, &Arc<KeyEntry>> = old.keys.values().map(|k| (k.id, k)).collect();
-        let db::CredentialRows {
-            counter,
-            users,
-            keys,
-            plans,
-        } = self.store.load_credentials_blocking()?;
-        let snap = Snapshot {
-            counter,
-            users: users
-                .into_iter()
-                .map(|u| (u.id, Arc::new(user_entry(u))))
-                .collect(),
-            keys: keys
-                .into_iter()
-                .filter_map(|k| {
-                    let old = old_keys.get(&k.id).map(|a| a.as_ref());
-                    key_entry(k, old)
-                })
-                .map(|(h, k)| (h, Arc::new(k)))
-                .collect(),
-            plans: plans
-                .into_iter()
-                .map(|p| {
-                    let allowed = Patterns::lenient(&p.allowed_models);
-                    (p.name.clone(), Arc::new(PlanEntry { plan: p, allowed }))
-                })
-                .collect(),
+        let snap = match old.loaded {
+            true => match self
+                .store
+                .credential_changes_blocking(old.counter, MAX_CHANGES)?
+            {
+                CredentialDelta::Unchanged => return Ok(()),
+                CredentialDelta::Changed(rows) => old.apply(rows),
+                CredentialDelta::Reload => {
+                    Snapshot::build(self.store.load_credentials_blocking()?, &old)
+                }
+            },
+            false => Snapshot::build(self.store.load_credentials_blocking()?, &old),
         };
         *self.snap.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
         self.version.fetch_add(1, Ordering::Release);
@@ -259,8 +334,20 @@ impl CredentialCache {
         Ok(())
     }
 
-    /// Rebuilds the snapshot now; called after every change made through the API,
-    /// so the change is in force before the answer leaves.
+    /// Rebuilds the snapshot from every row, as at start (tests compare the
+    /// two ways).
+    pub fn rebuild_blocking(&self) -> DbResult<()> {
+        let _guard = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.snapshot();
+        let snap = Snapshot::build(self.store.load_credentials_blocking()?, &old);
+        *self.snap.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
+        self.version.fetch_add(1, Ordering::Release);
+        lock(&self.misses).clear();
+        Ok(())
+    }
+
+    /// Brings the snapshot up to date now; called after every change made
+    /// through the API, so the change is in force before the answer leaves.
     pub async fn reload(self: &Arc<Self>) -> DbResult<()> {
         let me = self.clone();
         match tokio::task::spawn_blocking(move || me.reload_blocking()).await {
@@ -314,12 +401,18 @@ impl CredentialCache {
         Ok(false)
     }
 
-    /// Polls the change counter every second until the process ends.
+    /// Polls the change counter every second until the process ends, and
+    /// prunes the change log every minute.
     pub async fn poll_changes(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for n in 0u64.. {
             tick.tick().await;
+            if n % 60 == 59 {
+                if let Err(e) = self.store.prune_credential_changes(KEEP_CHANGES).await {
+                    tracing::warn!(error = %e, "cannot prune the credential change log");
+                }
+            }
             match self.reload_if_changed().await {
                 Ok(true) => tracing::debug!("credential cache reloaded after an outside change"),
                 Ok(false) => {}

@@ -3,7 +3,10 @@
 //! snapshot. Each runs on one connection, in a transaction where the work must
 //! be all or nothing; the store runs them on the blocking pool.
 
-use super::store::{CredentialRows, IdentitySignIn, Refused, Seed, Seeded, UserChanges};
+use super::store::{
+    ChangedRows, CredentialDelta, CredentialRows, IdentitySignIn, Refused, Seed, Seeded,
+    UserChanges,
+};
 use super::{api_keys, plans, settings, users, DbResult};
 use rusqlite::Connection;
 
@@ -188,4 +191,58 @@ pub fn load_credentials(conn: &mut Connection) -> DbResult<CredentialRows> {
         keys,
         plans,
     })
+}
+
+/// The rows changed after change number `since` (at most `max` changes), read
+/// in one transaction with the log that names them.
+pub fn credential_changes(
+    conn: &mut Connection,
+    since: i64,
+    max: i64,
+) -> DbResult<CredentialDelta> {
+    let tx = conn.transaction()?;
+    let counter = settings::change_counter(&tx)?;
+    if counter == since {
+        return Ok(CredentialDelta::Unchanged);
+    }
+    if counter < since || counter - since > max {
+        return Ok(CredentialDelta::Reload);
+    }
+    let log = {
+        let mut st = tx.prepare_cached(
+            "SELECT seq, tbl, row_id FROM credential_changes WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+        )?;
+        let rows = st.query_map([since, counter], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<Result<Vec<(i64, String, i64)>, _>>()?
+    };
+    let Some((user_ids, key_ids, any_plan)) = ChangedRows::ids_of(since, &log) else {
+        return Ok(CredentialDelta::Reload);
+    };
+    if log.len() as i64 != counter - since {
+        return Ok(CredentialDelta::Reload);
+    }
+    let mut out = ChangedRows {
+        counter,
+        ..Default::default()
+    };
+    for id in user_ids {
+        out.users.push((id, users::find_by_id(&tx, id)?));
+    }
+    for id in key_ids {
+        out.keys.push((id, api_keys::find_by_id(&tx, id)?));
+    }
+    if any_plan {
+        out.plans = Some(plans::list(&tx)?);
+    }
+    tx.commit()?;
+    Ok(CredentialDelta::Changed(out))
+}
+
+/// Deletes change-log entries more than `keep` numbers behind the counter.
+pub fn prune_credential_changes(conn: &mut Connection, keep: i64) -> DbResult<u64> {
+    let n = conn.execute(
+        "DELETE FROM credential_changes WHERE seq <= (SELECT n FROM change_counter WHERE id = 1) - ?1",
+        [keep],
+    )?;
+    Ok(n as u64)
 }

@@ -17,7 +17,10 @@ mod store;
 pub mod usage;
 pub mod users;
 
-pub use store::{CredentialRows, IdentitySignIn, Refused, Seed, Seeded, Store, UserChanges};
+pub use store::{
+    ChangedRows, CredentialDelta, CredentialRows, IdentitySignIn, Refused, Seed, Seeded, Store,
+    UserChanges,
+};
 
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;

@@ -96,6 +96,56 @@ pub struct CredentialRows {
     pub plans: Vec<Plan>,
 }
 
+/// What changed in users, keys and plans since a change number, for the
+/// credential cache to apply (SPEC §13).
+#[derive(Debug, Clone)]
+pub enum CredentialDelta {
+    /// Nothing changed.
+    Unchanged,
+    /// More changes than asked for, or a log pruned past the number (or a
+    /// database that went back): the cache must be rebuilt from scratch.
+    Reload,
+    Changed(ChangedRows),
+}
+
+/// The rows behind a run of changes, read at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct ChangedRows {
+    /// The change number these rows bring the cache to.
+    pub counter: i64,
+    /// Each changed user's id and row; `None` when it was deleted.
+    pub users: Vec<(i64, Option<UserRow>)>,
+    /// Each changed key's id and row, revoked ones included; `None` when it
+    /// was deleted.
+    pub keys: Vec<(i64, Option<KeyRow>)>,
+    /// Every plan, when any plan changed (there are few).
+    pub plans: Option<Vec<Plan>>,
+}
+
+impl ChangedRows {
+    /// Sorts a run of `(seq, table, row id)` log entries into the distinct
+    /// ids of each table; `None` when the run has a hole (the log was pruned
+    /// past `since`), as every change takes the next number.
+    pub fn ids_of(since: i64, log: &[(i64, String, i64)]) -> Option<(Vec<i64>, Vec<i64>, bool)> {
+        let (mut users, mut keys, mut plans) = (Vec::new(), Vec::new(), false);
+        for (i, (seq, tbl, id)) in log.iter().enumerate() {
+            if *seq != since + 1 + i as i64 {
+                return None;
+            }
+            match tbl.as_str() {
+                "users" => users.push(*id),
+                "api_keys" => keys.push(*id),
+                _ => plans = true,
+            }
+        }
+        users.sort_unstable();
+        users.dedup();
+        keys.sort_unstable();
+        keys.dedup();
+        Some((users, keys, plans))
+    }
+}
+
 /// Runs blocking SQLite work on the blocking pool, re-raising its panics.
 async fn run<T, F>(pool: &Pool, f: F) -> DbResult<T>
 where
@@ -210,6 +260,25 @@ impl Store {
         match &self.backend {
             Backend::Postgres(pg) => pg.block_on(pg.load_credentials()),
             Backend::Sqlite(pool) => accounts::load_credentials(&mut *pool.get()?),
+        }
+    }
+
+    /// The changes to users, keys and plans after change number `since`, at
+    /// most `max` of them. Blocking, like [`Self::load_credentials_blocking`].
+    pub fn credential_changes_blocking(&self, since: i64, max: i64) -> DbResult<CredentialDelta> {
+        match &self.backend {
+            Backend::Postgres(pg) => pg.block_on(pg.credential_changes(since, max)),
+            Backend::Sqlite(pool) => accounts::credential_changes(&mut *pool.get()?, since, max),
+        }
+    }
+
+    /// Forgets change-log entries more than `keep` numbers old.
+    pub async fn prune_credential_changes(&self, keep: i64) -> DbResult<u64> {
+        match &self.backend {
+            Backend::Postgres(pg) => pg.prune_credential_changes(keep).await,
+            Backend::Sqlite(pool) => {
+                run(pool, move |c| accounts::prune_credential_changes(c, keep)).await
+            }
         }
     }
 

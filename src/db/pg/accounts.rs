@@ -8,7 +8,10 @@ use crate::db::oauth_states::StateRow;
 use crate::db::plans::Plan;
 use crate::db::users::{NewUser, UserRow};
 use crate::db::{json_list, parse_json_list, DbError, DbResult};
-use crate::db::{CredentialRows, IdentitySignIn, Refused, Seed, Seeded, UserChanges};
+use crate::db::{
+    ChangedRows, CredentialDelta, CredentialRows, IdentitySignIn, Refused, Seed, Seeded,
+    UserChanges,
+};
 use tokio_postgres::{GenericClient, Row};
 
 const USER_COLUMNS: &str =
@@ -304,6 +307,84 @@ impl Pg {
             keys,
             plans,
         })
+    }
+
+    /// The rows changed after change number `since` (at most `max` changes),
+    /// read from one snapshot with the log that names them.
+    pub async fn credential_changes(&self, since: i64, max: i64) -> DbResult<CredentialDelta> {
+        let mut c = self.client().await?;
+        let tx = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let counter: i64 = tx
+            .query_one("SELECT n FROM change_counter WHERE id = 1", &[])
+            .await?
+            .get(0);
+        if counter == since {
+            return Ok(CredentialDelta::Unchanged);
+        }
+        if counter < since || counter - since > max {
+            return Ok(CredentialDelta::Reload);
+        }
+        let log: Vec<(i64, String, i64)> = tx
+            .query(
+                "SELECT seq, tbl, row_id FROM credential_changes WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+                &[&since, &counter],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let Some((user_ids, key_ids, any_plan)) = ChangedRows::ids_of(since, &log) else {
+            return Ok(CredentialDelta::Reload);
+        };
+        if log.len() as i64 != counter - since {
+            return Ok(CredentialDelta::Reload);
+        }
+        let mut out = ChangedRows {
+            counter,
+            ..Default::default()
+        };
+        if !user_ids.is_empty() {
+            let rows = tx
+                .query(
+                    &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1)"),
+                    &[&user_ids],
+                )
+                .await?;
+            let mut found: std::collections::HashMap<i64, UserRow> =
+                rows.iter().map(user).map(|u| (u.id, u)).collect();
+            out.users = user_ids.iter().map(|id| (*id, found.remove(id))).collect();
+        }
+        if !key_ids.is_empty() {
+            let rows = tx
+                .query(
+                    &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ANY($1)"),
+                    &[&key_ids],
+                )
+                .await?;
+            let mut found: std::collections::HashMap<i64, KeyRow> =
+                rows.iter().map(key).map(|k| (k.id, k)).collect();
+            out.keys = key_ids.iter().map(|id| (*id, found.remove(id))).collect();
+        }
+        if any_plan {
+            out.plans = Some(list_plans(&*tx).await?);
+        }
+        tx.commit().await?;
+        Ok(CredentialDelta::Changed(out))
+    }
+
+    /// Deletes change-log entries more than `keep` numbers behind the counter.
+    pub async fn prune_credential_changes(&self, keep: i64) -> DbResult<u64> {
+        let c = self.client().await?;
+        Ok(c.execute(
+            "DELETE FROM credential_changes WHERE seq <= (SELECT n FROM change_counter WHERE id = 1) - $1",
+            &[&keep],
+        )
+        .await?)
     }
 
     // ----- users
