@@ -6,7 +6,9 @@
 CREATE TABLE credential_changes (
     seq    INTEGER PRIMARY KEY,
     tbl    TEXT NOT NULL CHECK (tbl IN ('users', 'api_keys', 'plans')),
-    row_id INTEGER NOT NULL
+    row_id INTEGER NOT NULL,
+    -- The hash a changed or deleted key had, so that a cache finds its entry.
+    key_hash TEXT
 );
 
 DROP TRIGGER users_changed_ins;
@@ -51,9 +53,11 @@ END;
 CREATE TRIGGER keys_changed_upd AFTER UPDATE OF user_id, name, description, key_hash, expires_at, revoked,
     allowed_models, monthly_token_limit ON api_keys BEGIN
     UPDATE change_counter SET n = n + 1;
-    INSERT INTO credential_changes (seq, tbl, row_id) SELECT n, 'api_keys', NEW.id FROM change_counter;
+    INSERT INTO credential_changes (seq, tbl, row_id, key_hash)
+        SELECT n, 'api_keys', NEW.id, OLD.key_hash FROM change_counter;
 END;
 CREATE TRIGGER keys_changed_del AFTER DELETE ON api_keys BEGIN
     UPDATE change_counter SET n = n + 1;
-    INSERT INTO credential_changes (seq, tbl, row_id) SELECT n, 'api_keys', OLD.id FROM change_counter;
+    INSERT INTO credential_changes (seq, tbl, row_id, key_hash)
+        SELECT n, 'api_keys', OLD.id, OLD.key_hash FROM change_counter;
 END;

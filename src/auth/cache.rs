@@ -10,7 +10,7 @@
 //! (SPEC §13). A gap in the log (pruned) or a long run of changes rebuilds it.
 
 use crate::db::{self, api_keys::KeyRow, plans::Plan, users::UserRow, DbResult, Store};
-use crate::db::{ChangedRows, CredentialDelta};
+use crate::db::{ChangedRows, CredentialDelta, CredentialRow};
 use crate::glob::Patterns;
 use hashbrown::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -47,7 +47,6 @@ impl Role {
 pub struct UserEntry {
     pub id: i64,
     pub username: String,
-    pub email: Option<String>,
     pub role: Role,
     pub plan: String,
     pub disabled: bool,
@@ -58,10 +57,10 @@ pub struct UserEntry {
 pub struct KeyEntry {
     pub id: i64,
     pub user_id: i64,
-    pub name: String,
     /// Unix seconds.
     pub expires_at: Option<i64>,
-    pub allowed_models: Option<Patterns>,
+    /// Boxed: most keys have none, and 200,000 entries add up.
+    pub allowed_models: Option<Box<Patterns>>,
     pub monthly_token_limit: Option<i64>,
     /// Unix seconds of the last use seen in memory, and of the last one written.
     pub last_used: AtomicI64,
@@ -97,33 +96,30 @@ pub struct Snapshot {
     pub users: Map<i64, Arc<UserEntry>>,
     /// Usable keys by the SHA-256 of the key.
     pub keys: Map<[u8; 32], Arc<KeyEntry>>,
-    /// The hash of each usable key, by key id.
-    key_ids: Map<i64, [u8; 32]>,
     pub plans: HashMap<String, Arc<PlanEntry>>,
 }
 
 impl Snapshot {
-    pub fn key_by_id(&self, id: i64) -> Option<&Arc<KeyEntry>> {
-        self.keys.get(self.key_ids.get(&id)?)
-    }
-
-    fn build(rows: db::CredentialRows, old: &Snapshot) -> Snapshot {
+    /// Loads every user, usable key and plan, keeping the last-use times that
+    /// `old` saw. Rows are taken one at a time as the database hands them.
+    fn load(store: &Store, old: &Snapshot) -> DbResult<Snapshot> {
         let mut s = Snapshot {
-            counter: rows.counter,
             loaded: true,
-            users: rows
-                .users
-                .into_iter()
-                .map(|u| (u.id, Arc::new(user_entry(u))))
-                .collect(),
-            plans: plans_map(rows.plans),
             ..Default::default()
         };
-        for k in rows.keys {
-            let prev = old.key_by_id(k.id).map(|e| &**e);
-            s.put_key(k, prev);
-        }
-        s
+        let mut plans = Vec::new();
+        s.counter = store.load_credentials_blocking(&mut |row| match row {
+            CredentialRow::User(u) => {
+                s.users.insert(u.id, Arc::new(user_entry(u)));
+            }
+            CredentialRow::Key(k) => {
+                let prev = key_hash(&k).and_then(|h| old.keys.get(&h)).map(|e| &**e);
+                s.put_key(k, prev);
+            }
+            CredentialRow::Plan(p) => plans.push(p),
+        })?;
+        s.plans = plans_map(plans);
+        Ok(s)
     }
 
     /// A copy of this snapshot with `rows` applied: the persistent maps make
@@ -141,10 +137,15 @@ impl Snapshot {
                 }
             }
         }
-        for (id, row) in rows.keys {
-            let old = s.key_ids.remove(&id).and_then(|h| s.keys.remove(&h));
-            if let Some(k) = row {
-                s.put_key(k, old.as_deref());
+        for change in rows.keys {
+            let mut prev = None;
+            for hash in change.old_hashes.iter().filter_map(|h| decode_hash(h)) {
+                if s.keys.get(&hash).is_some_and(|e| e.id == change.id) {
+                    prev = s.keys.remove(&hash);
+                }
+            }
+            if let Some(k) = change.row {
+                s.put_key(k, prev.as_deref());
             }
         }
         if let Some(plans) = rows.plans {
@@ -159,7 +160,6 @@ impl Snapshot {
             return;
         }
         if let Some((hash, entry)) = key_entry(k, old) {
-            self.key_ids.insert(entry.id, hash);
             self.keys.insert(hash, Arc::new(entry));
         }
     }
@@ -207,7 +207,6 @@ fn user_entry(u: UserRow) -> UserEntry {
     UserEntry {
         id: u.id,
         username: u.username,
-        email: u.email,
         role: Role::parse(&u.role).unwrap_or(Role::User),
         plan: u.plan,
         disabled: u.disabled,
@@ -215,9 +214,18 @@ fn user_entry(u: UserRow) -> UserEntry {
     }
 }
 
-fn key_entry(k: KeyRow, old: Option<&KeyEntry>) -> Option<([u8; 32], KeyEntry)> {
+fn decode_hash(hex_hash: &str) -> Option<[u8; 32]> {
     let mut hash = [0u8; 32];
-    hex::decode_to_slice(&k.key_hash, &mut hash).ok()?;
+    hex::decode_to_slice(hex_hash, &mut hash).ok()?;
+    Some(hash)
+}
+
+fn key_hash(k: &KeyRow) -> Option<[u8; 32]> {
+    decode_hash(&k.key_hash)
+}
+
+fn key_entry(k: KeyRow, old: Option<&KeyEntry>) -> Option<([u8; 32], KeyEntry)> {
+    let hash = key_hash(&k)?;
     let stored_use = k
         .last_used_at
         .as_deref()
@@ -236,13 +244,15 @@ fn key_entry(k: KeyRow, old: Option<&KeyEntry>) -> Option<([u8; 32], KeyEntry)> 
         KeyEntry {
             id: k.id,
             user_id: k.user_id,
-            name: k.name,
             expires_at: k
                 .expires_at
                 .as_deref()
                 .and_then(db::parse_ts)
                 .map(|t| t.timestamp()),
-            allowed_models: k.allowed_models.as_deref().map(Patterns::lenient),
+            allowed_models: k
+                .allowed_models
+                .as_deref()
+                .map(|a| Box::new(Patterns::lenient(a))),
             monthly_token_limit: k.monthly_token_limit,
             last_used: AtomicI64::new(used),
             last_flushed: AtomicI64::new(flushed),
@@ -322,11 +332,9 @@ impl CredentialCache {
             {
                 CredentialDelta::Unchanged => return Ok(()),
                 CredentialDelta::Changed(rows) => old.apply(rows),
-                CredentialDelta::Reload => {
-                    Snapshot::build(self.store.load_credentials_blocking()?, &old)
-                }
+                CredentialDelta::Reload => Snapshot::load(&self.store, &old)?,
             },
-            false => Snapshot::build(self.store.load_credentials_blocking()?, &old),
+            false => Snapshot::load(&self.store, &old)?,
         };
         *self.snap.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
         self.version.fetch_add(1, Ordering::Release);
@@ -339,7 +347,7 @@ impl CredentialCache {
     pub fn rebuild_blocking(&self) -> DbResult<()> {
         let _guard = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.snapshot();
-        let snap = Snapshot::build(self.store.load_credentials_blocking()?, &old);
+        let snap = Snapshot::load(&self.store, &old)?;
         *self.snap.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
         self.version.fetch_add(1, Ordering::Release);
         lock(&self.misses).clear();

@@ -4,8 +4,8 @@
 //! be all or nothing; the store runs them on the blocking pool.
 
 use super::store::{
-    ChangedRows, CredentialDelta, CredentialRows, IdentitySignIn, Refused, Seed, Seeded,
-    UserChanges,
+    ChangedIds, ChangedRows, CredentialDelta, CredentialRow, IdentitySignIn, KeyChange, Refused,
+    Seed, Seeded, UserChanges,
 };
 use super::{api_keys, plans, settings, users, DbResult};
 use rusqlite::Connection;
@@ -178,19 +178,37 @@ fn free_username(conn: &Connection, base: &str) -> DbResult<Option<String>> {
 
 /// Every user, usable key and plan, with the change counter, read in one
 /// transaction so that they agree with each other.
-pub fn load_credentials(conn: &mut Connection) -> DbResult<CredentialRows> {
+/// The columns of users and keys that the credential cache keeps, in the
+/// order of `users::COLUMNS` and `api_keys::COLUMNS`, the others left empty.
+pub(crate) const CACHE_USERS: &str =
+    "SELECT id, username, NULL, NULL, role, plan, disabled, token_version, '' FROM users";
+pub(crate) const CACHE_KEYS: &str =
+    "SELECT id, user_id, '', NULL, key_hash, '', '', last_used_at, \
+     expires_at, revoked, allowed_models, monthly_token_limit FROM api_keys WHERE revoked = 0";
+
+pub fn load_credentials(
+    conn: &mut Connection,
+    each: &mut dyn FnMut(CredentialRow),
+) -> DbResult<i64> {
     let tx = conn.transaction()?;
     let counter = settings::change_counter(&tx)?;
-    let users = users::list_all(&tx)?;
-    let keys = api_keys::list_usable(&tx)?;
-    let plans = plans::list(&tx)?;
+    for p in plans::list(&tx)? {
+        each(CredentialRow::Plan(p));
+    }
+    {
+        let mut st = tx.prepare(CACHE_USERS)?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            each(CredentialRow::User(users::from_row(r)?));
+        }
+        let mut st = tx.prepare(CACHE_KEYS)?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            each(CredentialRow::Key(api_keys::from_row(r)?));
+        }
+    }
     tx.commit()?;
-    Ok(CredentialRows {
-        counter,
-        users,
-        keys,
-        plans,
-    })
+    Ok(counter)
 }
 
 /// The rows changed after change number `since` (at most `max` changes), read
@@ -210,28 +228,33 @@ pub fn credential_changes(
     }
     let log = {
         let mut st = tx.prepare_cached(
-            "SELECT seq, tbl, row_id FROM credential_changes WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+            "SELECT seq, tbl, row_id, key_hash FROM credential_changes
+             WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
         )?;
-        let rows = st.query_map([since, counter], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        rows.collect::<Result<Vec<(i64, String, i64)>, _>>()?
+        let rows = st.query_map([since, counter], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()?
     };
-    let Some((user_ids, key_ids, any_plan)) = ChangedRows::ids_of(since, &log) else {
+    let Some(ids) = ChangedIds::of(since, counter, log) else {
         return Ok(CredentialDelta::Reload);
     };
-    if log.len() as i64 != counter - since {
-        return Ok(CredentialDelta::Reload);
-    }
     let mut out = ChangedRows {
         counter,
         ..Default::default()
     };
-    for id in user_ids {
+    for id in ids.users {
         out.users.push((id, users::find_by_id(&tx, id)?));
     }
-    for id in key_ids {
-        out.keys.push((id, api_keys::find_by_id(&tx, id)?));
+    for (id, old_hashes) in ids.keys {
+        let row = api_keys::find_by_id(&tx, id)?;
+        out.keys.push(KeyChange {
+            id,
+            old_hashes,
+            row,
+        });
     }
-    if any_plan {
+    if ids.plans {
         out.plans = Some(plans::list(&tx)?);
     }
     tx.commit()?;

@@ -36,7 +36,7 @@ const COLUMNS: &str =
     "id, user_id, name, description, key_hash, prefix, created_at, last_used_at, expires_at, \
                        revoked, allowed_models, monthly_token_limit";
 
-fn from_row(r: &Row) -> rusqlite::Result<KeyRow> {
+pub(crate) fn from_row(r: &Row) -> rusqlite::Result<KeyRow> {
     Ok(KeyRow {
         id: r.get(0)?,
         user_id: r.get(1)?,

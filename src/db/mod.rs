@@ -18,8 +18,8 @@ pub mod usage;
 pub mod users;
 
 pub use store::{
-    ChangedRows, CredentialDelta, CredentialRows, IdentitySignIn, Refused, Seed, Seeded, Store,
-    UserChanges,
+    ChangeLogEntry, ChangedIds, ChangedRows, CredentialDelta, CredentialRow, IdentitySignIn,
+    KeyChange, Refused, Seed, Seeded, Store, UserChanges,
 };
 
 use r2d2_sqlite::SqliteConnectionManager;

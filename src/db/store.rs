@@ -86,15 +86,20 @@ pub struct IdentitySignIn {
     pub link_to: Option<i64>,
 }
 
-/// What the credential cache is built from, read at one moment.
+/// One row of what the credential cache is built from. Only what the cache
+/// keeps is read: a user's email, password hash and creation time, and a
+/// key's name, description, prefix and creation time, are left empty.
 #[derive(Debug, Clone)]
-pub struct CredentialRows {
-    pub counter: i64,
-    pub users: Vec<UserRow>,
-    /// Keys not revoked.
-    pub keys: Vec<KeyRow>,
-    pub plans: Vec<Plan>,
+pub enum CredentialRow {
+    User(UserRow),
+    /// A key not revoked.
+    Key(KeyRow),
+    Plan(Plan),
 }
+
+/// One entry of the change log: `(seq, table, row id, the key's hash before
+/// the change)`.
+pub type ChangeLogEntry = (i64, String, i64, Option<String>);
 
 /// What changed in users, keys and plans since a change number, for the
 /// credential cache to apply (SPEC §13).
@@ -115,34 +120,52 @@ pub struct ChangedRows {
     pub counter: i64,
     /// Each changed user's id and row; `None` when it was deleted.
     pub users: Vec<(i64, Option<UserRow>)>,
-    /// Each changed key's id and row, revoked ones included; `None` when it
-    /// was deleted.
-    pub keys: Vec<(i64, Option<KeyRow>)>,
+    /// Each changed key, revoked ones included.
+    pub keys: Vec<KeyChange>,
     /// Every plan, when any plan changed (there are few).
     pub plans: Option<Vec<Plan>>,
 }
 
-impl ChangedRows {
-    /// Sorts a run of `(seq, table, row id)` log entries into the distinct
-    /// ids of each table; `None` when the run has a hole (the log was pruned
-    /// past `since`), as every change takes the next number.
-    pub fn ids_of(since: i64, log: &[(i64, String, i64)]) -> Option<(Vec<i64>, Vec<i64>, bool)> {
-        let (mut users, mut keys, mut plans) = (Vec::new(), Vec::new(), false);
-        for (i, (seq, tbl, id)) in log.iter().enumerate() {
-            if *seq != since + 1 + i as i64 {
+/// A changed key: the hashes it had before (to find its cache entry) and its
+/// row now, `None` when it was deleted.
+#[derive(Debug, Clone)]
+pub struct KeyChange {
+    pub id: i64,
+    pub old_hashes: Vec<String>,
+    pub row: Option<KeyRow>,
+}
+
+/// The distinct ids a run of the change log names, per table.
+#[derive(Debug, Default)]
+pub struct ChangedIds {
+    pub users: Vec<i64>,
+    /// Key ids with the hashes they had before their changes.
+    pub keys: std::collections::BTreeMap<i64, Vec<String>>,
+    pub plans: bool,
+}
+
+impl ChangedIds {
+    /// Sorts a run of log entries by table; `None` when the run does not hold
+    /// every number from `since + 1` to `counter` (the log was pruned), as
+    /// every change takes the next number.
+    pub fn of(since: i64, counter: i64, log: Vec<ChangeLogEntry>) -> Option<ChangedIds> {
+        if log.len() as i64 != counter - since {
+            return None;
+        }
+        let mut ids = ChangedIds::default();
+        for (i, (seq, tbl, id, hash)) in log.into_iter().enumerate() {
+            if seq != since + 1 + i as i64 {
                 return None;
             }
             match tbl.as_str() {
-                "users" => users.push(*id),
-                "api_keys" => keys.push(*id),
-                _ => plans = true,
+                "users" => ids.users.push(id),
+                "api_keys" => ids.keys.entry(id).or_default().extend(hash),
+                _ => ids.plans = true,
             }
         }
-        users.sort_unstable();
-        users.dedup();
-        keys.sort_unstable();
-        keys.dedup();
-        Some((users, keys, plans))
+        ids.users.sort_unstable();
+        ids.users.dedup();
+        Some(ids)
     }
 }
 
@@ -252,14 +275,16 @@ impl Store {
         }
     }
 
-    /// Every user, usable key and plan with the change counter, read at one
-    /// moment. Blocking: the credential cache reads and builds its snapshot on
-    /// a blocking thread, since building a large one must not hold a serving
+    /// Every plan, user and usable key, read at one moment and handed to
+    /// `each` one row at a time (a snapshot of 200,000 keys is built without
+    /// holding all their rows at once); returns the change counter of that
+    /// moment. Blocking: the credential cache builds its snapshot on a
+    /// blocking thread, since building a large one must not hold a serving
     /// thread either.
-    pub fn load_credentials_blocking(&self) -> DbResult<CredentialRows> {
+    pub fn load_credentials_blocking(&self, each: &mut dyn FnMut(CredentialRow)) -> DbResult<i64> {
         match &self.backend {
-            Backend::Postgres(pg) => pg.block_on(pg.load_credentials()),
-            Backend::Sqlite(pool) => accounts::load_credentials(&mut *pool.get()?),
+            Backend::Postgres(pg) => pg.block_on(pg.load_credentials(each)),
+            Backend::Sqlite(pool) => accounts::load_credentials(&mut *pool.get()?, each),
         }
     }
 

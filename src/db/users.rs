@@ -30,7 +30,7 @@ pub struct NewUser {
 const COLUMNS: &str =
     "id, username, email, password_hash, role, plan, disabled, token_version, created_at";
 
-fn from_row(r: &Row) -> rusqlite::Result<UserRow> {
+pub(crate) fn from_row(r: &Row) -> rusqlite::Result<UserRow> {
     Ok(UserRow {
         id: r.get(0)?,
         username: r.get(1)?,

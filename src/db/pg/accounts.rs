@@ -9,8 +9,8 @@ use crate::db::plans::Plan;
 use crate::db::users::{NewUser, UserRow};
 use crate::db::{json_list, parse_json_list, DbError, DbResult};
 use crate::db::{
-    ChangedRows, CredentialDelta, CredentialRows, IdentitySignIn, Refused, Seed, Seeded,
-    UserChanges,
+    ChangedIds, ChangedRows, CredentialDelta, CredentialRow, IdentitySignIn, KeyChange, Refused,
+    Seed, Seeded, UserChanges,
 };
 use tokio_postgres::{GenericClient, Row};
 
@@ -267,9 +267,11 @@ impl Pg {
         Ok(c.query_one(&st, &[]).await?.get(0))
     }
 
-    /// Every user, usable key and plan with the change counter, from one
-    /// snapshot (a repeatable-read transaction).
-    pub async fn load_credentials(&self) -> DbResult<CredentialRows> {
+    /// Every plan, user and usable key, from one snapshot (a
+    /// repeatable-read transaction), handed to `each` as the rows arrive;
+    /// returns the change counter of that snapshot.
+    pub async fn load_credentials(&self, each: &mut dyn FnMut(CredentialRow)) -> DbResult<i64> {
+        use futures_util::TryStreamExt;
         let mut c = self.client().await?;
         let tx = c
             .build_transaction()
@@ -281,32 +283,29 @@ impl Pg {
             .query_one("SELECT n FROM change_counter WHERE id = 1", &[])
             .await?
             .get(0);
-        let users = tx
-            .query(
-                &format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"),
-                &[],
-            )
-            .await?
-            .iter()
-            .map(user)
-            .collect();
-        let keys = tx
-            .query(
-                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE NOT revoked"),
-                &[],
-            )
-            .await?
-            .iter()
-            .map(key)
-            .collect();
-        let plans = list_plans(&*tx).await?;
+        for p in list_plans(&*tx).await? {
+            each(CredentialRow::Plan(p));
+        }
+        let none: [&str; 0] = [];
+        let sql =
+            "SELECT id, username, NULL::text, NULL::text, role, plan, disabled, token_version, \
+                   ''::text FROM users";
+        let rows = tx.query_raw(sql, none).await?;
+        futures_util::pin_mut!(rows);
+        while let Some(r) = rows.try_next().await? {
+            each(CredentialRow::User(user(&r)));
+        }
+        // Only what the cache keeps (see CredentialRow); the order of KEY_COLUMNS.
+        let sql = "SELECT id, user_id, ''::text, NULL::text, key_hash, ''::text, ''::text, \
+                   last_used_at, expires_at, revoked, allowed_models, monthly_token_limit \
+                   FROM api_keys WHERE NOT revoked";
+        let rows = tx.query_raw(sql, none).await?;
+        futures_util::pin_mut!(rows);
+        while let Some(r) = rows.try_next().await? {
+            each(CredentialRow::Key(key(&r)));
+        }
         tx.commit().await?;
-        Ok(CredentialRows {
-            counter,
-            users,
-            keys,
-            plans,
-        })
+        Ok(counter)
     }
 
     /// The rows changed after change number `since` (at most `max` changes),
@@ -329,21 +328,21 @@ impl Pg {
         if counter < since || counter - since > max {
             return Ok(CredentialDelta::Reload);
         }
-        let log: Vec<(i64, String, i64)> = tx
+        let log = tx
             .query(
-                "SELECT seq, tbl, row_id FROM credential_changes WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+                "SELECT seq, tbl, row_id, key_hash FROM credential_changes
+                 WHERE seq > $1 AND seq <= $2 ORDER BY seq",
                 &[&since, &counter],
             )
             .await?
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect();
-        let Some((user_ids, key_ids, any_plan)) = ChangedRows::ids_of(since, &log) else {
+        let Some(ids) = ChangedIds::of(since, counter, log) else {
             return Ok(CredentialDelta::Reload);
         };
-        if log.len() as i64 != counter - since {
-            return Ok(CredentialDelta::Reload);
-        }
+        let user_ids = ids.users;
+        let key_ids: Vec<i64> = ids.keys.keys().copied().collect();
         let mut out = ChangedRows {
             counter,
             ..Default::default()
@@ -368,9 +367,17 @@ impl Pg {
                 .await?;
             let mut found: std::collections::HashMap<i64, KeyRow> =
                 rows.iter().map(key).map(|k| (k.id, k)).collect();
-            out.keys = key_ids.iter().map(|id| (*id, found.remove(id))).collect();
+            out.keys = ids
+                .keys
+                .into_iter()
+                .map(|(id, old_hashes)| KeyChange {
+                    id,
+                    row: found.remove(&id),
+                    old_hashes,
+                })
+                .collect();
         }
-        if any_plan {
+        if ids.plans {
             out.plans = Some(list_plans(&*tx).await?);
         }
         tx.commit().await?;
