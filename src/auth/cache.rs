@@ -10,7 +10,7 @@
 //! (SPEC §13). A gap in the log (pruned) or a long run of changes rebuilds it.
 
 use crate::db::{self, api_keys::KeyRow, plans::Plan, users::UserRow, DbResult, Store};
-use crate::db::{ChangedRows, CredentialDelta, CredentialRow};
+use crate::db::{ChangedRows, CredentialDelta, CredentialPart, CredentialRow};
 use crate::glob::Patterns;
 use hashbrown::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -101,25 +101,48 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Loads every user, usable key and plan, keeping the last-use times that
-    /// `old` saw. Rows are taken one at a time as the database hands them.
+    /// `old` saw. Rows are taken one at a time as the database hands them;
+    /// keys on a second thread. Each half is read at its own moment: the
+    /// snapshot takes the earlier one's change number, so the changes made
+    /// between the two are applied again at the next reload (applying a
+    /// change reads the row as it is then, so twice does no harm).
     fn load(store: &Store, old: &Snapshot) -> DbResult<Snapshot> {
-        let mut s = Snapshot {
+        let (keys, users) = std::thread::scope(|scope| {
+            let keys = scope.spawn(|| {
+                let mut s = Snapshot::default();
+                let counter =
+                    store.load_credentials_blocking(CredentialPart::Keys, &mut |row| {
+                        if let CredentialRow::Key(k) = row {
+                            let prev = key_hash(&k).and_then(|h| old.keys.get(&h)).map(|e| &**e);
+                            s.put_key(k, prev);
+                        }
+                    })?;
+                Ok::<_, db::DbError>((counter, s.keys))
+            });
+            let mut users = Map::default();
+            let mut plans = Vec::new();
+            let counter = store.load_credentials_blocking(
+                CredentialPart::UsersAndPlans,
+                &mut |row| match row {
+                    CredentialRow::User(u) => {
+                        users.insert(u.id, Arc::new(user_entry(u)));
+                    }
+                    CredentialRow::Plan(p) => plans.push(p),
+                    CredentialRow::Key(_) => {}
+                },
+            );
+            let keys = keys.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (keys, counter.map(|c| (c, users, plans)))
+        });
+        let (key_counter, keys) = keys?;
+        let (user_counter, users, plans) = users?;
+        Ok(Snapshot {
+            counter: key_counter.min(user_counter),
             loaded: true,
-            ..Default::default()
-        };
-        let mut plans = Vec::new();
-        s.counter = store.load_credentials_blocking(&mut |row| match row {
-            CredentialRow::User(u) => {
-                s.users.insert(u.id, Arc::new(user_entry(u)));
-            }
-            CredentialRow::Key(k) => {
-                let prev = key_hash(&k).and_then(|h| old.keys.get(&h)).map(|e| &**e);
-                s.put_key(k, prev);
-            }
-            CredentialRow::Plan(p) => plans.push(p),
-        })?;
-        s.plans = plans_map(plans);
-        Ok(s)
+            users,
+            keys,
+            plans: plans_map(plans),
+        })
     }
 
     /// A copy of this snapshot with `rows` applied: the persistent maps make

@@ -4,8 +4,8 @@
 //! be all or nothing; the store runs them on the blocking pool.
 
 use super::store::{
-    ChangedIds, ChangedRows, CredentialDelta, CredentialRow, IdentitySignIn, KeyChange, Refused,
-    Seed, Seeded, UserChanges,
+    ChangedIds, ChangedRows, CredentialDelta, CredentialPart, CredentialRow, IdentitySignIn,
+    KeyChange, Refused, Seed, Seeded, UserChanges,
 };
 use super::{api_keys, plans, settings, users, DbResult};
 use rusqlite::Connection;
@@ -188,26 +188,31 @@ pub(crate) const CACHE_KEYS: &str =
 
 pub fn load_credentials(
     conn: &mut Connection,
+    part: CredentialPart,
     each: &mut dyn FnMut(CredentialRow),
 ) -> DbResult<i64> {
     let tx = conn.transaction()?;
     let counter = settings::change_counter(&tx)?;
-    for p in plans::list(&tx)? {
-        each(CredentialRow::Plan(p));
-    }
-    {
-        let mut st = tx.prepare(CACHE_USERS)?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            each(CredentialRow::User(users::from_row(r)?));
+    match part {
+        CredentialPart::UsersAndPlans => {
+            for p in plans::list(&tx)? {
+                each(CredentialRow::Plan(p));
+            }
+            let mut st = tx.prepare(CACHE_USERS)?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                each(CredentialRow::User(users::from_row(r)?));
+            }
         }
-        let mut st = tx.prepare(CACHE_KEYS)?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            each(CredentialRow::Key(api_keys::from_row(r)?));
+        CredentialPart::Keys => {
+            let mut st = tx.prepare(CACHE_KEYS)?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                each(CredentialRow::Key(api_keys::from_row(r)?));
+            }
         }
     }
-    tx.commit()?;
+    drop(tx); // read only: nothing to commit
     Ok(counter)
 }
 

@@ -18,8 +18,8 @@ pub mod usage;
 pub mod users;
 
 pub use store::{
-    ChangeLogEntry, ChangedIds, ChangedRows, CredentialDelta, CredentialRow, IdentitySignIn,
-    KeyChange, Refused, Seed, Seeded, Store, UserChanges,
+    ChangeLogEntry, ChangedIds, ChangedRows, CredentialDelta, CredentialPart, CredentialRow,
+    IdentitySignIn, KeyChange, Refused, Seed, Seeded, Store, UserChanges,
 };
 
 use r2d2_sqlite::SqliteConnectionManager;

@@ -97,6 +97,14 @@ pub enum CredentialRow {
     Plan(Plan),
 }
 
+/// The two halves of the credential rows, read apart so that a large
+/// snapshot is loaded on two threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialPart {
+    UsersAndPlans,
+    Keys,
+}
+
 /// One entry of the change log: `(seq, table, row id, the key's hash before
 /// the change)`.
 pub type ChangeLogEntry = (i64, String, i64, Option<String>);
@@ -275,16 +283,20 @@ impl Store {
         }
     }
 
-    /// Every plan, user and usable key, read at one moment and handed to
-    /// `each` one row at a time (a snapshot of 200,000 keys is built without
-    /// holding all their rows at once); returns the change counter of that
-    /// moment. Blocking: the credential cache builds its snapshot on a
-    /// blocking thread, since building a large one must not hold a serving
-    /// thread either.
-    pub fn load_credentials_blocking(&self, each: &mut dyn FnMut(CredentialRow)) -> DbResult<i64> {
+    /// Every plan and user, or every usable key, read at one moment and
+    /// handed to `each` one row at a time (a snapshot of 200,000 keys is
+    /// built without holding all their rows at once); returns the change
+    /// counter of that moment. Blocking: the credential cache builds its
+    /// snapshot on blocking threads, since building a large one must not
+    /// hold a serving thread either.
+    pub fn load_credentials_blocking(
+        &self,
+        part: CredentialPart,
+        each: &mut dyn FnMut(CredentialRow),
+    ) -> DbResult<i64> {
         match &self.backend {
-            Backend::Postgres(pg) => pg.block_on(pg.load_credentials(each)),
-            Backend::Sqlite(pool) => accounts::load_credentials(&mut *pool.get()?, each),
+            Backend::Postgres(pg) => pg.block_on(pg.load_credentials(part, each)),
+            Backend::Sqlite(pool) => accounts::load_credentials(&mut *pool.get()?, part, each),
         }
     }
 

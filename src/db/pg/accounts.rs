@@ -9,8 +9,8 @@ use crate::db::plans::Plan;
 use crate::db::users::{NewUser, UserRow};
 use crate::db::{json_list, parse_json_list, DbError, DbResult};
 use crate::db::{
-    ChangedIds, ChangedRows, CredentialDelta, CredentialRow, IdentitySignIn, KeyChange, Refused,
-    Seed, Seeded, UserChanges,
+    ChangedIds, ChangedRows, CredentialDelta, CredentialPart, CredentialRow, IdentitySignIn,
+    KeyChange, Refused, Seed, Seeded, UserChanges,
 };
 use tokio_postgres::{GenericClient, Row};
 
@@ -270,7 +270,11 @@ impl Pg {
     /// Every plan, user and usable key, from one snapshot (a
     /// repeatable-read transaction), handed to `each` as the rows arrive;
     /// returns the change counter of that snapshot.
-    pub async fn load_credentials(&self, each: &mut dyn FnMut(CredentialRow)) -> DbResult<i64> {
+    pub async fn load_credentials(
+        &self,
+        part: CredentialPart,
+        each: &mut dyn FnMut(CredentialRow),
+    ) -> DbResult<i64> {
         use futures_util::TryStreamExt;
         let mut c = self.client().await?;
         let tx = c
@@ -283,26 +287,28 @@ impl Pg {
             .query_one("SELECT n FROM change_counter WHERE id = 1", &[])
             .await?
             .get(0);
-        for p in list_plans(&*tx).await? {
-            each(CredentialRow::Plan(p));
-        }
         let none: [&str; 0] = [];
-        let sql =
-            "SELECT id, username, NULL::text, NULL::text, role, plan, disabled, token_version, \
-                   ''::text FROM users";
-        let rows = tx.query_raw(sql, none).await?;
-        futures_util::pin_mut!(rows);
-        while let Some(r) = rows.try_next().await? {
-            each(CredentialRow::User(user(&r)));
-        }
-        // Only what the cache keeps (see CredentialRow); the order of KEY_COLUMNS.
-        let sql = "SELECT id, user_id, ''::text, NULL::text, key_hash, ''::text, ''::text, \
-                   last_used_at, expires_at, revoked, allowed_models, monthly_token_limit \
-                   FROM api_keys WHERE NOT revoked";
-        let rows = tx.query_raw(sql, none).await?;
-        futures_util::pin_mut!(rows);
-        while let Some(r) = rows.try_next().await? {
-            each(CredentialRow::Key(key(&r)));
+        if part == CredentialPart::UsersAndPlans {
+            for p in list_plans(&*tx).await? {
+                each(CredentialRow::Plan(p));
+            }
+            let sql = "SELECT id, username, NULL::text, NULL::text, role, plan, disabled, \
+                       token_version, ''::text FROM users";
+            let rows = tx.query_raw(sql, none).await?;
+            futures_util::pin_mut!(rows);
+            while let Some(r) = rows.try_next().await? {
+                each(CredentialRow::User(user(&r)));
+            }
+        } else {
+            // Only what the cache keeps (see CredentialRow); the order of KEY_COLUMNS.
+            let sql = "SELECT id, user_id, ''::text, NULL::text, key_hash, ''::text, ''::text, \
+                       last_used_at, expires_at, revoked, allowed_models, monthly_token_limit \
+                       FROM api_keys WHERE NOT revoked";
+            let rows = tx.query_raw(sql, none).await?;
+            futures_util::pin_mut!(rows);
+            while let Some(r) = rows.try_next().await? {
+                each(CredentialRow::Key(key(&r)));
+            }
         }
         tx.commit().await?;
         Ok(counter)
