@@ -89,6 +89,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::CheckConfig => {
             let cfg = load_config(&cli, None)?;
             print!("{}", cfg.to_masked_toml());
+            // `serve` reads these; the check reads them now, so that a bad
+            // pair is found before a restart.
+            if let (Some(cert), Some(key)) = (&cfg.server.tls_cert, &cfg.server.tls_key) {
+                let n = tollgate::server::tls::check(cert, key).map_err(anyhow::Error::msg)?;
+                eprintln!(
+                    "HTTPS: {} ({n} certificate(s)) and its key {} load",
+                    cert.display(),
+                    key.display()
+                );
+            }
             eprintln!("configuration OK");
             Ok(())
         }
@@ -322,6 +332,15 @@ fn serve(cfg: Config) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // A certificate that does not load stops the start before anything is opened.
+    if let (Some(cert), Some(key)) = (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        tollgate::server::tls::check(cert, key).map_err(anyhow::Error::msg)?;
+    }
+    let scheme = if cfg.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     rt.block_on(async move {
         let addr = cfg.listen_addr();
         let (state, report) = tollgate::build_state(cfg, admin_password_env()).await?;
@@ -344,8 +363,8 @@ fn serve(cfg: Config) -> Result<()> {
             .filter(|p| p.active())
             .map(|p| p.id.as_str())
             .collect();
-        tracing::info!("tollgate listening on http://{local}");
-        tracing::info!("web page: http://{local}/ui/");
+        tracing::info!("tollgate listening on {scheme}://{local}");
+        tracing::info!("web page: {scheme}://{local}/ui/");
         tracing::info!(
             "providers active: {} (default: {})",
             if active.is_empty() {
