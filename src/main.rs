@@ -102,6 +102,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("configuration OK");
             Ok(())
         }
+        Command::Backup { path, force } => backup(&load_config(&cli, None)?, path, *force),
         Command::Migrate { from_sqlite } => {
             let cfg = load_config(&cli, None)?;
             let store = Store::connect(&cfg.database)?;
@@ -146,6 +147,47 @@ fn run(cli: Cli) -> Result<()> {
         Command::Key(cmd) => block_on(key_cmd(&load_config(&cli, None)?, cmd))?,
         Command::Plan(PlanCmd::List) => block_on(plan_list(&load_config(&cli, None)?))?,
     }
+}
+
+/// `tollgate backup PATH`: the SQLite file copied while the server may run.
+fn backup(cfg: &Config, path: &std::path::Path, force: bool) -> Result<()> {
+    if let Some(url) = &cfg.database.url {
+        // Shown without its password: pg_dump reads that from PGPASSWORD or ~/.pgpass.
+        let url = tollgate::config::mask_password(url).replacen(":***@", "@", 1);
+        bail!(
+            "tollgate backup copies a SQLite database, and this configuration uses PostgreSQL. \
+             Back it up with pg_dump, e.g.\n\n    pg_dump --format=custom --file='{}' '{url}'\n\n\
+             (pg_dump takes the password from PGPASSWORD or ~/.pgpass; restore with pg_restore --dbname=URL)",
+            path.display()
+        );
+    }
+    let source = &cfg.database.path;
+    let started = std::time::Instant::now();
+    let mut shown = false;
+    let written = tollgate::db::backup::backup_sqlite(source, path, force, |p| {
+        shown = true;
+        eprint!(
+            "\rbacking up: {}/{} pages ({}%)   ",
+            p.copied,
+            p.total,
+            p.copied * 100 / p.total.max(1)
+        );
+    })
+    .with_context(|| format!("backup of {}", source.display()));
+    if shown {
+        eprintln!();
+    }
+    let written = written?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "backed up {} to {}: {} bytes ({:.1} MiB, {} pages) in {secs:.2} s",
+        source.display(),
+        path.display(),
+        written.bytes,
+        written.bytes as f64 / (1024.0 * 1024.0),
+        written.pages
+    );
+    Ok(())
 }
 
 /// Runs `f` to completion on a runtime of this thread (the CLI's database work).
