@@ -63,6 +63,16 @@ pub enum Command {
     },
     /// Validate the configuration and print it with secrets masked
     CheckConfig,
+    /// Copy the SQLite database to PATH, consistently, while the server runs
+    /// (SQLite's online backup); on PostgreSQL, says how to use pg_dump
+    Backup {
+        /// Where to write the copy (a new file)
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Replace PATH if it exists
+        #[arg(long)]
+        force: bool,
+    },
     /// Show each provider, whether it is active and why
     Providers {
         /// Also call each active provider's model list

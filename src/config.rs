@@ -100,6 +100,14 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Open connections from one peer address; more are refused at once.
     pub max_connections_per_ip: usize,
+    /// HTTPS: the certificate chain (PEM, the server's certificate first).
+    /// With `tls_key`, tollgate serves HTTPS instead of plain HTTP; both are
+    /// read again on SIGHUP and when either file changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// HTTPS: the private key of `tls_cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -119,6 +127,8 @@ impl Default for ServerConfig {
             keep_alive_secs: 75,
             max_connections: 4096,
             max_connections_per_ip: 256,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -484,6 +494,12 @@ impl Config {
         if let Some(v) = get("TOLLGATE_LISTEN") {
             self.server.listen = v;
         }
+        if let Some(v) = get("TOLLGATE_TLS_CERT") {
+            self.server.tls_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("TOLLGATE_TLS_KEY") {
+            self.server.tls_key = Some(PathBuf::from(v));
+        }
         if let Some(v) = get("TOLLGATE_DB") {
             self.database.path = PathBuf::from(v);
         }
@@ -531,6 +547,35 @@ impl Config {
                 "server.public_url",
                 format!("expected an http(s) URL, got {:?}", self.server.public_url),
             );
+        }
+        // The files themselves are read by `serve` (and `check-config`), not
+        // here: the other commands run as users that may not read the key.
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => {
+                return err(
+                    "server.tls_key",
+                    "server.tls_cert is set but server.tls_key is not: HTTPS needs both, \
+                     the certificate chain and its private key (PEM files)"
+                        .into(),
+                )
+            }
+            (None, Some(_)) => {
+                return err(
+                    "server.tls_cert",
+                    "server.tls_key is set but server.tls_cert is not: HTTPS needs both, \
+                     the certificate chain and its private key (PEM files)"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        for (k, v) in [
+            ("server.tls_cert", &self.server.tls_cert),
+            ("server.tls_key", &self.server.tls_key),
+        ] {
+            if v.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return err(k, "expected a file path".into());
+            }
         }
         if self.server.max_body_bytes < 1024 {
             return err("server.max_body_bytes", "expected at least 1024".into());
@@ -912,5 +957,25 @@ mod tests {
         );
         c.server.listen = "[::1]:9".into();
         c.validate(None).unwrap();
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let c = Config::parse("[server]\ntls_cert = \"/etc/t/cert.pem\"\n", None).unwrap();
+        let e = c.validate(None).unwrap_err();
+        assert_eq!(e.key, "server.tls_key", "{e}");
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "TOLLGATE_TLS_KEY").then(|| "/etc/t/key.pem".into()));
+        let e = c.validate(None).unwrap_err();
+        assert_eq!(e.key, "server.tls_cert", "{e}");
+        c.apply_env(|k| (k == "TOLLGATE_TLS_CERT").then(|| "/etc/t/cert.pem".into()));
+        c.validate(None).unwrap();
+        let printed = c.to_masked_toml();
+        assert!(
+            printed.contains("tls_cert = \"/etc/t/cert.pem\"")
+                && printed.contains("tls_key = \"/etc/t/key.pem\""),
+            "{printed}"
+        );
+        assert!(!Config::default().to_masked_toml().contains("tls_"));
     }
 }

@@ -136,13 +136,21 @@ pub async fn build_state(
     Ok((state, report))
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then flushes what is
-/// kept in memory.
+/// Serves the API on `listener` (HTTPS with `[server] tls_cert` and
+/// `tls_key`) until `shutdown` resolves, then flushes what is kept in memory.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // HTTPS when both files are configured (validation refused one alone).
+    let tls = match (&state.config.server.tls_cert, &state.config.server.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(server::tls::Tls::new(cert, key).map_err(std::io::Error::other)?)
+        }
+        _ => None,
+    };
+    let tls_watch = tls.clone().map(|t| tokio::spawn(t.watch()));
     let poller = tokio::spawn(state.creds.clone().poll_changes());
     let leases = tokio::spawn(metering::quota::Quotas::keep_leases(state.metering.clone()));
     let flusher = tokio::spawn(state.creds.clone().flush_last_used_loop());
@@ -153,7 +161,13 @@ pub async fn serve(
     // included) up to the grace period to finish.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let n = server::worker_count(state.config.server.workers);
-    let mut workers = server::Workers::start(n, app, &state, stop_rx.clone())?;
+    let mut workers = server::Workers::start(
+        n,
+        app,
+        &state,
+        tls.as_ref().map(|t| t.acceptor()),
+        stop_rx.clone(),
+    )?;
     tracing::debug!(workers = n, "serving threads started");
     let grace = std::time::Duration::from_secs(state.config.server.shutdown_grace_secs);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -202,6 +216,9 @@ pub async fn serve(
     poller.abort();
     flusher.abort();
     refresher.abort();
+    if let Some(w) = tls_watch {
+        w.abort();
+    }
     // Everything queued is written (and, with shared quotas, the
     // reservations it charges are gone with it).
     state.metering.writer.flush().await;

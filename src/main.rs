@@ -89,9 +89,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::CheckConfig => {
             let cfg = load_config(&cli, None)?;
             print!("{}", cfg.to_masked_toml());
+            // `serve` reads these; the check reads them now, so that a bad
+            // pair is found before a restart.
+            if let (Some(cert), Some(key)) = (&cfg.server.tls_cert, &cfg.server.tls_key) {
+                let n = tollgate::server::tls::check(cert, key).map_err(anyhow::Error::msg)?;
+                eprintln!(
+                    "HTTPS: {} ({n} certificate(s)) and its key {} load",
+                    cert.display(),
+                    key.display()
+                );
+            }
             eprintln!("configuration OK");
             Ok(())
         }
+        Command::Backup { path, force } => backup(&load_config(&cli, None)?, path, *force),
         Command::Migrate { from_sqlite } => {
             let cfg = load_config(&cli, None)?;
             let store = Store::connect(&cfg.database)?;
@@ -136,6 +147,47 @@ fn run(cli: Cli) -> Result<()> {
         Command::Key(cmd) => block_on(key_cmd(&load_config(&cli, None)?, cmd))?,
         Command::Plan(PlanCmd::List) => block_on(plan_list(&load_config(&cli, None)?))?,
     }
+}
+
+/// `tollgate backup PATH`: the SQLite file copied while the server may run.
+fn backup(cfg: &Config, path: &std::path::Path, force: bool) -> Result<()> {
+    if let Some(url) = &cfg.database.url {
+        // Shown without its password: pg_dump reads that from PGPASSWORD or ~/.pgpass.
+        let url = tollgate::config::mask_password(url).replacen(":***@", "@", 1);
+        bail!(
+            "tollgate backup copies a SQLite database, and this configuration uses PostgreSQL. \
+             Back it up with pg_dump, e.g.\n\n    pg_dump --format=custom --file='{}' '{url}'\n\n\
+             (pg_dump takes the password from PGPASSWORD or ~/.pgpass; restore with pg_restore --dbname=URL)",
+            path.display()
+        );
+    }
+    let source = &cfg.database.path;
+    let started = std::time::Instant::now();
+    let mut shown = false;
+    let written = tollgate::db::backup::backup_sqlite(source, path, force, |p| {
+        shown = true;
+        eprint!(
+            "\rbacking up: {}/{} pages ({}%)   ",
+            p.copied,
+            p.total,
+            p.copied * 100 / p.total.max(1)
+        );
+    })
+    .with_context(|| format!("backup of {}", source.display()));
+    if shown {
+        eprintln!();
+    }
+    let written = written?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "backed up {} to {}: {} bytes ({:.1} MiB, {} pages) in {secs:.2} s",
+        source.display(),
+        path.display(),
+        written.bytes,
+        written.bytes as f64 / (1024.0 * 1024.0),
+        written.pages
+    );
+    Ok(())
 }
 
 /// Runs `f` to completion on a runtime of this thread (the CLI's database work).
@@ -322,6 +374,15 @@ fn serve(cfg: Config) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // A certificate that does not load stops the start before anything is opened.
+    if let (Some(cert), Some(key)) = (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        tollgate::server::tls::check(cert, key).map_err(anyhow::Error::msg)?;
+    }
+    let scheme = if cfg.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     rt.block_on(async move {
         let addr = cfg.listen_addr();
         let (state, report) = tollgate::build_state(cfg, admin_password_env()).await?;
@@ -344,8 +405,8 @@ fn serve(cfg: Config) -> Result<()> {
             .filter(|p| p.active())
             .map(|p| p.id.as_str())
             .collect();
-        tracing::info!("tollgate listening on http://{local}");
-        tracing::info!("web page: http://{local}/ui/");
+        tracing::info!("tollgate listening on {scheme}://{local}");
+        tracing::info!("web page: {scheme}://{local}/ui/");
         tracing::info!(
             "providers active: {} (default: {})",
             if active.is_empty() {

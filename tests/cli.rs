@@ -501,6 +501,7 @@ async fn help_works_for_every_command() {
         vec!["plan", "list", "--help"],
         vec!["migrate", "--help"],
         vec!["check-config", "--help"],
+        vec!["backup", "--help"],
         vec!["providers", "--help"],
         vec!["route", "--help"],
         vec!["help", "user", "add"],
@@ -514,6 +515,11 @@ async fn help_works_for_every_command() {
     for flag in ["--password", "--password-stdin", "--admin", "--plan"] {
         assert!(text.contains(flag), "{flag}: {text}");
     }
+    let text = ok(&tollgate(cwd.path(), &["backup", "--help"], None).await);
+    assert!(
+        text.contains("PATH") && text.contains("--force") && text.contains("pg_dump"),
+        "{text}"
+    );
     assert!(
         std::fs::read_dir(cwd.path()).unwrap().next().is_none(),
         "--help touched no files"

@@ -8,6 +8,7 @@
 
 mod accounts;
 pub mod api_keys;
+pub mod backup;
 pub mod oauth_states;
 pub mod pg;
 pub mod plans;

@@ -14,7 +14,12 @@
 //! deadlines. Before a connection reaches a worker, [`ConnCount`] holds it to
 //! `max_connections` in all and `max_connections_per_ip` per peer; one over
 //! a cap gets a short 503 and is closed at once.
+//!
+//! With `[server] tls_cert` and `tls_key` the same path runs over TLS
+//! ([`tls`]): rustls sits between [`watch::Watched`] and hyper, and its
+//! handshake must end within `header_timeout_secs` of the connect.
 
+pub mod tls;
 pub mod watch;
 
 use axum::extract::ConnectInfo;
@@ -146,6 +151,9 @@ pub struct Workers {
     pub conns: Arc<ConnCount>,
     max: usize,
     max_per_ip: usize,
+    /// Plain HTTP: a refused connection gets the 503 (over TLS it is only
+    /// closed, since an answer would need a handshake first).
+    plain: bool,
 }
 
 /// How many workers `configured` (0 = one per CPU) means.
@@ -165,15 +173,18 @@ struct Serving {
     fast: Option<crate::state::AppState>,
     limits: watch::Limits,
     body_timeout: Duration,
+    /// HTTPS: every connection starts with a TLS handshake.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Workers {
-    /// Starts `n` workers serving `app`; `stop` turning true starts a graceful
-    /// shutdown of every connection.
+    /// Starts `n` workers serving `app` (over TLS with `tls`); `stop` turning
+    /// true starts a graceful shutdown of every connection.
     pub fn start(
         n: usize,
         app: Router,
         state: &crate::state::AppState,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         stop: signal::Receiver<bool>,
     ) -> std::io::Result<Workers> {
         let cfg = &state.config.server;
@@ -187,7 +198,9 @@ impl Workers {
                 keep_alive: Duration::from_secs(cfg.keep_alive_secs),
             },
             body_timeout: Duration::from_secs(cfg.body_timeout_secs),
+            tls,
         };
+        let plain = serving.tls.is_none();
         let conns = Arc::new(ConnCount::default());
         let mut senders = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
@@ -219,6 +232,7 @@ impl Workers {
             conns,
             max: cfg.max_connections,
             max_per_ip: cfg.max_connections_per_ip,
+            plain,
         })
     }
 
@@ -230,7 +244,9 @@ impl Workers {
             Err(why) => {
                 tracing::debug!(peer = %peer.ip(), ?why, "connection refused: over a cap");
                 // Whatever fits in the socket buffer now; never waited for.
-                let _ = stream.try_write(refusal(&why));
+                if self.plain {
+                    let _ = stream.try_write(refusal(&why));
+                }
                 return;
             }
         };
@@ -301,7 +317,7 @@ async fn worker(
 async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    serving: Serving,
+    mut serving: Serving,
     mut stop: signal::Receiver<bool>,
     _guard: ConnGuard,
 ) {
@@ -311,7 +327,42 @@ async fn connection(
         tracing::trace!(error = %e, "cannot set TCP_NODELAY");
     }
     let state = watch::ConnState::new();
-    let io = TokioIo::new(watch::Watched::new(stream, state.clone(), serving.limits));
+    let io = watch::Watched::new(stream, state.clone(), serving.limits);
+    let Some(acceptor) = serving.tls.take() else {
+        return serve_http(TokioIo::new(io), state, peer, serving, stop).await;
+    };
+    // The handshake reads through `Watched`, whose head deadline already
+    // runs from the connect; the timeout here also bounds a client that
+    // stops reading, and a stop signal ends a handshake at once.
+    let handshake = tokio::time::timeout(serving.limits.header_timeout, acceptor.accept(io));
+    let tls = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %peer.ip(), error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %peer.ip(), "TLS handshake timed out");
+                return;
+            }
+        },
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    serve_http(TokioIo::new(tls), state, peer, serving, stop).await
+}
+
+/// Serves HTTP on a connection (plain, or after its TLS handshake) until it
+/// ends, or, once `stop` turns true, until its requests in flight are answered.
+async fn serve_http<I>(
+    io: TokioIo<I>,
+    state: Arc<watch::ConnState>,
+    peer: SocketAddr,
+    serving: Serving,
+    mut stop: signal::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let Serving {
         app,
         fast,

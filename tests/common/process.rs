@@ -47,6 +47,19 @@ pub fn free_port() -> u16 {
 /// Starts `tollgate serve --config config` in `dir` with `args` added, logging
 /// to `dir/<name>.log`, and waits until `/health` answers.
 pub async fn start(dir: &Path, name: &str, config: &Path, args: &[&str]) -> Process {
+    start_with(dir, name, config, args, "http", &reqwest::Client::new()).await
+}
+
+/// [`start`] for a server reached at `scheme` (`https` with
+/// `[server] tls_cert`) through `client` (which trusts its certificate).
+pub async fn start_with(
+    dir: &Path,
+    name: &str,
+    config: &Path,
+    args: &[&str],
+    scheme: &str,
+    client: &reqwest::Client,
+) -> Process {
     let port = free_port();
     let log = dir.join(format!("{name}.log"));
     let file = std::fs::OpenOptions::new()
@@ -75,16 +88,17 @@ pub async fn start(dir: &Path, name: &str, config: &Path, args: &[&str]) -> Proc
         "TOLLGATE_DB",
         "TOLLGATE_DATABASE_URL",
         "TOLLGATE_JWT_SECRET",
+        "TOLLGATE_TLS_CERT",
+        "TOLLGATE_TLS_KEY",
     ] {
         cmd.env_remove(var);
     }
     let child = cmd.spawn().expect("start tollgate");
     let p = Process {
         child: Some(child),
-        url: format!("http://127.0.0.1:{port}"),
+        url: format!("{scheme}://127.0.0.1:{port}"),
         log,
     };
-    let client = reqwest::Client::new();
     for _ in 0..300 {
         if let Ok(r) = client.get(p.url("/health")).send().await {
             if r.status() == 200 {
