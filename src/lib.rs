@@ -150,7 +150,10 @@ pub async fn serve(
         }
         _ => None,
     };
-    let tls_watch = tls.clone().map(|t| tokio::spawn(t.watch()));
+    let tls_watch = Some(match tls.clone() {
+        Some(t) => tokio::spawn(t.watch()),
+        None => tokio::spawn(server::tls::ignore_hangups()),
+    });
     let poller = tokio::spawn(state.creds.clone().poll_changes());
     let leases = tokio::spawn(metering::quota::Quotas::keep_leases(state.metering.clone()));
     let flusher = tokio::spawn(state.creds.clone().flush_last_used_loop());

@@ -325,3 +325,33 @@ fn half_a_pair_or_a_wrong_key_fails_validation() {
     );
     assert!(!ok && err.contains("server.tls_key"), "{err}");
 }
+
+/// `systemctl reload` sends SIGHUP whether or not TLS is configured: a
+/// plain-HTTP server logs it and goes on serving (the signal's default
+/// action would end the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_tls_is_only_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let db = dir.path().join("t.db");
+    let p = process::start(
+        dir.path(),
+        "plain",
+        &config,
+        &["--db", db.to_str().unwrap()],
+    )
+    .await;
+    signal(&p, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log(&p).contains("nothing to reload") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP not logged; log:\n{}",
+            log(&p)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = reqwest::get(p.url("/health")).await.unwrap();
+    assert_eq!(r.status(), 200, "the server stopped on SIGHUP");
+}

@@ -211,3 +211,18 @@ pub fn check(cert: &Path, key: &Path) -> Result<usize, String> {
     let provider = rustls::crypto::ring::default_provider();
     load(cert, key, &provider).map(|k| k.cert.len())
 }
+
+/// Without TLS there is nothing to reload, but `systemctl reload` still sends
+/// SIGHUP, whose default action would end the process: answers it with a log
+/// line instead. Runs until aborted.
+pub async fn ignore_hangups() {
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        while hup.recv().await.is_some() {
+            tracing::info!(
+                "SIGHUP: nothing to reload without [server] tls_cert and tls_key; \
+                 other settings take a restart"
+            );
+        }
+    }
+}
