@@ -42,6 +42,26 @@ async fn tollgate(cwd: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().await.unwrap()
 }
 
+/// [`tollgate`] with the environment variables `env` set.
+async fn tollgate_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null());
+    for v in [
+        "TOLLGATE_DB",
+        "TOLLGATE_DATABASE_URL",
+        "TOLLGATE_LISTEN",
+        "TOLLGATE_JWT_SECRET",
+        "TOLLGATE_ADMIN_PASSWORD",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().await.unwrap()
+}
+
 fn out(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -624,6 +644,75 @@ async fn check_config_names_the_bad_key() {
     .await;
     let e = fails(&o);
     assert!(e.contains("/nonexistent/tollgate.toml"), "{e}");
+}
+
+/// A bad value from a flag or an environment variable is blamed on that flag
+/// or variable, not on the config.toml that sits beside it.
+#[tokio::test]
+async fn a_bad_flag_or_variable_is_named_not_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nlisten = \"127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    // (arguments, environment, what the error must name)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
+        (&["serve", "--listen", "nonsense"], &[], "--listen"),
+        (
+            &["check-config"],
+            &[("TOLLGATE_LISTEN", "nonsense")],
+            "environment variable TOLLGATE_LISTEN",
+        ),
+        (
+            // The flag wins over the variable, and is the one named.
+            &["serve", "--listen", "nonsense"],
+            &[("TOLLGATE_LISTEN", "127.0.0.1:1")],
+            "--listen",
+        ),
+        (
+            &["check-config"],
+            &[("TOLLGATE_DATABASE_URL", "mysql://me:db-pw-31337@h/d")],
+            "environment variable TOLLGATE_DATABASE_URL",
+        ),
+        (
+            &["check-config"],
+            &[("TOLLGATE_DB", "postgres://me:db-pw-31337@h/d")],
+            "environment variable TOLLGATE_DB",
+        ),
+        (
+            &["check-config", "--db", "mysql://me:db-pw-31337@h/d"],
+            &[],
+            "--db",
+        ),
+    ];
+    for (args, env, origin) in cases {
+        let e = fails(&tollgate_env(dir.path(), args, env).await);
+        assert!(
+            e.contains(origin),
+            "{args:?} {env:?}: does not name {origin}: {e}"
+        );
+        assert!(
+            !e.contains("config.toml"),
+            "{args:?} {env:?}: blames the file: {e}"
+        );
+        assert!(
+            !e.contains("db-pw-31337"),
+            "{args:?} {env:?}: prints a password: {e}"
+        );
+    }
+    // A bad value in the file is still blamed on the file.
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nlisten = \"nonsense\"\n",
+    )
+    .unwrap();
+    let e = fails(&tollgate_env(dir.path(), &["check-config"], &[]).await);
+    assert!(
+        e.contains("config.toml") && e.contains("server.listen"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
