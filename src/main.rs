@@ -307,7 +307,7 @@ fn providers(cfg: &Config, probe: bool) -> Result<()> {
             println!("             {reason}");
         } else if probe {
             eprintln!("             probing {} …", prov.models_url);
-            match rt.block_on(catalog.refresh(prov)) {
+            match rt.block_on(catalog.fetch(prov)) {
                 Ok(models) => println!("             model list: {} models", models.len()),
                 Err(reason) => println!("             model list failed: {reason}"),
             }
