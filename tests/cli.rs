@@ -519,6 +519,9 @@ async fn help_works_for_every_command() {
         vec!["key", "revoke", "--help"],
         vec!["plan", "--help"],
         vec!["plan", "list", "--help"],
+        vec!["plan", "add", "--help"],
+        vec!["plan", "set", "--help"],
+        vec!["plan", "delete", "--help"],
         vec!["migrate", "--help"],
         vec!["check-config", "--help"],
         vec!["providers", "--help"],
@@ -644,6 +647,212 @@ async fn check_config_names_the_bad_key() {
     .await;
     let e = fails(&o);
     assert!(e.contains("/nonexistent/tollgate.toml"), "{e}");
+}
+
+/// The row of `plan list` for `name`, split on whitespace.
+fn plan_row(list: &str, name: &str) -> Option<Vec<String>> {
+    list.lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|w| w.first().map(String::as_str) == Some(name))
+}
+
+#[tokio::test]
+async fn plan_add_set_delete() {
+    let db = Db::new();
+    let o = ok(&db
+        .run(&[
+            "plan",
+            "add",
+            "team",
+            "--monthly-tokens",
+            "500000",
+            "--rpm",
+            "120",
+            "--price-usd-month",
+            "9.5",
+            "--allowed-models",
+            "aiml/*,openrouter/openai/*",
+        ])
+        .await);
+    assert!(o.contains("team"), "{o}");
+    let list = ok(&db.run(&["plan", "list"]).await);
+    assert_eq!(
+        plan_row(&list, "team").unwrap(),
+        [
+            "team",
+            "500000",
+            "120",
+            "9.50",
+            "aiml/*,",
+            "openrouter/openai/*"
+        ],
+        "{list}"
+    );
+    // Left out: price 0 and every model.
+    ok(&db
+        .run(&[
+            "plan",
+            "add",
+            "tiny",
+            "--monthly-tokens",
+            "10",
+            "--rpm",
+            "1",
+        ])
+        .await);
+    let list = ok(&db.run(&["plan", "list"]).await);
+    assert_eq!(
+        plan_row(&list, "tiny").unwrap(),
+        ["tiny", "10", "1", "0.00", "*"]
+    );
+
+    // set changes only what it names.
+    ok(&db
+        .run(&[
+            "plan",
+            "set",
+            "team",
+            "--rpm",
+            "30",
+            "--allowed-models",
+            "*",
+        ])
+        .await);
+    let list = ok(&db.run(&["plan", "list"]).await);
+    assert_eq!(
+        plan_row(&list, "team").unwrap(),
+        ["team", "500000", "30", "9.50", "*"]
+    );
+    ok(&db
+        .run(&["plan", "set", "team", "--monthly-tokens", "7"])
+        .await);
+    let list = ok(&db.run(&["plan", "list"]).await);
+    assert_eq!(plan_row(&list, "team").unwrap()[1..3], ["7", "30"]);
+
+    // Bad values: the flag is named and nothing changes.
+    for (args, says) in [
+        (
+            vec!["plan", "add", "x", "--monthly-tokens", "-1", "--rpm", "1"],
+            "--monthly-tokens",
+        ),
+        (
+            vec!["plan", "add", "x", "--monthly-tokens", "1", "--rpm", "0"],
+            "--rpm",
+        ),
+        (
+            vec!["plan", "add", "a/b", "--monthly-tokens", "1", "--rpm", "1"],
+            "'/'",
+        ),
+        (
+            vec![
+                "plan",
+                "add",
+                "x",
+                "--monthly-tokens",
+                "1",
+                "--rpm",
+                "1",
+                "--price-usd-month",
+                "-2",
+            ],
+            "--price-usd-month",
+        ),
+        (
+            vec![
+                "plan",
+                "add",
+                "x",
+                "--monthly-tokens",
+                "1",
+                "--rpm",
+                "1",
+                "--allowed-models",
+                "aiml/[",
+            ],
+            "--allowed-models",
+        ),
+        (vec!["plan", "add", "x", "--rpm", "1"], "--monthly-tokens"),
+        (
+            vec!["plan", "add", "free", "--monthly-tokens", "1", "--rpm", "1"],
+            "already exists",
+        ),
+        (vec!["plan", "set", "team", "--rpm", "-5"], "--rpm"),
+        (vec!["plan", "set", "team"], "nothing to change"),
+        (
+            vec!["plan", "set", "gold", "--rpm", "5"],
+            "no plan named \"gold\"",
+        ),
+        (vec!["plan", "delete", "gold"], "no plan named \"gold\""),
+        // The admin is on free.
+        (vec!["plan", "delete", "free"], "in use"),
+    ] {
+        let e = fails(&db.run(&args).await);
+        assert!(e.contains(says), "{args:?}: {e}");
+    }
+    let list = ok(&db.run(&["plan", "list"]).await);
+    assert!(
+        plan_row(&list, "x").is_none() && plan_row(&list, "a/b").is_none(),
+        "{list}"
+    );
+    assert_eq!(plan_row(&list, "team").unwrap()[1..3], ["7", "30"]);
+
+    ok(&db.run(&["plan", "delete", "team"]).await);
+    let list = ok(&db.run(&["plan", "list"]).await);
+    assert!(plan_row(&list, "team").is_none(), "{list}");
+    assert!(plan_row(&list, "free").is_some(), "{list}");
+}
+
+/// A plan made or changed by the CLI reaches a running server within a second
+/// or so (its credential cache reads the changes of other processes).
+#[tokio::test]
+async fn a_running_server_sees_cli_plan_changes() {
+    let s = TestServer::start().await;
+    let db = common::db_arg(&s.state.config);
+    let cwd = tempfile::tempdir().unwrap();
+    let (_, _, key) = s.user_with_key("alice", None).await;
+    let cli = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--db", db.as_str()]);
+        let cwd = cwd.path().to_owned();
+        let a: Vec<String> = a.into_iter().map(str::to_owned).collect();
+        async move {
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            ok(&tollgate(&cwd, &a, None).await)
+        }
+    };
+    cli(&["plan", "set", "free", "--monthly-tokens", "4321"]).await;
+    eventually("CLI plan set", || async {
+        let me: Value = s
+            .get_as("/subscriptions/me", &key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        me["monthly_tokens"] == 4321
+    })
+    .await;
+    cli(&[
+        "plan",
+        "add",
+        "team",
+        "--monthly-tokens",
+        "777",
+        "--rpm",
+        "5",
+    ])
+    .await;
+    cli(&["user", "set-plan", "alice", "team"]).await;
+    eventually("CLI plan add", || async {
+        let me: Value = s
+            .get_as("/subscriptions/me", &key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        me["plan"] == "team" && me["monthly_tokens"] == 777
+    })
+    .await;
+    s.stop().await;
 }
 
 /// A bad value from a flag or an environment variable is blamed on that flag
