@@ -88,7 +88,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve { listen } => serve(load_config(&cli, listen.clone())?),
         Command::CheckConfig => {
             let cfg = load_config(&cli, None)?;
-            print!("{}", cfg.to_masked_toml());
+            print!("{}", tollgate::check_config::effective_toml(&cfg));
             eprintln!("configuration OK");
             Ok(())
         }

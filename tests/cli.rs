@@ -610,6 +610,78 @@ userinfo_url = "https://auth.example/userinfo"
     );
 }
 
+/// check-config shows what the server will use: the built-in providers
+/// (active or not) and the plans a first start creates.
+#[tokio::test]
+async fn check_config_shows_the_effective_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = tollgate_env(
+        dir.path(),
+        &["check-config"],
+        &[("OPENROUTER_API_KEY", "sk-or-v1-env-secret-8888")],
+    )
+    .await;
+    let text = ok(&o);
+    assert!(!text.contains("plans = []"), "{text}");
+    assert!(!format!("{text}{}", err(&o)).contains("sk-or-v1-env-secret-8888"));
+    let cfg = tollgate::config::Config::parse(&text, None).expect("a valid config file");
+    let plans: Vec<(&str, i64)> = cfg
+        .plans
+        .iter()
+        .map(|p| (p.name.as_str(), p.monthly_tokens))
+        .collect();
+    assert_eq!(
+        plans,
+        [
+            ("free", 10_000),
+            ("pro", 100_000),
+            ("enterprise", 1_000_000)
+        ]
+    );
+    for (id, name, url) in tollgate::config::BUILTIN_PROVIDERS {
+        let p = &cfg.providers[*id];
+        assert_eq!(
+            (p.name.as_deref(), p.base_url.as_deref()),
+            (Some(*name), Some(*url)),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("# openrouter: active, the default\n[providers.openrouter]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# glama: inactive: no API key: set GLAMA_API_KEY"),
+        "{text}"
+    );
+
+    // Plans in the file replace the defaults; a custom provider is listed too.
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[[plans]]\nname = \"solo\"\nmonthly_tokens = 5\n\n\
+         [providers.local]\nbase_url = \"http://127.0.0.1:11434/v1\"\n\
+         headers = { X-Api-Key = \"header-secret-6666\", X-Title = \"shown\" }\n",
+    )
+    .unwrap();
+    let text = ok(&tollgate_env(dir.path(), &["check-config"], &[]).await);
+    let cfg = tollgate::config::Config::parse(&text, None).expect("a valid config file");
+    assert_eq!(cfg.plans.len(), 1, "{text}");
+    assert_eq!(cfg.plans[0].name, "solo");
+    assert_eq!(cfg.providers.len(), 5, "{text}");
+    assert!(
+        text.contains("# local: active\n[providers.local]"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("header-secret-6666") && text.contains("shown"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# openrouter: inactive, the default: no API key"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn check_config_names_the_bad_key() {
     let dir = tempfile::tempdir().unwrap();
