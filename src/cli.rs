@@ -50,7 +50,7 @@ pub enum Command {
     /// Manage API keys
     #[command(subcommand)]
     Key(KeyCmd),
-    /// Show plans
+    /// Manage plans
     #[command(subcommand)]
     Plan(PlanCmd),
     /// Apply pending database migrations and exit; with --from-sqlite, copy a
@@ -158,4 +158,58 @@ pub enum KeyCmd {
 pub enum PlanCmd {
     /// List plans
     List,
+    /// Create a plan
+    Add {
+        /// Plan name (1 to 64 characters, no '/')
+        name: String,
+        /// Tokens a user may spend per calendar month (UTC)
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        monthly_tokens: i64,
+        /// Requests per minute, per user
+        #[arg(
+            long,
+            visible_alias = "requests-per-minute",
+            value_name = "N",
+            allow_negative_numbers = true
+        )]
+        rpm: i64,
+        #[command(flatten)]
+        extra: PlanExtra,
+    },
+    /// Change a plan's limits, price or models; the running server applies
+    /// them within a second
+    Set {
+        /// Plan name
+        name: String,
+        /// Tokens a user may spend per calendar month (UTC)
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        monthly_tokens: Option<i64>,
+        /// Requests per minute, per user
+        #[arg(
+            long,
+            visible_alias = "requests-per-minute",
+            value_name = "N",
+            allow_negative_numbers = true
+        )]
+        rpm: Option<i64>,
+        #[command(flatten)]
+        extra: PlanExtra,
+    },
+    /// Delete a plan (refused while a user is on it)
+    Delete {
+        /// Plan name
+        name: String,
+    },
+}
+
+/// The optional fields of `plan add` and `plan set`.
+#[derive(Args, Debug)]
+pub struct PlanExtra {
+    /// Price shown to users, USD per month (default 0)
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
+    pub price_usd_month: Option<f64>,
+    /// Model names or glob patterns the plan allows, comma-separated, e.g.
+    /// "aiml/*,openrouter/openai/*" (default "*": every model)
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub allowed_models: Option<Vec<String>>,
 }

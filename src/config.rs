@@ -398,11 +398,15 @@ pub const BUILTIN_PROVIDERS: &[(&str, &str, &str)] = &[
     ("aiml", "AIML API", "https://api.aimlapi.com/v1"),
 ];
 
-/// A configuration problem: which file, which key, what was expected.
+/// A configuration problem: where the value came from (a file, or the flag or
+/// environment variable that set it), which key, what was expected.
 #[derive(Debug, thiserror::Error)]
-#[error("configuration error{}: key `{key}`: {message}", file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default())]
+#[error("configuration error{}: {message}", self.place())]
 pub struct ConfigError {
     pub file: Option<PathBuf>,
+    /// The flag (`--listen`) or environment variable that set the bad value,
+    /// when it did not come from `file`.
+    pub origin: Option<String>,
     pub key: String,
     pub message: String,
 }
@@ -411,8 +415,17 @@ impl ConfigError {
     fn new(file: Option<&Path>, key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             file: file.map(Path::to_path_buf),
+            origin: None,
             key: key.into(),
             message: message.into(),
+        }
+    }
+
+    fn place(&self) -> String {
+        match (&self.origin, &self.file) {
+            (Some(o), _) => format!(" in {o} (key `{}`)", self.key),
+            (None, Some(f)) => format!(" in {}: key `{}`", f.display(), self.key),
+            (None, None) => format!(": key `{}`", self.key),
         }
     }
 }
@@ -444,14 +457,40 @@ impl Config {
             }
             None => Config::default(),
         };
-        cfg.apply_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        cfg.apply_env(env);
+        // Where each overridden key came from, the last one winning, so that
+        // an error names the variable or flag rather than the file.
+        let mut origins: Vec<(&str, String)> = [
+            ("server.listen", "TOLLGATE_LISTEN"),
+            ("database.path", "TOLLGATE_DB"),
+            ("database.url", "TOLLGATE_DATABASE_URL"),
+        ]
+        .into_iter()
+        .filter(|(_, var)| env(var).is_some())
+        .map(|(key, var)| (key, format!("the environment variable {var}")))
+        .collect();
         if let Some(l) = &ov.listen {
             cfg.server.listen = l.clone();
+            origins.push(("server.listen", "--listen".into()));
         }
         if let Some(d) = &ov.db {
             cfg.apply_db_flag(d);
+            let key = if d.to_str().is_some_and(is_postgres_url) {
+                "database.url"
+            } else {
+                "database.path"
+            };
+            origins.push((key, "--db".into()));
         }
-        cfg.validate(path.as_deref())?;
+        cfg.validate(path.as_deref()).map_err(|mut e| {
+            e.origin = origins
+                .iter()
+                .rev()
+                .find(|(key, _)| *key == e.key)
+                .map(|(_, o)| o.clone());
+            e
+        })?;
         Ok(cfg)
     }
 
@@ -615,6 +654,18 @@ impl Config {
         }
         if self.database.path.as_os_str().is_empty() {
             return err("database.path", "expected a file path".into());
+        }
+        // (With a PostgreSQL URL the path is not used.)
+        let path_url = self.database.path.to_str().filter(|p| p.contains("://"));
+        if let Some(url) = path_url.filter(|_| self.database.url.is_none()) {
+            return err(
+                "database.path",
+                format!(
+                    "expected a SQLite file path, got the URL {:?}; a PostgreSQL URL goes in \
+                     [database] url, TOLLGATE_DATABASE_URL or --db",
+                    mask_password(url)
+                ),
+            );
         }
         if let Some(url) = &self.database.url {
             if !is_postgres_url(url) {

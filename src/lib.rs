@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod check_config;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -88,7 +88,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve { listen } => serve(load_config(&cli, listen.clone())?),
         Command::CheckConfig => {
             let cfg = load_config(&cli, None)?;
-            print!("{}", cfg.to_masked_toml());
+            print!("{}", tollgate::check_config::effective_toml(&cfg));
             // `serve` reads these; the check reads them now, so that a bad
             // pair is found before a restart.
             if let (Some(cert), Some(key)) = (&cfg.server.tls_cert, &cfg.server.tls_key) {
@@ -145,7 +145,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::User(cmd) => block_on(user_cmd(&load_config(&cli, None)?, cmd))?,
         Command::Key(cmd) => block_on(key_cmd(&load_config(&cli, None)?, cmd))?,
-        Command::Plan(PlanCmd::List) => block_on(plan_list(&load_config(&cli, None)?))?,
+        Command::Plan(cmd) => block_on(plan_cmd(&load_config(&cli, None)?, cmd))?,
     }
 }
 
@@ -198,8 +198,7 @@ fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
     Ok(rt.block_on(f))
 }
 
-async fn plan_list(cfg: &Config) -> Result<()> {
-    let store = open_db(cfg).await?;
+async fn plan_list(store: &Store) -> Result<()> {
     println!(
         "{:<16} {:>14} {:>8} {:>10}  allowed models",
         "name", "monthly_tokens", "rpm", "usd/month"
@@ -215,6 +214,84 @@ async fn plan_list(cfg: &Config) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `plan add | set | delete`, with the admin API's checks; the running server
+/// picks the change up from the database.
+async fn plan_cmd(cfg: &Config, cmd: &PlanCmd) -> Result<()> {
+    use tollgate::service::plans;
+    let store = open_db(cfg).await?;
+    let extra = |x: &tollgate::cli::PlanExtra| (x.price_usd_month, x.allowed_models.clone());
+    match cmd {
+        PlanCmd::List => plan_list(&store).await?,
+        PlanCmd::Add {
+            name,
+            monthly_tokens,
+            rpm,
+            extra: x,
+        } => {
+            let (price_usd_month, allowed_models) = extra(x);
+            let new = plans::NewPlan {
+                name: name.clone(),
+                monthly_tokens: *monthly_tokens,
+                requests_per_minute: *rpm,
+                price_usd_month,
+                allowed_models,
+            };
+            let p = plans::create(&store, new, db::ts(chrono::Utc::now()))
+                .await
+                .map_err(plan_error)?;
+            println!("created plan {}", describe_plan(&p));
+        }
+        PlanCmd::Set {
+            name,
+            monthly_tokens,
+            rpm,
+            extra: x,
+        } => {
+            let (price_usd_month, allowed_models) = extra(x);
+            let changes = plans::PlanChanges {
+                monthly_tokens: *monthly_tokens,
+                requests_per_minute: *rpm,
+                price_usd_month,
+                allowed_models,
+            };
+            if changes.is_empty() {
+                bail!(
+                    "nothing to change: give --monthly-tokens, --rpm, --price-usd-month or --allowed-models"
+                );
+            }
+            let p = plans::update(&store, name, changes)
+                .await
+                .map_err(plan_error)?;
+            println!("changed plan {}", describe_plan(&p));
+        }
+        PlanCmd::Delete { name } => {
+            plans::delete(&store, name).await.map_err(plan_error)?;
+            println!("deleted plan {name}");
+        }
+    }
+    Ok(())
+}
+
+/// The admin API's error, naming the flag where the API names a field.
+fn plan_error(e: tollgate::error::ApiError) -> anyhow::Error {
+    match e.param.as_deref() {
+        Some("requests_per_minute") => anyhow!("--rpm: {}", e.message),
+        Some(p) if p != "name" => anyhow!("--{}: {}", p.replace('_', "-"), e.message),
+        _ => anyhow!(e.message),
+    }
+}
+
+fn describe_plan(p: &tollgate::db::plans::Plan) -> String {
+    format!(
+        "{}: {} tokens/month, {} requests/minute, {:.2} USD/month, models {}",
+        p.name,
+        p.monthly_tokens,
+        p.requests_per_minute,
+        p.price_usd_month,
+        p.allowed_models.join(", ")
+    )
 }
 
 async fn open_db(cfg: &Config) -> Result<Store> {
@@ -359,7 +436,7 @@ fn providers(cfg: &Config, probe: bool) -> Result<()> {
             println!("             {reason}");
         } else if probe {
             eprintln!("             probing {} …", prov.models_url);
-            match rt.block_on(catalog.refresh(prov)) {
+            match rt.block_on(catalog.fetch(prov)) {
                 Ok(models) => println!("             model list: {} models", models.len()),
                 Err(reason) => println!("             model list failed: {reason}"),
             }

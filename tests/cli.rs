@@ -42,6 +42,26 @@ async fn tollgate(cwd: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().await.unwrap()
 }
 
+/// [`tollgate`] with the environment variables `env` set.
+async fn tollgate_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null());
+    for v in [
+        "TOLLGATE_DB",
+        "TOLLGATE_DATABASE_URL",
+        "TOLLGATE_LISTEN",
+        "TOLLGATE_JWT_SECRET",
+        "TOLLGATE_ADMIN_PASSWORD",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().await.unwrap()
+}
+
 fn out(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -499,6 +519,9 @@ async fn help_works_for_every_command() {
         vec!["key", "revoke", "--help"],
         vec!["plan", "--help"],
         vec!["plan", "list", "--help"],
+        vec!["plan", "add", "--help"],
+        vec!["plan", "set", "--help"],
+        vec!["plan", "delete", "--help"],
         vec!["migrate", "--help"],
         vec!["check-config", "--help"],
         vec!["backup", "--help"],
@@ -593,6 +616,78 @@ userinfo_url = "https://auth.example/userinfo"
     );
 }
 
+/// check-config shows what the server will use: the built-in providers
+/// (active or not) and the plans a first start creates.
+#[tokio::test]
+async fn check_config_shows_the_effective_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = tollgate_env(
+        dir.path(),
+        &["check-config"],
+        &[("OPENROUTER_API_KEY", "sk-or-v1-env-secret-8888")],
+    )
+    .await;
+    let text = ok(&o);
+    assert!(!text.contains("plans = []"), "{text}");
+    assert!(!format!("{text}{}", err(&o)).contains("sk-or-v1-env-secret-8888"));
+    let cfg = tollgate::config::Config::parse(&text, None).expect("a valid config file");
+    let plans: Vec<(&str, i64)> = cfg
+        .plans
+        .iter()
+        .map(|p| (p.name.as_str(), p.monthly_tokens))
+        .collect();
+    assert_eq!(
+        plans,
+        [
+            ("free", 10_000),
+            ("pro", 100_000),
+            ("enterprise", 1_000_000)
+        ]
+    );
+    for (id, name, url) in tollgate::config::BUILTIN_PROVIDERS {
+        let p = &cfg.providers[*id];
+        assert_eq!(
+            (p.name.as_deref(), p.base_url.as_deref()),
+            (Some(*name), Some(*url)),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("# openrouter: active, the default\n[providers.openrouter]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# glama: inactive: no API key: set GLAMA_API_KEY"),
+        "{text}"
+    );
+
+    // Plans in the file replace the defaults; a custom provider is listed too.
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[[plans]]\nname = \"solo\"\nmonthly_tokens = 5\n\n\
+         [providers.local]\nbase_url = \"http://127.0.0.1:11434/v1\"\n\
+         headers = { X-Api-Key = \"header-secret-6666\", X-Title = \"shown\" }\n",
+    )
+    .unwrap();
+    let text = ok(&tollgate_env(dir.path(), &["check-config"], &[]).await);
+    let cfg = tollgate::config::Config::parse(&text, None).expect("a valid config file");
+    assert_eq!(cfg.plans.len(), 1, "{text}");
+    assert_eq!(cfg.plans[0].name, "solo");
+    assert_eq!(cfg.providers.len(), 5, "{text}");
+    assert!(
+        text.contains("# local: active\n[providers.local]"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("header-secret-6666") && text.contains("shown"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# openrouter: inactive, the default: no API key"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn check_config_names_the_bad_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -630,6 +725,281 @@ async fn check_config_names_the_bad_key() {
     .await;
     let e = fails(&o);
     assert!(e.contains("/nonexistent/tollgate.toml"), "{e}");
+}
+
+/// The row of `plan list` for `name`, split on whitespace.
+fn plan_row(list: &str, name: &str) -> Option<Vec<String>> {
+    list.lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|w| w.first().map(String::as_str) == Some(name))
+}
+
+#[tokio::test]
+async fn plan_add_set_delete() {
+    let db = Db::new();
+    let o = ok(&db
+        .run(&[
+            "plan",
+            "add",
+            "team",
+            "--monthly-tokens",
+            "500000",
+            "--rpm",
+            "120",
+            "--price-usd-month",
+            "9.5",
+            "--allowed-models",
+            "aiml/*,openrouter/openai/*",
+        ])
+        .await);
+    assert!(o.contains("team"), "{o}");
+    let list = ok(&db.run(&["plan", "list"]).await);
+    assert_eq!(
+        plan_row(&list, "team").unwrap(),
+        [
+            "team",
+            "500000",
+            "120",
+            "9.50",
+            "aiml/*,",
+            "openrouter/openai/*"
+        ],
+        "{list}"
+    );
+    // Left out: price 0 and every model.
+    ok(&db
+        .run(&[
+            "plan",
+            "add",
+            "tiny",
+            "--monthly-tokens",
+            "10",
+            "--rpm",
+            "1",
+        ])
+        .await);
+    let list = ok(&db.run(&["plan", "list"]).await);
+    assert_eq!(
+        plan_row(&list, "tiny").unwrap(),
+        ["tiny", "10", "1", "0.00", "*"]
+    );
+
+    // set changes only what it names.
+    ok(&db
+        .run(&[
+            "plan",
+            "set",
+            "team",
+            "--rpm",
+            "30",
+            "--allowed-models",
+            "*",
+        ])
+        .await);
+    let list = ok(&db.run(&["plan", "list"]).await);
+    assert_eq!(
+        plan_row(&list, "team").unwrap(),
+        ["team", "500000", "30", "9.50", "*"]
+    );
+    ok(&db
+        .run(&["plan", "set", "team", "--monthly-tokens", "7"])
+        .await);
+    let list = ok(&db.run(&["plan", "list"]).await);
+    assert_eq!(plan_row(&list, "team").unwrap()[1..3], ["7", "30"]);
+
+    // Bad values: the flag is named and nothing changes.
+    for (args, says) in [
+        (
+            vec!["plan", "add", "x", "--monthly-tokens", "-1", "--rpm", "1"],
+            "--monthly-tokens",
+        ),
+        (
+            vec!["plan", "add", "x", "--monthly-tokens", "1", "--rpm", "0"],
+            "--rpm",
+        ),
+        (
+            vec!["plan", "add", "a/b", "--monthly-tokens", "1", "--rpm", "1"],
+            "'/'",
+        ),
+        (
+            vec![
+                "plan",
+                "add",
+                "x",
+                "--monthly-tokens",
+                "1",
+                "--rpm",
+                "1",
+                "--price-usd-month",
+                "-2",
+            ],
+            "--price-usd-month",
+        ),
+        (
+            vec![
+                "plan",
+                "add",
+                "x",
+                "--monthly-tokens",
+                "1",
+                "--rpm",
+                "1",
+                "--allowed-models",
+                "aiml/[",
+            ],
+            "--allowed-models",
+        ),
+        (vec!["plan", "add", "x", "--rpm", "1"], "--monthly-tokens"),
+        (
+            vec!["plan", "add", "free", "--monthly-tokens", "1", "--rpm", "1"],
+            "already exists",
+        ),
+        (vec!["plan", "set", "team", "--rpm", "-5"], "--rpm"),
+        (vec!["plan", "set", "team"], "nothing to change"),
+        (
+            vec!["plan", "set", "gold", "--rpm", "5"],
+            "no plan named \"gold\"",
+        ),
+        (vec!["plan", "delete", "gold"], "no plan named \"gold\""),
+        // The admin is on free.
+        (vec!["plan", "delete", "free"], "in use"),
+    ] {
+        let e = fails(&db.run(&args).await);
+        assert!(e.contains(says), "{args:?}: {e}");
+    }
+    let list = ok(&db.run(&["plan", "list"]).await);
+    assert!(
+        plan_row(&list, "x").is_none() && plan_row(&list, "a/b").is_none(),
+        "{list}"
+    );
+    assert_eq!(plan_row(&list, "team").unwrap()[1..3], ["7", "30"]);
+
+    ok(&db.run(&["plan", "delete", "team"]).await);
+    let list = ok(&db.run(&["plan", "list"]).await);
+    assert!(plan_row(&list, "team").is_none(), "{list}");
+    assert!(plan_row(&list, "free").is_some(), "{list}");
+}
+
+/// A plan made or changed by the CLI reaches a running server within a second
+/// or so (its credential cache reads the changes of other processes).
+#[tokio::test]
+async fn a_running_server_sees_cli_plan_changes() {
+    let s = TestServer::start().await;
+    let db = common::db_arg(&s.state.config);
+    let cwd = tempfile::tempdir().unwrap();
+    let (_, _, key) = s.user_with_key("alice", None).await;
+    let cli = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--db", db.as_str()]);
+        let cwd = cwd.path().to_owned();
+        let a: Vec<String> = a.into_iter().map(str::to_owned).collect();
+        async move {
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            ok(&tollgate(&cwd, &a, None).await)
+        }
+    };
+    cli(&["plan", "set", "free", "--monthly-tokens", "4321"]).await;
+    eventually("CLI plan set", || async {
+        let me: Value = s
+            .get_as("/subscriptions/me", &key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        me["monthly_tokens"] == 4321
+    })
+    .await;
+    cli(&[
+        "plan",
+        "add",
+        "team",
+        "--monthly-tokens",
+        "777",
+        "--rpm",
+        "5",
+    ])
+    .await;
+    cli(&["user", "set-plan", "alice", "team"]).await;
+    eventually("CLI plan add", || async {
+        let me: Value = s
+            .get_as("/subscriptions/me", &key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        me["plan"] == "team" && me["monthly_tokens"] == 777
+    })
+    .await;
+    s.stop().await;
+}
+
+/// A bad value from a flag or an environment variable is blamed on that flag
+/// or variable, not on the config.toml that sits beside it.
+#[tokio::test]
+async fn a_bad_flag_or_variable_is_named_not_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nlisten = \"127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    // (arguments, environment, what the error must name)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
+        (&["serve", "--listen", "nonsense"], &[], "--listen"),
+        (
+            &["check-config"],
+            &[("TOLLGATE_LISTEN", "nonsense")],
+            "environment variable TOLLGATE_LISTEN",
+        ),
+        (
+            // The flag wins over the variable, and is the one named.
+            &["serve", "--listen", "nonsense"],
+            &[("TOLLGATE_LISTEN", "127.0.0.1:1")],
+            "--listen",
+        ),
+        (
+            &["check-config"],
+            &[("TOLLGATE_DATABASE_URL", "mysql://me:db-pw-31337@h/d")],
+            "environment variable TOLLGATE_DATABASE_URL",
+        ),
+        (
+            &["check-config"],
+            &[("TOLLGATE_DB", "postgres://me:db-pw-31337@h/d")],
+            "environment variable TOLLGATE_DB",
+        ),
+        (
+            &["check-config", "--db", "mysql://me:db-pw-31337@h/d"],
+            &[],
+            "--db",
+        ),
+    ];
+    for (args, env, origin) in cases {
+        let e = fails(&tollgate_env(dir.path(), args, env).await);
+        assert!(
+            e.contains(origin),
+            "{args:?} {env:?}: does not name {origin}: {e}"
+        );
+        assert!(
+            !e.contains("config.toml"),
+            "{args:?} {env:?}: blames the file: {e}"
+        );
+        assert!(
+            !e.contains("db-pw-31337"),
+            "{args:?} {env:?}: prints a password: {e}"
+        );
+    }
+    // A bad value in the file is still blamed on the file.
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nlisten = \"nonsense\"\n",
+    )
+    .unwrap();
+    let e = fails(&tollgate_env(dir.path(), &["check-config"], &[]).await);
+    assert!(
+        e.contains("config.toml") && e.contains("server.listen"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 pub mod accounts;
 mod answer;
 pub mod oauth;
+pub mod plans;
 mod prompt;
 pub mod proxy;
 mod request;

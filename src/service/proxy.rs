@@ -555,13 +555,15 @@ async fn send(
                     // An error's message is all that is read of it: a body
                     // larger than that reads as empty.
                     let body = resp.bytes(ERROR_BODY_LIMIT).await.unwrap_or_default();
-                    let n = errors::normalize(
+                    let mut n = errors::normalize(
                         &prov.name,
                         status,
                         retry_after.as_deref(),
                         &body,
                         prov.api_key.expose(),
                     );
+                    let url = format!("{}{path}", prov.base_url);
+                    errors::explain_not_found(&mut n, status, "POST", &url, &prov.base_url);
                     telemetry::record_upstream_error(
                         &prov.id,
                         &meter.info.metric_model,

@@ -262,6 +262,13 @@ pub async fn get_models(p: &Provider, limit: usize) -> Result<Bytes, String> {
         .bytes(limit)
         .await
         .map_err(|e| format!("cannot read the model list: {e}"))?;
+    if status == StatusCode::NOT_FOUND {
+        return Err(super::errors::not_found_at(
+            "GET",
+            &p.models_url,
+            &p.base_url,
+        ));
+    }
     if !status.is_success() {
         let n = super::errors::normalize(&p.name, status.as_u16(), None, &body, p.api_key.expose());
         return Err(format!(

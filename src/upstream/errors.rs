@@ -490,6 +490,37 @@ fn parse_http_date(s: &str) -> Option<i64> {
         .map(|t| t.and_utc().timestamp())
 }
 
+/// What to say about a 404 from `url` (a provider's endpoint under
+/// `base_url`): which URL answered, and what to check. A `base_url` without
+/// its version path (`http://host:11434` instead of `…/v1`) is the usual cause.
+pub fn not_found_at(method: &str, url: &str, base_url: &str) -> String {
+    // The query is left out: a configured models_url may carry a key there.
+    let url = crate::config::mask_password(url.split('?').next().unwrap_or(url));
+    let versioned = base_url
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| {
+            last.len() > 1 && last.starts_with('v') && last[1..].chars().all(|c| c.is_ascii_digit())
+        });
+    let check = if versioned {
+        "check the provider's base_url and the model name"
+    } else {
+        "check the provider's base_url: does it end in /v1?"
+    };
+    format!("{method} {url} answered 404 Not Found; {check}")
+}
+
+/// Adds [`not_found_at`] to a 404 that is not about the model (a wrong path
+/// answers a bare "not found", which alone tells the operator nothing).
+pub fn explain_not_found(n: &mut Normalized, status: u16, method: &str, url: &str, base_url: &str) {
+    let about_model =
+        n.code.as_deref() == Some("model_not_found") || n.message.to_lowercase().contains("model");
+    if status == 404 && !about_model {
+        n.message = format!("{} ({})", n.message, not_found_at(method, url, base_url));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,6 +651,45 @@ mod tests {
         );
         assert_shape(&got, 422, "invalid_request_error", None);
         assert_eq!(got.message, "Custom: field required; field required");
+    }
+
+    #[test]
+    fn a_404_says_which_url_and_what_to_check() {
+        let mut got = n("nov1", 404, "404 page not found");
+        explain_not_found(
+            &mut got,
+            404,
+            "POST",
+            "http://127.0.0.1:11434/chat/completions",
+            "http://127.0.0.1:11434",
+        );
+        assert!(
+            got.message
+                .contains("POST http://127.0.0.1:11434/chat/completions answered 404")
+                && got.message.contains("does it end in /v1?"),
+            "{}",
+            got.message
+        );
+        // A model the provider does not have is not a path problem.
+        let mut got = n("Local", 404, r#"{"error":"model 'llama9' not found"}"#);
+        let before = got.message.clone();
+        explain_not_found(
+            &mut got,
+            404,
+            "POST",
+            "http://h/v1/chat/completions",
+            "http://h/v1",
+        );
+        assert_eq!(got.message, before);
+        let m = not_found_at(
+            "GET",
+            "http://u:pw-1@h/v1/models?key=k-2",
+            "http://u:pw-1@h/v1",
+        );
+        assert!(
+            !m.contains("pw-1") && !m.contains("k-2") && !m.contains("/v1?"),
+            "{m}"
+        );
     }
 
     #[test]
