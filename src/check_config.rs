@@ -16,16 +16,7 @@ pub fn effective_toml(cfg: &Config) -> String {
         let section = eff.providers.entry(p.id.clone()).or_default();
         section.name.get_or_insert_with(|| p.name.clone());
         section.base_url.get_or_insert_with(|| p.base_url.clone());
-        // Extra headers may carry a credential (`Authorization`, `X-Api-Key`).
-        for (name, value) in section.headers.iter_mut().flatten() {
-            let n = name.to_ascii_lowercase();
-            if ["auth", "key", "token", "secret", "cookie", "password"]
-                .iter()
-                .any(|w| n.contains(w))
-            {
-                *value = "***".into();
-            }
-        }
+        // Extra headers that may carry a credential print masked (`config::Headers`).
     }
     let text = eff.to_masked_toml();
     let mut out = String::with_capacity(text.len() + 1024);

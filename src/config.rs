@@ -46,6 +46,43 @@ fn masked_url<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Err
     }
 }
 
+/// A provider's extra headers (`[providers.x.headers]`). They may carry a
+/// credential (`Authorization`, `X-Api-Key`): wherever they are printed
+/// (`Debug`, `check-config`), the value of a header whose name suggests one
+/// is `***`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Headers(pub BTreeMap<String, String>);
+
+impl Headers {
+    /// Whether a header of this name may carry a credential.
+    pub fn is_secret(name: &str) -> bool {
+        let n = name.to_ascii_lowercase();
+        ["auth", "key", "token", "secret", "cookie", "password"]
+            .iter()
+            .any(|w| n.contains(w))
+    }
+
+    fn masked(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| match Self::is_secret(k) {
+            true => (k.as_str(), "***"),
+            false => (k.as_str(), v.as_str()),
+        })
+    }
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.masked()).finish()
+    }
+}
+
+impl Serialize for Headers {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.masked())
+    }
+}
+
 /// `url` with the password of its user information replaced by `***`.
 pub fn mask_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -302,7 +339,7 @@ pub struct ProviderConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub headers: Option<BTreeMap<String, String>>,
+    pub headers: Option<Headers>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -885,6 +922,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_headers_never_print() {
+        let text = "[providers.local]\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+                    [providers.local.headers]\nAuthorization = \"Bearer sk-hdr-secret\"\n\
+                    X-Api-Key = \"k-hdr-secret\"\nX-Title = \"team-gw\"\n";
+        let cfg = Config::parse(text, None).unwrap();
+        let h = &cfg.providers["local"].headers.as_ref().unwrap().0;
+        assert_eq!(
+            h["Authorization"], "Bearer sk-hdr-secret",
+            "sent as written"
+        );
+        for printed in [format!("{cfg:?}"), cfg.to_masked_toml()] {
+            assert!(!printed.contains("hdr-secret"), "{printed}");
+            assert!(printed.contains("team-gw"), "{printed}");
+        }
+    }
 
     #[test]
     fn example_file_parses_and_validates() {

@@ -141,7 +141,7 @@ impl Providers {
                 None => format!("{base_url}/models"),
             };
             let headers = match section.headers.clone() {
-                Some(h) => h.into_iter().collect(),
+                Some(h) => h.0.into_iter().collect(),
                 None if kind == Kind::OpenRouter => vec![
                     ("HTTP-Referer".to_owned(), cfg.server.public_url.clone()),
                     ("X-Title".to_owned(), "tollgate".to_owned()),
