@@ -7,9 +7,8 @@
 mod common;
 use common::mock::Mock;
 use common::process::{self, Process};
-use common::ADMIN_PASSWORD;
 use rusqlite::{Connection, OpenFlags};
-use serde_json::{json, Value};
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,71 +43,6 @@ fn tollgate(dir: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// A key of a user on the enterprise plan.
-async fn key(url: &str) -> String {
-    let c = reqwest::Client::new();
-    let login = |user: &'static str, pw: &'static str| {
-        let c = c.clone();
-        async move {
-            let v: Value = c
-                .post(format!("{url}/auth/login"))
-                .json(&json!({"username": user, "password": pw}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["access_token"].as_str().expect("a token").to_owned()
-        }
-    };
-    let admin = login("admin", ADMIN_PASSWORD).await;
-    let r = c
-        .post(format!("{url}/admin/users"))
-        .bearer_auth(&admin)
-        .json(&json!({"username": "load", "password": "load-password-1", "plan": "enterprise"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let token = login("load", "load-password-1").await;
-    let v: Value = c
-        .post(format!("{url}/api/keys"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "load"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["api_key"].as_str().unwrap().to_owned()
-}
-
-/// One call; its request id once the whole answer was received.
-async fn call(c: &reqwest::Client, url: &str, key: &str, stream: bool) -> Option<String> {
-    let body = json!({"model": "aiml/usage:5:5", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
-    let r = c
-        .post(format!("{url}/llm/chat/completions"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .ok()?;
-    if r.status() != 200 {
-        return None;
-    }
-    let rid = r.headers()["x-request-id"].to_str().ok()?.to_owned();
-    let text = r.text().await.ok()?;
-    let complete = if stream {
-        text.ends_with("data: [DONE]\n\n")
-    } else {
-        serde_json::from_str::<Value>(&text).is_ok()
-    };
-    complete.then_some(rid)
-}
-
-/// The request ids of the calls that ended, in order.
 type Done = Arc<Mutex<Vec<String>>>;
 
 /// Calls from `clients` loops until `stop`.
@@ -128,7 +62,7 @@ fn drive(
                 let mut n = 0;
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
-                    match call(&c, &url, &key, (i + n) % 2 == 0).await {
+                    match process::complete_call(&c, &url, &key, (i + n) % 2 == 0).await {
                         Some(rid) => done.lock().unwrap().push(rid),
                         None => tokio::time::sleep(Duration::from_millis(20)).await,
                     }
@@ -172,7 +106,7 @@ async fn backup_while_calls_are_recorded() {
     let config = write_config(d, &mock);
     let server = start(d, &config).await;
     let db = d.join("tollgate.db");
-    let key = key(&server.url).await;
+    let (_, _, key) = process::load_user(&server.url).await;
 
     // Some megabytes, so that the copy takes several steps while the
     // server writes between them.

@@ -30,74 +30,12 @@ async fn start(dir: &Path, config: &Path) -> Process {
     process::start(dir, "server", config, &["--db", db.to_str().unwrap()]).await
 }
 
-async fn login(c: &reqwest::Client, url: &str, user: &str, pw: &str) -> String {
-    let v: Value = c
-        .post(format!("{url}/auth/login"))
-        .json(&json!({"username": user, "password": pw}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["access_token"].as_str().expect("a token").to_owned()
-}
-
-/// Creates user `load` on enterprise and a key; returns (admin token, user token, key).
-async fn prepare(url: &str) -> (String, String, String) {
-    let c = reqwest::Client::new();
-    let admin = login(&c, url, "admin", ADMIN_PASSWORD).await;
-    let r = c
-        .post(format!("{url}/admin/users"))
-        .bearer_auth(&admin)
-        .json(&json!({"username": "load", "password": "load-password-1", "plan": "enterprise"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let token = login(&c, url, "load", "load-password-1").await;
-    let v: Value = c
-        .post(format!("{url}/api/keys"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "load"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (admin, token, v["api_key"].as_str().unwrap().to_owned())
-}
-
 /// What the load produced: calls the client saw end (request id → when),
 /// and the endless streams that were open.
 #[derive(Default)]
 struct Load {
     done: Mutex<Vec<(String, Instant)>>,
     endless: Mutex<Vec<String>>,
-}
-
-/// One complete call; `Some(request id)` when the client got the whole answer.
-async fn call(c: &reqwest::Client, url: &str, key: &str, stream: bool) -> Option<String> {
-    let body = json!({"model": "aiml/usage:5:5", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
-    let r = c
-        .post(format!("{url}/llm/chat/completions"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .ok()?;
-    if r.status() != 200 {
-        return None;
-    }
-    let rid = r.headers()["x-request-id"].to_str().ok()?.to_owned();
-    let text = r.text().await.ok()?;
-    let complete = if stream {
-        text.ends_with("data: [DONE]\n\n") && !text.contains("\"error\"")
-    } else {
-        serde_json::from_str::<Value>(&text).is_ok_and(|v| v["_usage_info"]["tokens_used"] == 10)
-    };
-    complete.then_some(rid)
 }
 
 /// Starts `clients` loops of calls and `endless` open streams.
@@ -117,7 +55,7 @@ fn drive(
             let mut n = 0;
             while !stop.load(Ordering::SeqCst) {
                 n += 1;
-                match call(&c, &url, &key, (i + n) % 2 == 0).await {
+                match process::complete_call(&c, &url, &key, (i + n) % 2 == 0).await {
                     Some(rid) => load.done.lock().unwrap().push((rid, Instant::now())),
                     None => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
@@ -154,7 +92,7 @@ fn drive(
 /// Every record, by request id.
 async fn records(url: &str) -> HashMap<String, Value> {
     let c = reqwest::Client::new();
-    let admin = login(&c, url, "admin", ADMIN_PASSWORD).await;
+    let admin = process::login(&c, url, "admin", ADMIN_PASSWORD).await;
     let mut out = HashMap::new();
     let mut before: Option<i64> = None;
     loop {
@@ -220,7 +158,7 @@ async fn sigkill_loses_no_ended_call_and_leaks_no_reservation() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &mock);
     let mut server = start(dir.path(), &config).await;
-    let (_, token, key) = prepare(&server.url).await;
+    let (_, token, key) = process::load_user(&server.url).await;
     let (load, stop, tasks) = drive(&server.url, &key, 4, 2);
     // Let the load run, with the endless streams open.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -272,7 +210,7 @@ async fn sigterm_loses_nothing_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &mock);
     let mut server = start(dir.path(), &config).await;
-    let (_, token, key) = prepare(&server.url).await;
+    let (_, token, key) = process::load_user(&server.url).await;
     let (load, stop, tasks) = drive(&server.url, &key, 4, 2);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let mut child = server.child.take().unwrap();

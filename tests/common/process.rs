@@ -112,3 +112,74 @@ pub async fn start_with(
         std::fs::read_to_string(&p.log).unwrap_or_default()
     );
 }
+
+/// Signs in at the binary `url`; the access token.
+pub async fn login(c: &reqwest::Client, url: &str, user: &str, pw: &str) -> String {
+    let v: serde_json::Value = c
+        .post(format!("{url}/auth/login"))
+        .json(&serde_json::json!({"username": user, "password": pw}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["access_token"].as_str().expect("a token").to_owned()
+}
+
+/// Creates user `load` on the enterprise plan and a key for it, at the
+/// binary `url`; returns (admin token, user token, key).
+pub async fn load_user(url: &str) -> (String, String, String) {
+    let c = reqwest::Client::new();
+    let admin = login(&c, url, "admin", ADMIN_PASSWORD).await;
+    let r = c
+        .post(format!("{url}/admin/users"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"username": "load", "password": "load-password-1", "plan": "enterprise"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let token = login(&c, url, "load", "load-password-1").await;
+    let v: serde_json::Value = c
+        .post(format!("{url}/api/keys"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"name": "load"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (admin, token, v["api_key"].as_str().unwrap().to_owned())
+}
+
+/// One call of `aiml/usage:5:5` (the mock's provider `aiml`), streamed or
+/// not; `Some(request id)` when the client got the whole answer.
+pub async fn complete_call(
+    c: &reqwest::Client,
+    url: &str,
+    key: &str,
+    stream: bool,
+) -> Option<String> {
+    let body = serde_json::json!({"model": "aiml/usage:5:5", "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    let r = c
+        .post(format!("{url}/llm/chat/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    let rid = r.headers()["x-request-id"].to_str().ok()?.to_owned();
+    let text = r.text().await.ok()?;
+    let complete = if stream {
+        text.ends_with("data: [DONE]\n\n") && !text.contains("\"error\"")
+    } else {
+        serde_json::from_str::<serde_json::Value>(&text)
+            .is_ok_and(|v| v["_usage_info"]["tokens_used"] == 10)
+    };
+    complete.then_some(rid)
+}
