@@ -152,3 +152,69 @@ async fn an_unreachable_provider_is_logged_once_and_its_recovery_once() {
         "{lines:#?}"
     );
 }
+
+/// A provider whose model list fails is asked again when its backoff is
+/// over, not by every `GET /v1/models` meanwhile (a slow or dead provider
+/// would otherwise hold up every listing and be hammered by them).
+#[tokio::test]
+async fn a_failing_model_list_is_not_fetched_for_every_listing() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let counted = hits.clone();
+    let app = axum::Router::new().route(
+        "/v1/models",
+        axum::routing::get(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "down for maintenance",
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let s = TestServer::start_with(|cfg| {
+        cfg.providers.insert(
+            "flaky".into(),
+            tollgate::config::ProviderConfig {
+                base_url: Some(format!("http://127.0.0.1:{port}/v1")),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let (_, _, key) = s.user_with_key("alice", Some("enterprise")).await;
+    let list = || async {
+        let r = s
+            .client
+            .get(s.url("/v1/models"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    // The first failure (the background refresh's or this listing's)
+    // starts the 5 s backoff; the listings after it do not fetch.
+    list().await;
+    eventually("the list failed once", || async {
+        hits.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    let before = hits.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        list().await;
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        before,
+        "listings fetched the failing list"
+    );
+    s.stop().await;
+}

@@ -94,16 +94,36 @@ impl Catalog {
     }
 
     /// The provider's list: fresh from the cache, else fetched now. A stale list
-    /// is better than none when the refresh fails.
+    /// is better than none when the refresh fails. A list that is failing and
+    /// waiting out its backoff is not fetched again for every caller: the
+    /// stale list, or the last failure, answers until the retry is due.
     pub async fn list(&self, p: &Provider) -> Result<Arc<Vec<ModelInfo>>, String> {
-        if let Some(m) = self.fresh(p) {
-            return Ok(m);
+        if let Some(known) = self.known(p) {
+            return known;
         }
         let _guard = self.fetching.lock().await;
-        if let Some(m) = self.fresh(p) {
-            return Ok(m);
+        if let Some(known) = self.known(p) {
+            return known;
         }
         self.refresh(p).await
+    }
+
+    /// What answers without a fetch: a fresh list, or, while a failing list
+    /// waits out its backoff, the stale list or the failure.
+    fn known(&self, p: &Provider) -> Option<Result<Arc<Vec<ModelInfo>>, String>> {
+        if let Some(m) = self.fresh(p) {
+            return Some(Ok(m));
+        }
+        let m = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let e = m.get(&p.id)?;
+        if e.retry_at? <= Instant::now() {
+            return None;
+        }
+        match (&e.models, &e.error) {
+            (Some(stale), _) => Some(Ok(stale.clone())),
+            (None, Some(err)) => Some(Err(err.clone())),
+            (None, None) => None,
+        }
     }
 
     /// Whether the background loop should fetch the list now: it is not
