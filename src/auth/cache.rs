@@ -365,18 +365,6 @@ impl CredentialCache {
         Ok(())
     }
 
-    /// Rebuilds the snapshot from every row, as at start (tests compare the
-    /// two ways).
-    pub fn rebuild_blocking(&self) -> DbResult<()> {
-        let _guard = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        let old = self.snapshot();
-        let snap = Snapshot::load(&self.store, &old)?;
-        *self.snap.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
-        self.version.fetch_add(1, Ordering::Release);
-        lock(&self.misses).clear();
-        Ok(())
-    }
-
     /// Brings the snapshot up to date now; called after every change made
     /// through the API, so the change is in force before the answer leaves.
     pub async fn reload(self: &Arc<Self>) -> DbResult<()> {

@@ -23,6 +23,24 @@ const PLAN_COLUMNS: &str =
 /// Usernames compare without regard to ASCII case (the unique index's expression).
 const SAME_USERNAME: &str = "lower(username COLLATE \"C\") = lower($1 COLLATE \"C\")";
 
+/// A read-only repeatable-read transaction (every statement sees one
+/// snapshot) and the change counter of that snapshot.
+async fn read_at_one_moment(
+    c: &mut tokio_postgres::Client,
+) -> DbResult<(tokio_postgres::Transaction<'_>, i64)> {
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let counter: i64 = tx
+        .query_one("SELECT n FROM change_counter WHERE id = 1", &[])
+        .await?
+        .get(0);
+    Ok((tx, counter))
+}
+
 fn user(r: &Row) -> UserRow {
     UserRow {
         id: r.get(0),
@@ -277,19 +295,10 @@ impl Pg {
     ) -> DbResult<i64> {
         use futures_util::TryStreamExt;
         let mut c = self.client().await?;
-        let tx = c
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let counter: i64 = tx
-            .query_one("SELECT n FROM change_counter WHERE id = 1", &[])
-            .await?
-            .get(0);
+        let (tx, counter) = read_at_one_moment(&mut c).await?;
         let none: [&str; 0] = [];
         if part == CredentialPart::UsersAndPlans {
-            for p in list_plans(&*tx).await? {
+            for p in list_plans(&tx).await? {
                 each(CredentialRow::Plan(p));
             }
             let sql = "SELECT id, username, NULL::text, NULL::text, role, plan, disabled, \
@@ -318,16 +327,7 @@ impl Pg {
     /// read from one snapshot with the log that names them.
     pub async fn credential_changes(&self, since: i64, max: i64) -> DbResult<CredentialDelta> {
         let mut c = self.client().await?;
-        let tx = c
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let counter: i64 = tx
-            .query_one("SELECT n FROM change_counter WHERE id = 1", &[])
-            .await?
-            .get(0);
+        let (tx, counter) = read_at_one_moment(&mut c).await?;
         if counter == since {
             return Ok(CredentialDelta::Unchanged);
         }
@@ -384,7 +384,7 @@ impl Pg {
                 .collect();
         }
         if ids.plans {
-            out.plans = Some(list_plans(&*tx).await?);
+            out.plans = Some(list_plans(&tx).await?);
         }
         tx.commit().await?;
         Ok(CredentialDelta::Changed(out))
