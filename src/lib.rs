@@ -18,6 +18,7 @@ pub mod glob;
 pub mod http;
 pub mod json;
 pub mod metering;
+pub mod money;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -270,7 +270,7 @@ pub fn record_retry(provider: &str, model: &str, endpoint: &str) {
     metrics::counter!("tollgate_upstream_retries_total", &l).increment(1);
 }
 
-pub fn record_tokens(provider: &str, model: &str, prompt: i64, completion: i64, cost_usd: f64) {
+pub fn record_tokens(provider: &str, model: &str, prompt: i64, completion: i64, cost_micros: i64) {
     with_handles(
         &TOKENS,
         (provider, model, "", 0),
@@ -285,7 +285,7 @@ pub fn record_tokens(provider: &str, model: &str, prompt: i64, completion: i64, 
         |[p, c, usd]| {
             p.1 += prompt.max(0) as u64;
             c.1 += completion.max(0) as u64;
-            usd.1 += (cost_usd * 1e6).round().max(0.0) as u64;
+            usd.1 += cost_micros.max(0) as u64;
         },
     );
 }

@@ -163,7 +163,10 @@ mod migration_tests {
             .run(&mut conn)
             .unwrap();
         conn.execute(INSERT, ["req_old", "ok"]).unwrap();
-        embedded::migrations::runner().run(&mut conn).unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(4))
+            .run(&mut conn)
+            .unwrap();
         let (rid, tokens): (String, i64) = conn
             .query_row("SELECT request_id, total_tokens FROM requests", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -191,6 +194,52 @@ mod migration_tests {
             )
             .unwrap();
         assert_eq!(index, 1);
+    }
+}
+
+#[cfg(test)]
+mod money_migration_tests {
+    use super::embedded;
+    use rusqlite::Connection;
+
+    #[test]
+    fn v7_turns_float_dollars_into_micro_dollars() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("t.db")).unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(6))
+            .run(&mut conn)
+            .unwrap();
+        for (rid, cost) in [("a", 0.1), ("b", 0.2), ("c", 0.000123)] {
+            conn.execute(
+                "INSERT INTO requests (request_id, user_id, username, key_id, provider, model,
+                    upstream_model, endpoint, prompt_tokens, completion_tokens, total_tokens, cost_usd,
+                    estimated, priced, http_status, outcome, latency_ms, ttft_ms, created_at)
+                 VALUES (?1, 1, 'u', 4, 'p', 'm', 'm', 'chat/completions', 1, 2, 3, ?2, 0, 1, 200, 'ok',
+                    7, NULL, '2026-11-26T00:00:00Z')",
+                rusqlite::params![rid, cost],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO usage_daily (day, user_id, provider, model, tokens, requests, cost_usd)
+                VALUES ('2026-11-26', 1, 'p', 'm', 9, 3, 0.300123);
+             INSERT INTO usage_period (period, user_id, key_id, tokens) VALUES ('2026-11', 1, 4, 9);",
+        )
+        .unwrap();
+        embedded::migrations::runner().run(&mut conn).unwrap();
+        let micros: Vec<i64> = conn
+            .prepare("SELECT cost_micros FROM requests ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(micros, [100_000, 200_000, 123]);
+        let one = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(one("SELECT cost_micros FROM usage_daily"), 300_123);
+        assert_eq!(one("SELECT cost_micros FROM usage_period"), 300_123);
+        assert_eq!(one("SELECT credit_micros FROM usage_period"), 0);
     }
 }
 

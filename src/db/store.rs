@@ -589,16 +589,34 @@ impl Store {
         }
     }
 
-    /// Tokens charged in `period` (YYYY-MM): (user, key or 0, tokens).
-    pub async fn period_totals(&self, period: String) -> DbResult<Vec<(i64, i64, i64)>> {
+    /// Tokens and money charged in `period` (YYYY-MM), per user and key.
+    pub async fn period_totals(&self, period: String) -> DbResult<Vec<usage::PeriodTotal>> {
         match &self.backend {
             Backend::Postgres(pg) => pg.period_totals(period).await,
             Backend::Sqlite(pool) => run(pool, move |c| usage::period_totals(c, &period)).await,
         }
     }
 
-    /// (tokens, successful requests, tokens of successful requests, cost).
-    pub async fn usage_totals(&self, f: DailyFilter) -> DbResult<(i64, i64, i64, f64)> {
+    /// Every user's prepaid credit left (micro-dollars).
+    pub async fn credit_balances(&self) -> DbResult<Vec<(i64, i64)>> {
+        match &self.backend {
+            Backend::Postgres(pg) => pg.credit_balances().await,
+            Backend::Sqlite(pool) => run(pool, |c| usage::credit_balances(c)).await,
+        }
+    }
+
+    /// Credit ledger entries after id `after`: (id, user, micro-dollars).
+    pub async fn credit_entries_after(&self, after: i64) -> DbResult<Vec<(i64, i64, i64)>> {
+        match &self.backend {
+            Backend::Postgres(pg) => pg.credit_entries_after(after).await,
+            Backend::Sqlite(pool) => {
+                run(pool, move |c| usage::credit_entries_after(c, after)).await
+            }
+        }
+    }
+
+    /// (tokens, successful requests, tokens of successful requests, micro-dollars).
+    pub async fn usage_totals(&self, f: DailyFilter) -> DbResult<(i64, i64, i64, i64)> {
         match &self.backend {
             Backend::Postgres(pg) => pg.usage_totals(f).await,
             Backend::Sqlite(pool) => run(pool, move |c| usage::totals(c, &f)).await,

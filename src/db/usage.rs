@@ -22,7 +22,13 @@ pub struct UsageRecord {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub total_tokens: i64,
-    pub cost_usd: f64,
+    /// Micro-dollars; shown in dollars as `cost_usd`.
+    #[serde(rename = "cost_usd", serialize_with = "crate::money::ser_usd")]
+    pub cost_micros: i64,
+    /// The part of the cost paid from the user's prepaid credit
+    /// (pay-as-you-go plans); shown in dollars as `credit_usd`.
+    #[serde(rename = "credit_usd", serialize_with = "crate::money::ser_usd")]
+    pub credit_micros: i64,
     pub estimated: bool,
     pub priced: bool,
     pub http_status: u16,
@@ -48,7 +54,17 @@ pub(super) struct DayTotals {
     pub completion: i64,
     pub requests: i64,
     pub ok_tokens: i64,
-    pub cost: f64,
+    pub cost: i64,
+}
+
+/// One period's charges of a user and key within a batch.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeriodTotals {
+    pub tokens: i64,
+    /// Micro-dollars.
+    pub cost: i64,
+    /// Micro-dollars paid from credit.
+    pub credit: i64,
 }
 
 /// (day, user, provider, model) and (period, user, key or 0).
@@ -59,11 +75,15 @@ pub(super) type PeriodKey<'a> = (&'a str, i64, i64);
 /// group per batch.
 pub(super) fn rollups(
     records: &[UsageRecord],
-) -> (HashMap<DayKey<'_>, DayTotals>, HashMap<PeriodKey<'_>, i64>) {
+) -> (
+    HashMap<DayKey<'_>, DayTotals>,
+    HashMap<PeriodKey<'_>, PeriodTotals>,
+) {
     let mut days: HashMap<DayKey, DayTotals> = HashMap::new();
-    let mut periods: HashMap<PeriodKey, i64> = HashMap::new();
+    let mut periods: HashMap<PeriodKey, PeriodTotals> = HashMap::new();
     for r in records {
-        if r.total_tokens > 0 || r.outcome == "ok" {
+        let charged = r.total_tokens > 0 || r.cost_micros > 0;
+        if charged || r.outcome == "ok" {
             let ok = r.outcome == "ok";
             let d = days
                 .entry((
@@ -78,12 +98,15 @@ pub(super) fn rollups(
             d.completion += r.completion_tokens;
             d.requests += ok as i64;
             d.ok_tokens += if ok { r.total_tokens } else { 0 };
-            d.cost += r.cost_usd;
+            d.cost += r.cost_micros;
         }
-        if r.total_tokens > 0 {
-            *periods
+        if charged {
+            let p = periods
                 .entry((&r.created_at[..7], r.user_id, r.key_id.unwrap_or(0)))
-                .or_default() += r.total_tokens;
+                .or_default();
+            p.tokens += r.total_tokens;
+            p.cost += r.cost_micros;
+            p.credit += r.credit_micros;
         }
     }
     (days, periods)
@@ -94,7 +117,7 @@ const ROWS: usize = 16;
 /// The writer offers its core back after this many groups of [`ROWS`].
 const YIELD_EVERY_GROUPS: usize = 4;
 /// Columns of a record as inserted (see [`bind_record`]).
-const COLUMNS: usize = 19;
+const COLUMNS: usize = 20;
 
 /// `INSERT INTO requests ... VALUES` with `rows` groups of parameters.
 fn insert_sql(rows: usize) -> &'static str {
@@ -104,8 +127,8 @@ fn insert_sql(rows: usize) -> &'static str {
         let group = format!("({})", vec!["?"; COLUMNS].join(","));
         format!(
             "INSERT INTO requests (request_id, user_id, username, key_id, provider, model, upstream_model, endpoint,
-                prompt_tokens, completion_tokens, total_tokens, cost_usd, estimated, priced, http_status, outcome,
-                latency_ms, ttft_ms, created_at) VALUES {}",
+                prompt_tokens, completion_tokens, total_tokens, cost_micros, credit_micros, estimated, priced,
+                http_status, outcome, latency_ms, ttft_ms, created_at) VALUES {}",
             vec![group; rows].join(",")
         )
     })
@@ -128,14 +151,15 @@ fn bind_record(
     st.raw_bind_parameter(at + 9, r.prompt_tokens)?;
     st.raw_bind_parameter(at + 10, r.completion_tokens)?;
     st.raw_bind_parameter(at + 11, r.total_tokens)?;
-    st.raw_bind_parameter(at + 12, r.cost_usd)?;
-    st.raw_bind_parameter(at + 13, r.estimated)?;
-    st.raw_bind_parameter(at + 14, r.priced)?;
-    st.raw_bind_parameter(at + 15, r.http_status)?;
-    st.raw_bind_parameter(at + 16, &r.outcome)?;
-    st.raw_bind_parameter(at + 17, r.latency_ms)?;
-    st.raw_bind_parameter(at + 18, r.ttft_ms)?;
-    st.raw_bind_parameter(at + 19, &r.created_at)?;
+    st.raw_bind_parameter(at + 12, r.cost_micros)?;
+    st.raw_bind_parameter(at + 13, r.credit_micros)?;
+    st.raw_bind_parameter(at + 14, r.estimated)?;
+    st.raw_bind_parameter(at + 15, r.priced)?;
+    st.raw_bind_parameter(at + 16, r.http_status)?;
+    st.raw_bind_parameter(at + 17, &r.outcome)?;
+    st.raw_bind_parameter(at + 18, r.latency_ms)?;
+    st.raw_bind_parameter(at + 19, r.ttft_ms)?;
+    st.raw_bind_parameter(at + 20, &r.created_at)?;
     Ok(())
 }
 
@@ -149,7 +173,7 @@ pub fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> DbResult<
         let mut ins_one = tx.prepare_cached(insert_sql(1))?;
         let mut daily = tx.prepare_cached(
             "INSERT INTO usage_daily (day, user_id, provider, model, tokens, prompt_tokens, completion_tokens,
-                requests, ok_tokens, cost_usd)
+                requests, ok_tokens, cost_micros)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (day, user_id, provider, model) DO UPDATE SET
                 tokens = tokens + excluded.tokens,
@@ -157,11 +181,14 @@ pub fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> DbResult<
                 completion_tokens = completion_tokens + excluded.completion_tokens,
                 requests = requests + excluded.requests,
                 ok_tokens = ok_tokens + excluded.ok_tokens,
-                cost_usd = cost_usd + excluded.cost_usd",
+                cost_micros = cost_micros + excluded.cost_micros",
         )?;
         let mut period = tx.prepare_cached(
-            "INSERT INTO usage_period (period, user_id, key_id, tokens) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (period, user_id, key_id) DO UPDATE SET tokens = tokens + excluded.tokens",
+            "INSERT INTO usage_period (period, user_id, key_id, tokens, cost_micros, credit_micros)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (period, user_id, key_id) DO UPDATE SET tokens = tokens + excluded.tokens,
+                cost_micros = cost_micros + excluded.cost_micros,
+                credit_micros = credit_micros + excluded.credit_micros",
         )?;
         let mut groups = records.chunks_exact(ROWS);
         for (n, group) in (&mut groups).enumerate() {
@@ -196,20 +223,68 @@ pub fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> DbResult<
                 d.cost
             ])?;
         }
-        for ((p, user, key), tokens) in &periods {
-            period.execute(params![p, user, key, tokens])?;
+        for ((p, user, key), t) in &periods {
+            period.execute(params![p, user, key, t.tokens, t.cost, t.credit])?;
         }
     }
     tx.commit()?;
     Ok(())
 }
 
-/// Tokens charged in `period` (YYYY-MM): per user and per key.
-pub fn period_totals(conn: &Connection, period: &str) -> DbResult<Vec<(i64, i64, i64)>> {
-    let mut st =
-        conn.prepare("SELECT user_id, key_id, tokens FROM usage_period WHERE period = ?1")?;
+/// What was charged in a period to a user with one key (`key_id` 0: with
+/// access tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeriodTotal {
+    pub user_id: i64,
+    pub key_id: i64,
+    pub tokens: i64,
+    /// Micro-dollars.
+    pub cost: i64,
+}
+
+/// Tokens and money charged in `period` (YYYY-MM): per user and per key.
+pub fn period_totals(conn: &Connection, period: &str) -> DbResult<Vec<PeriodTotal>> {
+    let mut st = conn.prepare(
+        "SELECT user_id, key_id, tokens, cost_micros FROM usage_period WHERE period = ?1",
+    )?;
     let rows = st
-        .query_map([period], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map([period], |r| {
+            Ok(PeriodTotal {
+                user_id: r.get(0)?,
+                key_id: r.get(1)?,
+                tokens: r.get(2)?,
+                cost: r.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Every user's prepaid credit left, in micro-dollars: the credit ledger's
+/// entries minus what pay-as-you-go calls spent. Users with neither are absent.
+pub fn credit_balances(conn: &Connection) -> DbResult<Vec<(i64, i64)>> {
+    let mut st = conn.prepare(
+        "SELECT user_id, SUM(m) FROM (
+            SELECT user_id, amount_micros AS m FROM credits
+            UNION ALL
+            SELECT user_id, -credit_micros FROM usage_period WHERE credit_micros <> 0
+         ) GROUP BY user_id",
+    )?;
+    let rows = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Credit ledger entries after id `after` (id, user, micro-dollars): the
+/// metering ledger reads those made since it last looked, by whoever made
+/// them (this server, another process, the CLI).
+pub fn credit_entries_after(conn: &Connection, after: i64) -> DbResult<Vec<(i64, i64, i64)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, user_id, amount_micros FROM credits WHERE id > ?1 ORDER BY id",
+    )?;
+    let rows = st
+        .query_map([after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -272,13 +347,15 @@ pub struct DailyRow {
     pub model: String,
     pub tokens: i64,
     pub requests: i64,
-    pub cost_usd: f64,
+    /// Micro-dollars, shown in dollars.
+    #[serde(rename = "cost_usd", serialize_with = "crate::money::ser_usd")]
+    pub cost_micros: i64,
 }
 
 pub fn daily(conn: &Connection, f: &DailyFilter) -> DbResult<Vec<DailyRow>> {
     let (w, p) = f.clause();
     let mut st = conn.prepare(&format!(
-        "SELECT d.day, d.provider, d.model, SUM(d.tokens), SUM(d.requests), SUM(d.cost_usd)
+        "SELECT d.day, d.provider, d.model, SUM(d.tokens), SUM(d.requests), SUM(d.cost_micros)
          FROM usage_daily d WHERE {w} GROUP BY d.day, d.provider, d.model ORDER BY d.day, d.provider, d.model"
     ))?;
     let rows = st
@@ -289,20 +366,20 @@ pub fn daily(conn: &Connection, f: &DailyFilter) -> DbResult<Vec<DailyRow>> {
                 model: r.get(2)?,
                 tokens: r.get(3)?,
                 requests: r.get(4)?,
-                cost_usd: r.get(5)?,
+                cost_micros: r.get(5)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
 
-/// (tokens, successful requests, tokens of successful requests, cost).
-pub fn totals(conn: &Connection, f: &DailyFilter) -> DbResult<(i64, i64, i64, f64)> {
+/// (tokens, successful requests, tokens of successful requests, micro-dollars).
+pub fn totals(conn: &Connection, f: &DailyFilter) -> DbResult<(i64, i64, i64, i64)> {
     let (w, p) = f.clause();
     Ok(conn.query_row(
         &format!(
             "SELECT COALESCE(SUM(d.tokens), 0), COALESCE(SUM(d.requests), 0), COALESCE(SUM(d.ok_tokens), 0),
-                    COALESCE(SUM(d.cost_usd), 0.0)
+                    COALESCE(SUM(d.cost_micros), 0)
              FROM usage_daily d WHERE {w}"
         ),
         params_from_iter(p),
@@ -315,7 +392,9 @@ pub struct GroupRow {
     pub key: String,
     pub tokens: i64,
     pub requests: i64,
-    pub cost_usd: f64,
+    /// Micro-dollars, shown in dollars.
+    #[serde(rename = "cost_usd", serialize_with = "crate::money::ser_usd")]
+    pub cost_micros: i64,
 }
 
 /// Totals grouped by `day`, `user`, `provider` or `model` (checked by the caller).
@@ -329,7 +408,7 @@ pub fn grouped(conn: &Connection, group_by: &str, f: &DailyFilter) -> DbResult<V
     let (w, p) = f.clause();
     let order = if group_by == "day" { "1" } else { "2 DESC, 1" };
     let mut st = conn.prepare(&format!(
-        "SELECT {key}, SUM(d.tokens), SUM(d.requests), SUM(d.cost_usd)
+        "SELECT {key}, SUM(d.tokens), SUM(d.requests), SUM(d.cost_micros)
          FROM usage_daily d LEFT JOIN users u ON u.id = d.user_id
          WHERE {w} GROUP BY 1 ORDER BY {order}"
     ))?;
@@ -339,7 +418,7 @@ pub fn grouped(conn: &Connection, group_by: &str, f: &DailyFilter) -> DbResult<V
                 key: r.get(0)?,
                 tokens: r.get(1)?,
                 requests: r.get(2)?,
-                cost_usd: r.get(3)?,
+                cost_micros: r.get(3)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -356,8 +435,8 @@ pub struct RequestFilter {
 }
 
 const RECORD_COLUMNS: &str = "id, request_id, user_id, username, key_id, provider, model, upstream_model, endpoint, \
-    prompt_tokens, completion_tokens, total_tokens, cost_usd, estimated, priced, http_status, outcome, latency_ms, \
-    ttft_ms, created_at";
+    prompt_tokens, completion_tokens, total_tokens, cost_micros, credit_micros, estimated, priced, http_status, \
+    outcome, latency_ms, ttft_ms, created_at";
 
 fn record_from_row(r: &Row) -> rusqlite::Result<UsageRecord> {
     Ok(UsageRecord {
@@ -373,14 +452,15 @@ fn record_from_row(r: &Row) -> rusqlite::Result<UsageRecord> {
         prompt_tokens: r.get(9)?,
         completion_tokens: r.get(10)?,
         total_tokens: r.get(11)?,
-        cost_usd: r.get(12)?,
-        estimated: r.get(13)?,
-        priced: r.get(14)?,
-        http_status: r.get(15)?,
-        outcome: std::borrow::Cow::Owned(r.get(16)?),
-        latency_ms: r.get(17)?,
-        ttft_ms: r.get(18)?,
-        created_at: r.get(19)?,
+        cost_micros: r.get(12)?,
+        credit_micros: r.get(13)?,
+        estimated: r.get(14)?,
+        priced: r.get(15)?,
+        http_status: r.get(16)?,
+        outcome: std::borrow::Cow::Owned(r.get(17)?),
+        latency_ms: r.get(18)?,
+        ttft_ms: r.get(19)?,
+        created_at: r.get(20)?,
         reservation: None,
         seq: 0,
     })
@@ -447,7 +527,8 @@ pub(crate) fn sample_record(i: i64) -> UsageRecord {
         prompt_tokens: i,
         completion_tokens: 2 * i,
         total_tokens: 3 * i,
-        cost_usd: i as f64 / 8.0,
+        cost_micros: i * 125_000,
+        credit_micros: 0,
         estimated: i % 5 == 0,
         priced: i % 7 != 0,
         http_status: if i % 4 == 0 { 502 } else { 200 },

@@ -9,7 +9,7 @@ fn info() -> UsageInfo {
         tokens_used: 30,
         prompt_tokens: 10,
         completion_tokens: 20,
-        cost_usd: 0.0,
+        cost_usd: 0,
         remaining_tokens: 70,
         provider: "p".into(),
         request_id: "req_1".into(),

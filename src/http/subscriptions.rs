@@ -132,7 +132,7 @@ pub async fn usage(
         "provider": provider,
         "tokens_used": tokens,
         "requests_count": requests,
-        "cost_total": cost,
+        "cost_total": crate::money::Usd(cost),
         "average_tokens_per_request": avg,
         "period_start": start,
         "period_end": end,

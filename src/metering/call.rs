@@ -95,7 +95,9 @@ pub struct UsageInfo {
     pub tokens_used: i64,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
-    pub cost_usd: f64,
+    /// Micro-dollars, shown in dollars.
+    #[serde(serialize_with = "crate::money::ser_usd")]
+    pub cost_usd: i64,
     pub remaining_tokens: i64,
     pub provider: String,
     pub request_id: String,
@@ -216,9 +218,9 @@ impl CallMeter {
         };
         let reported_cost = usage.and_then(|u| u.cost_usd).filter(|_| total > 0);
         let (cost, priced) = match (reported_cost, self.price) {
-            (Some(c), _) => (c, true),
+            (Some(c), _) => (crate::money::micros_of_usd(c), true),
             (None, Some(p)) => (p.cost(prompt, completion), true),
-            (None, None) => (0.0, false),
+            (None, None) => (0, false),
         };
         let now = self.m.clock.now();
         let period = super::period_of(now);
@@ -261,7 +263,8 @@ impl CallMeter {
                 prompt_tokens: prompt,
                 completion_tokens: completion,
                 total_tokens: total,
-                cost_usd: cost,
+                cost_micros: cost,
+                credit_micros: 0,
                 estimated,
                 priced,
                 http_status,
@@ -316,7 +319,8 @@ pub fn record_refusal(m: &Metering, info: &CallInfo, http_status: u16) {
         prompt_tokens: 0,
         completion_tokens: 0,
         total_tokens: 0,
-        cost_usd: 0.0,
+        cost_micros: 0,
+        credit_micros: 0,
         estimated: false,
         priced: false,
         http_status,

@@ -3,6 +3,7 @@
 //! is atomic. Rebuilt from the database's period totals at start, so nothing
 //! stays reserved after a restart.
 
+use crate::db::usage::PeriodTotal;
 use hashbrown::HashMap;
 use std::sync::Mutex;
 
@@ -62,16 +63,16 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// A ledger for `period` holding `totals` (user, key or 0, tokens).
-    pub fn new(period: &str, totals: &[(i64, i64, i64)]) -> Ledger {
+    /// A ledger for `period` holding what was charged in it.
+    pub fn new(period: &str, totals: &[PeriodTotal]) -> Ledger {
         let mut st = State {
             period: period.to_owned(),
             ..Default::default()
         };
-        for &(user, key, tokens) in totals {
-            st.users.entry(user).or_default().used += tokens;
-            if key != 0 {
-                st.keys.entry(key).or_default().used += tokens;
+        for t in totals {
+            st.users.entry(t.user_id).or_default().used += t.tokens;
+            if t.key_id != 0 {
+                st.keys.entry(t.key_id).or_default().used += t.tokens;
             }
         }
         Ledger {
@@ -152,7 +153,13 @@ mod tests {
 
     #[test]
     fn reserve_settle_and_roll() {
-        let l = Ledger::new("2026-11", &[(1, 9, 100), (1, 0, 50)]);
+        let t = |key_id, tokens| PeriodTotal {
+            user_id: 1,
+            key_id,
+            tokens,
+            cost: 0,
+        };
+        let l = Ledger::new("2026-11", &[t(9, 100), t(0, 50)]);
         assert_eq!(l.available(&acct(None), "2026-11"), 850);
         assert_eq!(l.available(&acct(Some(300)), "2026-11"), 200);
         let (amt, _) = l

@@ -82,7 +82,7 @@ pub struct Shared {
 
 impl Quotas {
     /// In-memory quotas holding this period's `totals` (user, key or 0, tokens).
-    pub fn local(period: &str, totals: &[(i64, i64, i64)]) -> Quotas {
+    pub fn local(period: &str, totals: &[crate::db::usage::PeriodTotal]) -> Quotas {
         Quotas::Local {
             ledger: Ledger::new(period, totals),
             limits: RateLimits::default(),

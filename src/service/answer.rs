@@ -594,7 +594,7 @@ mod tests {
             tokens_used: 9,
             prompt_tokens: 4,
             completion_tokens: 5,
-            cost_usd: 0.5,
+            cost_usd: 500_000,
             remaining_tokens: 1,
             provider: "p".into(),
             request_id: "r".into(),

@@ -171,19 +171,12 @@ pub fn price_and_limit(
     };
     match configured {
         Some(p) => (
-            Some(Price {
-                prompt: p.prompt,
-                completion: p.completion,
-            }),
+            Some(Price::per_mtok(p.prompt, p.completion)),
             p.max_output_tokens.map(|v| v as i64).or(listed_limit),
         ),
         None => {
-            let price = listed.and_then(|(_, prompt, completion)| {
-                Some(Price {
-                    prompt: prompt?,
-                    completion: completion?,
-                })
-            });
+            let price = listed
+                .and_then(|(_, prompt, completion)| Some(Price::per_mtok(prompt?, completion?)));
             (price, listed_limit)
         }
     }

@@ -28,6 +28,8 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("price_usd_month", Real),
             ("allowed_models", Text),
             ("created_at", Text),
+            ("monthly_usd_micros", Int),
+            ("pay_as_you_go", Bool),
         ],
     ),
     (
@@ -70,6 +72,18 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("revoked", Bool),
             ("allowed_models", Text),
             ("monthly_token_limit", Int),
+            ("monthly_usd_limit_micros", Int),
+        ],
+    ),
+    (
+        "credits",
+        &[
+            ("id", Int),
+            ("user_id", Int),
+            ("amount_micros", Int),
+            ("note", Text),
+            ("created_by", Text),
+            ("created_at", Text),
         ],
     ),
     ("settings", &[("key", Text), ("value", Text)]),
@@ -88,7 +102,8 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("prompt_tokens", Int),
             ("completion_tokens", Int),
             ("total_tokens", Int),
-            ("cost_usd", Real),
+            ("cost_micros", Int),
+            ("credit_micros", Int),
             ("estimated", Bool),
             ("priced", Bool),
             ("http_status", Int),
@@ -110,7 +125,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("completion_tokens", Int),
             ("requests", Int),
             ("ok_tokens", Int),
-            ("cost_usd", Real),
+            ("cost_micros", Int),
         ],
     ),
     (
@@ -120,12 +135,21 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("user_id", Int),
             ("key_id", Int),
             ("tokens", Int),
+            ("cost_micros", Int),
+            ("credit_micros", Int),
         ],
     ),
 ];
 
 /// Tables with an identity column whose sequence must move past the copied ids.
-const WITH_IDS: &[&str] = &["plans", "users", "oauth_identities", "api_keys", "requests"];
+const WITH_IDS: &[&str] = &[
+    "plans",
+    "users",
+    "oauth_identities",
+    "api_keys",
+    "credits",
+    "requests",
+];
 
 const CHUNK: usize = 5000;
 
@@ -213,7 +237,7 @@ impl Pg {
 
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        for t in ["users", "plans", "api_keys", "requests"] {
+        for t in ["users", "plans", "api_keys", "credits", "requests"] {
             let n: i64 = tx
                 .query_one(&format!("SELECT COUNT(*) FROM {t}"), &[])
                 .await?

@@ -3,7 +3,7 @@
 //! the usage and admin routes.
 
 use super::Pg;
-use crate::db::usage::{DailyFilter, DailyRow, GroupRow, RequestFilter, UsageRecord};
+use crate::db::usage::{DailyFilter, DailyRow, GroupRow, PeriodTotal, RequestFilter, UsageRecord};
 use crate::db::DbResult;
 use std::borrow::Cow;
 use tokio_postgres::types::ToSql;
@@ -24,7 +24,8 @@ struct Columns<'a> {
     prompt: Vec<i64>,
     completion: Vec<i64>,
     total: Vec<i64>,
-    cost: Vec<f64>,
+    cost: Vec<i64>,
+    credit: Vec<i64>,
     estimated: Vec<bool>,
     priced: Vec<bool>,
     status: Vec<i32>,
@@ -35,27 +36,30 @@ struct Columns<'a> {
 }
 
 const INSERT_RECORDS: &str = "INSERT INTO requests (request_id, user_id, username, key_id, provider, model,
-        upstream_model, endpoint, prompt_tokens, completion_tokens, total_tokens, cost_usd, estimated, priced,
-        http_status, outcome, latency_ms, ttft_ms, created_at)
+        upstream_model, endpoint, prompt_tokens, completion_tokens, total_tokens, cost_micros, credit_micros,
+        estimated, priced, http_status, outcome, latency_ms, ttft_ms, created_at)
     SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[], $7::TEXT[],
-        $8::TEXT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::FLOAT8[], $13::BOOL[], $14::BOOL[],
-        $15::INT4[], $16::TEXT[], $17::BIGINT[], $18::BIGINT[], $19::TEXT[])";
+        $8::TEXT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[], $14::BOOL[],
+        $15::BOOL[], $16::INT4[], $17::TEXT[], $18::BIGINT[], $19::BIGINT[], $20::TEXT[])";
 
 const UPSERT_DAILY: &str = "INSERT INTO usage_daily AS d (day, user_id, provider, model, tokens, prompt_tokens,
-        completion_tokens, requests, ok_tokens, cost_usd)
+        completion_tokens, requests, ok_tokens, cost_micros)
     SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[],
-        $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::FLOAT8[])
+        $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[])
     ON CONFLICT (day, user_id, provider, model) DO UPDATE SET
         tokens = d.tokens + EXCLUDED.tokens,
         prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
         completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
         requests = d.requests + EXCLUDED.requests,
         ok_tokens = d.ok_tokens + EXCLUDED.ok_tokens,
-        cost_usd = d.cost_usd + EXCLUDED.cost_usd";
+        cost_micros = d.cost_micros + EXCLUDED.cost_micros";
 
-const UPSERT_PERIOD: &str = "INSERT INTO usage_period AS p (period, user_id, key_id, tokens)
-    SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[])
-    ON CONFLICT (period, user_id, key_id) DO UPDATE SET tokens = p.tokens + EXCLUDED.tokens";
+const UPSERT_PERIOD: &str = "INSERT INTO usage_period AS p (period, user_id, key_id, tokens, cost_micros,
+        credit_micros)
+    SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[])
+    ON CONFLICT (period, user_id, key_id) DO UPDATE SET tokens = p.tokens + EXCLUDED.tokens,
+        cost_micros = p.cost_micros + EXCLUDED.cost_micros,
+        credit_micros = p.credit_micros + EXCLUDED.credit_micros";
 
 /// The charge of each record replaces its reservation in the same commit, so
 /// an admission never sees both or neither.
@@ -75,22 +79,23 @@ fn record(r: &Row) -> UsageRecord {
         prompt_tokens: r.get(9),
         completion_tokens: r.get(10),
         total_tokens: r.get(11),
-        cost_usd: r.get(12),
-        estimated: r.get(13),
-        priced: r.get(14),
-        http_status: u16::try_from(r.get::<_, i32>(15)).unwrap_or(0),
-        outcome: Cow::Owned(r.get(16)),
-        latency_ms: r.get(17),
-        ttft_ms: r.get(18),
-        created_at: r.get(19),
+        cost_micros: r.get(12),
+        credit_micros: r.get(13),
+        estimated: r.get(14),
+        priced: r.get(15),
+        http_status: u16::try_from(r.get::<_, i32>(16)).unwrap_or(0),
+        outcome: Cow::Owned(r.get(17)),
+        latency_ms: r.get(18),
+        ttft_ms: r.get(19),
+        created_at: r.get(20),
         reservation: None,
         seq: 0,
     }
 }
 
 const RECORD_COLUMNS: &str = "id, request_id, user_id, username, key_id, provider, model, upstream_model, endpoint, \
-    prompt_tokens, completion_tokens, total_tokens, cost_usd, estimated, priced, http_status, outcome, latency_ms, \
-    ttft_ms, created_at";
+    prompt_tokens, completion_tokens, total_tokens, cost_micros, credit_micros, estimated, priced, http_status, \
+    outcome, latency_ms, ttft_ms, created_at";
 
 /// `1 = 1 AND …` over the daily roll-ups, with its parameters.
 fn daily_clause(f: &DailyFilter) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
@@ -139,7 +144,8 @@ impl Pg {
             cols.prompt.push(r.prompt_tokens);
             cols.completion.push(r.completion_tokens);
             cols.total.push(r.total_tokens);
-            cols.cost.push(r.cost_usd);
+            cols.cost.push(r.cost_micros);
+            cols.credit.push(r.credit_micros);
             cols.estimated.push(r.estimated);
             cols.priced.push(r.priced);
             cols.status.push(i32::from(r.http_status));
@@ -182,12 +188,21 @@ impl Pg {
             day_cols.8.push(d.ok_tokens);
             day_cols.9.push(d.cost);
         }
-        let mut period_cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for ((p, user, key), tokens) in &periods {
+        let mut period_cols = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for ((p, user, key), t) in &periods {
             period_cols.0.push(*p);
             period_cols.1.push(*user);
             period_cols.2.push(*key);
-            period_cols.3.push(*tokens);
+            period_cols.3.push(t.tokens);
+            period_cols.4.push(t.cost);
+            period_cols.5.push(t.credit);
         }
 
         let mut c = self.client().await?;
@@ -209,6 +224,7 @@ impl Pg {
                 &c_.completion,
                 &c_.total,
                 &c_.cost,
+                &c_.credit,
                 &c_.estimated,
                 &c_.priced,
                 &c_.status,
@@ -231,7 +247,8 @@ impl Pg {
         if !periods.is_empty() {
             let st = tx.prepare_cached(UPSERT_PERIOD).await?;
             let p = &period_cols;
-            tx.execute(&st, &[&p.0, &p.1, &p.2, &p.3]).await?;
+            tx.execute(&st, &[&p.0, &p.1, &p.2, &p.3, &p.4, &p.5])
+                .await?;
         }
         if !held.is_empty() {
             let st = tx.prepare_cached(RELEASE).await?;
@@ -256,21 +273,58 @@ impl Pg {
         Ok(n as usize)
     }
 
-    pub async fn period_totals(&self, period: String) -> DbResult<Vec<(i64, i64, i64)>> {
+    pub async fn period_totals(&self, period: String) -> DbResult<Vec<PeriodTotal>> {
         Ok(self
             .client()
             .await?
             .query(
-                "SELECT user_id, key_id, tokens FROM usage_period WHERE period = $1",
+                "SELECT user_id, key_id, tokens, cost_micros FROM usage_period WHERE period = $1",
                 &[&period],
             )
+            .await?
+            .iter()
+            .map(|r| PeriodTotal {
+                user_id: r.get(0),
+                key_id: r.get(1),
+                tokens: r.get(2),
+                cost: r.get(3),
+            })
+            .collect())
+    }
+
+    pub async fn credit_balances(&self) -> DbResult<Vec<(i64, i64)>> {
+        Ok(self
+            .client()
+            .await?
+            .query(
+                "SELECT user_id, SUM(m)::BIGINT FROM (
+                    SELECT user_id, amount_micros AS m FROM credits
+                    UNION ALL
+                    SELECT user_id, -credit_micros FROM usage_period WHERE credit_micros <> 0
+                 ) c GROUP BY user_id",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    pub async fn credit_entries_after(&self, after: i64) -> DbResult<Vec<(i64, i64, i64)>> {
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(
+                "SELECT id, user_id, amount_micros FROM credits WHERE id > $1 ORDER BY id",
+            )
+            .await?;
+        Ok(c.query(&st, &[&after])
             .await?
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect())
     }
 
-    pub async fn usage_totals(&self, f: DailyFilter) -> DbResult<(i64, i64, i64, f64)> {
+    pub async fn usage_totals(&self, f: DailyFilter) -> DbResult<(i64, i64, i64, i64)> {
         let (w, p) = daily_clause(&f);
         let r = self
             .client()
@@ -278,7 +332,7 @@ impl Pg {
             .query_one(
                 &format!(
                     "SELECT COALESCE(SUM(d.tokens), 0)::BIGINT, COALESCE(SUM(d.requests), 0)::BIGINT,
-                            COALESCE(SUM(d.ok_tokens), 0)::BIGINT, COALESCE(SUM(d.cost_usd), 0)::FLOAT8
+                            COALESCE(SUM(d.ok_tokens), 0)::BIGINT, COALESCE(SUM(d.cost_micros), 0)::BIGINT
                      FROM usage_daily d WHERE {w}"
                 ),
                 &refs(&p),
@@ -295,7 +349,7 @@ impl Pg {
             .query(
                 &format!(
                     "SELECT d.day, d.provider, d.model, SUM(d.tokens)::BIGINT, SUM(d.requests)::BIGINT,
-                            SUM(d.cost_usd)::FLOAT8
+                            SUM(d.cost_micros)::BIGINT
                      FROM usage_daily d WHERE {w}
                      GROUP BY d.day, d.provider, d.model
                      ORDER BY d.day COLLATE \"C\", d.provider COLLATE \"C\", d.model COLLATE \"C\""
@@ -310,7 +364,7 @@ impl Pg {
                 model: r.get(2),
                 tokens: r.get(3),
                 requests: r.get(4),
-                cost_usd: r.get(5),
+                cost_micros: r.get(5),
             })
             .collect())
     }
@@ -330,7 +384,7 @@ impl Pg {
             .await?
             .query(
                 &format!(
-                    "SELECT ({key}) COLLATE \"C\", SUM(d.tokens)::BIGINT, SUM(d.requests)::BIGINT, SUM(d.cost_usd)::FLOAT8
+                    "SELECT ({key}) COLLATE \"C\", SUM(d.tokens)::BIGINT, SUM(d.requests)::BIGINT, SUM(d.cost_micros)::BIGINT
                      FROM usage_daily d LEFT JOIN users u ON u.id = d.user_id
                      WHERE {w} GROUP BY 1 ORDER BY {order}"
                 ),
@@ -342,7 +396,7 @@ impl Pg {
                 key: r.get(0),
                 tokens: r.get(1),
                 requests: r.get(2),
-                cost_usd: r.get(3),
+                cost_micros: r.get(3),
             })
             .collect())
     }
