@@ -117,7 +117,7 @@ PG_ADMIN=$(bash "$ROOT/tests/pg/start.sh" "$PGDIR" 2>"$TMP/pg-start.log") \
 [[ $PG_ADMIN = postgres://* ]] || { cat "$TMP/pg-start.log" >&2; die "tests/pg/start.sh printed no URL: $PG_ADMIN"; }
 PGURL=${PG_ADMIN%/postgres}/bench
 psql -qAt "$PG_ADMIN" -c 'CREATE DATABASE bench' >/dev/null || die "CREATE DATABASE bench failed"
-# time spent inside tollgate_admit() and tollgate_held(), read from pg_stat_user_functions
+# time spent inside tollgate_grow() and tollgate_held(), read from pg_stat_user_functions
 psql -qAt "$PG_ADMIN" -c "ALTER DATABASE bench SET track_functions = 'all'" >/dev/null
 PG_PM=$(head -n1 "$PGDIR/data/postmaster.pid")
 kill -0 "$PG_PM" 2>/dev/null || die "no postmaster at pid $PG_PM"
@@ -384,7 +384,7 @@ run_wrk() { # name url lua conns threads
         pg*) tgp=("$R1_PID" "$R2_PID"); pg=1 ;;
     esac
     if [[ -n $pg ]]; then
-        rec0=$(records); ad0=$(fn_stats tollgate_admit); he0=$(fn_stats tollgate_held); x0=$(xacts)
+        rec0=$(records); ad0=$(fn_stats tollgate_grow); he0=$(fn_stats tollgate_held); x0=$(xacts)
         r10=$(replica_calls "$R1_PORT"); r20=$(replica_calls "$R2_PORT")
     fi
     ((${#tgp[@]})) && tg0=$(sum_ticks_us "${tgp[@]}")
@@ -416,16 +416,16 @@ run_wrk() { # name url lua conns threads
     [[ $name = proxy* ]] && rec "$name.nginx_proxy_cpu_us_per_request" "$(per_req $((w1 - w0)) "$reqs")"
     if [[ -n $pg ]]; then
         sleep 1.2   # backends report their statistics at most once a second
-        rec1=$(records); ad1=$(fn_stats tollgate_admit); he1=$(fn_stats tollgate_held); x1=$(xacts)
+        rec1=$(records); ad1=$(fn_stats tollgate_grow); he1=$(fn_stats tollgate_held); x1=$(xacts)
         r11=$(replica_calls "$R1_PORT"); r21=$(replica_calls "$R2_PORT")
         rec "$name.usage_records" "$((rec1 - rec0))"
         rec "$name.replica1_calls" "$((r11 - r10))"
         rec "$name.replica2_calls" "$((r21 - r20))"
         rec "$name.pg_transactions_per_request" "$(awk -v d=$((x1 - x0)) -v n="$reqs" 'BEGIN{printf "%.2f", d/n}')"
-        # pg_stat_user_functions: calls and mean time inside (a lock wait in tollgate_admit included;
-        # tollgate_held counts when tollgate_admit calls it, as builds before 63a01f8 did)
+        # pg_stat_user_functions: calls and mean time inside (a lock wait in tollgate_grow
+        # included). Builds before slices (V8) called tollgate_admit on every call instead.
         local fn a b
-        for fn in admit held; do
+        for fn in grow held; do
             a=ad0; b=ad1; [[ $fn = held ]] && { a=he0; b=he1; }
             read -r c0 t0 <<<"${!a}"; read -r c1 t1 <<<"${!b}"
             rec "$name.${fn}_calls" "$((c1 - c0))"
@@ -569,7 +569,7 @@ print(f"ratio two replicas on PG / one on SQLite at {c} connections: {flat['rati
 for n in (L, U, "pg_lb_c1", "pg_replica1_c1"):
     print(f"{n}: calls per replica {g(n + '.replica1_calls')} / {g(n + '.replica2_calls')}; usage records {g(n + '.usage_records')} "
           f"for {g(n + '.requests')} requests (drained {g(n + '.usage_drain_ms')} ms after wrk); PG transactions per request "
-          f"{g(n + '.pg_transactions_per_request')}; mean time inside PostgreSQL of tollgate_admit {g(n + '.admit_mean_us')} µs"
+          f"{g(n + '.pg_transactions_per_request')}; tollgate_grow calls {g(n + '.grow_calls')}, mean time inside {g(n + '.grow_mean_us')} µs"
           + (f", of tollgate_held (called by it) {g(n + '.held_mean_us')} µs" if g(n + '.held_calls') else ""))
 for n in (L, U):
     waits = {k.split(".", 2)[2]: v for k, v in flat.items() if k.startswith(n + ".waits.")}

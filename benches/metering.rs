@@ -8,10 +8,10 @@
 
 use std::time::Instant;
 use tollgate::db::{self, usage::UsageRecord};
-use tollgate::metering::ledger::{Account, Ledger};
+use tollgate::metering::ledger::{Account, Amount, Ledger};
 
 fn ledger_rate(threads: usize, per_thread: usize) -> f64 {
-    let ledger = std::sync::Arc::new(Ledger::new("2026-11", &[]));
+    let ledger = std::sync::Arc::new(Ledger::new("2026-11", &[], &[]));
     let start = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|t| {
@@ -22,12 +22,25 @@ fn ledger_rate(threads: usize, per_thread: usize) -> f64 {
                     user_limit: i64::MAX / 4,
                     key_id: Some(t as i64),
                     key_limit: None,
+                    ..Default::default()
                 };
                 for _ in 0..per_thread {
                     let (amount, _) = l
-                        .reserve::<(), ()>(&a, "2026-11", |avail| Ok((4096.min(avail), ())))
+                        .reserve::<(), ()>(&a, "2026-11", |avail| {
+                            Ok((
+                                Amount {
+                                    tokens: 4096.min(avail.tokens),
+                                    micros: 0,
+                                },
+                                (),
+                            ))
+                        })
                         .expect("reserve");
-                    l.settle(&a, "2026-11", amount, 30);
+                    let charged = Amount {
+                        tokens: 30,
+                        micros: 0,
+                    };
+                    l.settle(&a, "2026-11", amount, charged);
                 }
             })
         })
@@ -52,7 +65,8 @@ fn record(i: usize) -> UsageRecord {
         prompt_tokens: 120,
         completion_tokens: 80,
         total_tokens: 200,
-        cost_usd: 0.0012,
+        cost_micros: 1200,
+        credit_micros: 0,
         estimated: false,
         priced: true,
         http_status: 200,
@@ -60,7 +74,7 @@ fn record(i: usize) -> UsageRecord {
         latency_ms: 150,
         ttft_ms: Some(40),
         created_at: "2026-11-26T10:00:00Z".to_owned(),
-        reservation: None,
+        slice: None,
         seq: 0,
     }
 }

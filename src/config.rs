@@ -295,6 +295,18 @@ pub struct MeteringConfig {
     /// Usage records that may wait in memory while the database refuses
     /// writes; past it metered calls are refused with 503 (SPEC §13).
     pub max_pending_records: u64,
+    /// A model with no known price, under a USD limit or prepaid credit:
+    /// refused with 403 `model_not_priced`, or allowed at no cost (SPEC §12).
+    pub unpriced: Unpriced,
+}
+
+/// `[metering] unpriced`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unpriced {
+    #[default]
+    Refuse,
+    Allow,
 }
 
 impl Default for MeteringConfig {
@@ -305,6 +317,7 @@ impl Default for MeteringConfig {
             on_disconnect: OnDisconnect::Cancel,
             usage_retention_days: 90,
             max_pending_records: 1_000_000,
+            unpriced: Unpriced::Refuse,
         }
     }
 }

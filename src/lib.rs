@@ -107,7 +107,19 @@ pub async fn build_state(
     } else {
         let period = metering::period_of(chrono::Utc::now());
         let totals = store.period_totals(period.clone()).await?;
-        metering::quota::Quotas::local(&period, &totals)
+        // Credit left = every ledger entry (read once, so the mark of the
+        // last one read is exact) minus what pay-as-you-go calls spent.
+        let entries = store.credit_entries_after(0).await?;
+        let seen = entries.iter().map(|e| e.0).max().unwrap_or(0);
+        let mut left: std::collections::HashMap<i64, i64> = Default::default();
+        for (_, user, micros) in entries {
+            *left.entry(user).or_default() += micros;
+        }
+        for (user, spent) in store.credit_spent().await? {
+            *left.entry(user).or_default() -= spent;
+        }
+        let credits: Vec<(i64, i64)> = left.into_iter().collect();
+        metering::quota::Quotas::local(&period, &totals, &credits, Some(store.clone()), seen)
     };
     telemetry::init();
     let cfg_ref = cfg.clone();
@@ -157,7 +169,7 @@ pub async fn serve(
         None => tokio::spawn(server::tls::ignore_hangups()),
     });
     let poller = tokio::spawn(state.creds.clone().poll_changes());
-    let leases = tokio::spawn(metering::quota::Quotas::keep_leases(state.metering.clone()));
+    let upkeep = tokio::spawn(metering::quota::Quotas::maintain(state.metering.clone()));
     let flusher = tokio::spawn(state.creds.clone().flush_last_used_loop());
     let refresher = tokio::spawn(state.catalog.clone().refresh_loop(state.providers.clone()));
     server::raise_open_files_limit();
@@ -224,10 +236,13 @@ pub async fn serve(
     if let Some(w) = tls_watch {
         w.abort();
     }
-    // Everything queued is written (and, with shared quotas, the
-    // reservations it charges are gone with it).
+    // Everything queued is written (and, with shared quotas, its charges
+    // are out of this replica's slices), then the slices go back.
     state.metering.writer.flush().await;
-    leases.abort();
+    upkeep.abort();
+    if let Err(e) = state.metering.quotas.give_back_all().await {
+        tracing::warn!(error = %e, "cannot give quota slices back at shutdown; they expire with their lease");
+    }
     if let Err(e) = state.creds.flush_last_used().await {
         tracing::warn!(error = %e, "cannot record key last-use times at shutdown");
     }

@@ -55,7 +55,7 @@ impl Metering {
         user_id: i64,
         key_id: Option<i64>,
         period: &str,
-    ) -> crate::db::DbResult<(Balance, Option<Balance>)> {
+    ) -> crate::db::DbResult<(Balance, Option<Balance>, crate::metering::ledger::Credit)> {
         if matches!(self.quotas, Quotas::Shared(_)) {
             self.writer.flush().await;
         }

@@ -499,9 +499,23 @@ async fn me_and_plans_have_their_shapes() {
             "tokens_used",
             "tokens_reserved",
             "remaining_tokens",
+            "monthly_usd",
+            "usd_used",
+            "usd_reserved",
+            "remaining_usd",
+            "credit_usd",
             "period_start",
             "period_end"
         ])
+    );
+    // No USD limit on this plan: the money limits are null, the sums 0.
+    assert!(
+        me["monthly_usd"].is_null() && me["remaining_usd"].is_null(),
+        "{me}"
+    );
+    assert_eq!(
+        (me["usd_used"].as_f64(), me["credit_usd"].as_f64()),
+        (Some(0.0), Some(0.0))
     );
     assert_eq!(me["plan"], "free");
     assert_eq!(me["monthly_tokens"], 10_000);
@@ -517,6 +531,9 @@ async fn me_and_plans_have_their_shapes() {
     let me = get_json(&s, &token, "/subscriptions/me", &[]).await;
     assert_eq!(me["tokens_used"], 150);
     assert_eq!(me["remaining_tokens"], 10_000 - 150);
+    // Money is counted without a USD limit too.
+    assert_eq!(me["usd_used"].as_f64(), Some(PRICED_COST), "{me}");
+    assert!(me["remaining_usd"].is_null(), "{me}");
 }
 
 #[tokio::test]

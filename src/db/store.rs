@@ -597,11 +597,12 @@ impl Store {
         }
     }
 
-    /// Every user's prepaid credit left (micro-dollars).
-    pub async fn credit_balances(&self) -> DbResult<Vec<(i64, i64)>> {
+    /// What each user's pay-as-you-go calls were charged to their prepaid
+    /// credit, every period (user, micro-dollars).
+    pub async fn credit_spent(&self) -> DbResult<Vec<(i64, i64)>> {
         match &self.backend {
-            Backend::Postgres(pg) => pg.credit_balances().await,
-            Backend::Sqlite(pool) => run(pool, |c| usage::credit_balances(c)).await,
+            Backend::Postgres(pg) => pg.credit_spent().await,
+            Backend::Sqlite(pool) => run(pool, |c| usage::credit_spent(c)).await,
         }
     }
 

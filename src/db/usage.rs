@@ -36,14 +36,26 @@ pub struct UsageRecord {
     pub latency_ms: i64,
     pub ttft_ms: Option<i64>,
     pub created_at: String,
-    /// The reservation this record's charge replaces, when replicas share
-    /// quotas: written in the same transaction that deletes it. Not stored.
+    /// The replica's slice this record's charge comes out of, when replicas
+    /// share quotas: taken out in the same transaction that writes the
+    /// charge. Not stored.
     #[serde(skip)]
-    pub reservation: Option<i64>,
+    pub slice: Option<SliceCharge>,
     /// The order in which the writer was handed records (set by it), so a
     /// batch is written in call order whichever thread sent each. Not stored.
     #[serde(skip)]
     pub seq: u64,
+}
+
+/// What a record's charge takes out of its replica's slice of the user's
+/// allowance (shared quotas).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceCharge {
+    pub instance: std::sync::Arc<str>,
+    /// The period the slice was taken for (the call's admission).
+    pub period: std::sync::Arc<str>,
+    pub tokens: i64,
+    pub micros: i64,
 }
 
 /// One day's totals of a user, provider and model within a batch.
@@ -260,15 +272,12 @@ pub fn period_totals(conn: &Connection, period: &str) -> DbResult<Vec<PeriodTota
     Ok(rows)
 }
 
-/// Every user's prepaid credit left, in micro-dollars: the credit ledger's
-/// entries minus what pay-as-you-go calls spent. Users with neither are absent.
-pub fn credit_balances(conn: &Connection) -> DbResult<Vec<(i64, i64)>> {
+/// What each user's pay-as-you-go calls were charged to their prepaid
+/// credit, every period (micro-dollars). Users who spent none are absent.
+pub fn credit_spent(conn: &Connection) -> DbResult<Vec<(i64, i64)>> {
     let mut st = conn.prepare(
-        "SELECT user_id, SUM(m) FROM (
-            SELECT user_id, amount_micros AS m FROM credits
-            UNION ALL
-            SELECT user_id, -credit_micros FROM usage_period WHERE credit_micros <> 0
-         ) GROUP BY user_id",
+        "SELECT user_id, SUM(credit_micros) FROM usage_period WHERE credit_micros <> 0
+         GROUP BY user_id",
     )?;
     let rows = st
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -461,7 +470,7 @@ fn record_from_row(r: &Row) -> rusqlite::Result<UsageRecord> {
         latency_ms: r.get(18)?,
         ttft_ms: r.get(19)?,
         created_at: r.get(20)?,
-        reservation: None,
+        slice: None,
         seq: 0,
     })
 }
@@ -536,7 +545,7 @@ pub(crate) fn sample_record(i: i64) -> UsageRecord {
         latency_ms: 10 + i,
         ttft_ms: (i % 3 != 0).then_some(i),
         created_at: format!("2026-11-{:02}T00:00:{:02}Z", 1 + i % 28, i % 60),
-        reservation: None,
+        slice: None,
         seq: 0,
     }
 }

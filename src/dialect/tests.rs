@@ -11,6 +11,7 @@ fn info() -> UsageInfo {
         completion_tokens: 20,
         cost_usd: 0,
         remaining_tokens: 70,
+        remaining_usd: None,
         provider: "p".into(),
         request_id: "req_1".into(),
         estimated: false,

@@ -41,7 +41,13 @@ pub async fn usage(
     let (f, _, _) = usage_filter(&st, &uq, None)?;
     st.metering.writer.flush().await;
     let rows = st.store.usage_grouped(group_by.clone(), f).await?;
-    Ok(Json(json!({"group_by": group_by, "rows": rows})))
+    // A struct, not `json!`: a `Value` would turn exact dollars into floats.
+    #[derive(serde::Serialize)]
+    struct Grouped {
+        group_by: String,
+        rows: Vec<crate::db::usage::GroupRow>,
+    }
+    Ok(Json(Grouped { group_by, rows }))
 }
 
 #[derive(Deserialize)]

@@ -6,13 +6,13 @@ use crate::auth::CurrentUser;
 use crate::db::{self, usage::DailyFilter};
 use crate::error::{ApiError, ApiResult};
 use crate::metering::period_bounds;
+use crate::money::Usd;
 use crate::state::AppState;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
-use serde_json::json;
 
 pub async fn plans(State(st): State<AppState>, _: CurrentUser) -> impl IntoResponse {
     let snap = st.creds.snapshot();
@@ -23,6 +23,24 @@ pub async fn plans(State(st): State<AppState>, _: CurrentUser) -> impl IntoRespo
             .then(a.name.cmp(&b.name))
     });
     Json(plans)
+}
+
+/// `GET /subscriptions/me` (SPEC §6, §12). A struct rather than `json!`: a
+/// `Value` would turn the exact dollar amounts into floats (`1e-6`).
+#[derive(serde::Serialize)]
+struct Me {
+    plan: String,
+    monthly_tokens: i64,
+    tokens_used: i64,
+    tokens_reserved: i64,
+    remaining_tokens: i64,
+    monthly_usd: Option<Usd>,
+    usd_used: Usd,
+    usd_reserved: Usd,
+    remaining_usd: Option<Usd>,
+    credit_usd: Usd,
+    period_start: String,
+    period_end: String,
 }
 
 pub async fn me(
@@ -37,7 +55,7 @@ pub async fn me(
         .as_ref()
         .ok_or_else(|| ApiError::internal("user without a plan"))?;
     let key = p.key.as_ref();
-    let (bal, kb) = st
+    let (bal, kb, credit) = st
         .metering
         .balances(p.user.id, key.map(|k| k.id), &period)
         .await?;
@@ -45,15 +63,34 @@ pub async fn me(
     if let (Some(kb), Some(limit)) = (kb, key.and_then(|k| k.monthly_token_limit)) {
         remaining = remaining.min((limit - kb.used - kb.reserved).max(0));
     }
-    Ok(Json(json!({
-        "plan": plan.plan.name,
-        "monthly_tokens": plan.plan.monthly_tokens,
-        "tokens_used": bal.used,
-        "tokens_reserved": bal.reserved,
-        "remaining_tokens": remaining,
-        "period_start": db::ts(start),
-        "period_end": db::ts(end),
-    })))
+    // Money (SPEC §12): what is left under every USD limit that applies.
+    let account = crate::service::proxy::account_of(&p, plan);
+    let credit_left = credit.left - credit.reserved;
+    let mut remaining_usd: Option<i64> = None;
+    let mut bound = |m: i64| remaining_usd = Some(remaining_usd.map_or(m, |r| r.min(m)));
+    if account.payg {
+        bound(credit_left);
+    }
+    if let Some(limit) = account.user_usd {
+        bound(limit - bal.usd_used - bal.usd_reserved);
+    }
+    if let (Some(kb), Some(limit)) = (kb, account.key_usd) {
+        bound(limit - kb.usd_used - kb.usd_reserved);
+    }
+    Ok(Json(Me {
+        plan: plan.plan.name.clone(),
+        monthly_tokens: plan.plan.monthly_tokens,
+        tokens_used: bal.used,
+        tokens_reserved: bal.reserved,
+        remaining_tokens: remaining,
+        monthly_usd: account.user_usd.map(Usd),
+        usd_used: Usd(bal.usd_used),
+        usd_reserved: Usd(bal.usd_reserved),
+        remaining_usd: remaining_usd.map(|m| Usd(m.max(0))),
+        credit_usd: Usd(credit_left),
+        period_start: db::ts(start),
+        period_end: db::ts(end),
+    }))
 }
 
 #[derive(Deserialize, Default)]
@@ -128,15 +165,26 @@ pub async fn usage(
     } else {
         0.0
     };
-    Ok(Json(json!({
-        "provider": provider,
-        "tokens_used": tokens,
-        "requests_count": requests,
-        "cost_total": crate::money::Usd(cost),
-        "average_tokens_per_request": avg,
-        "period_start": start,
-        "period_end": end,
-    })))
+    #[derive(serde::Serialize)]
+    struct Totals {
+        provider: Option<String>,
+        tokens_used: i64,
+        requests_count: i64,
+        /// Exact dollars (see [`Me`]).
+        cost_total: Usd,
+        average_tokens_per_request: f64,
+        period_start: String,
+        period_end: String,
+    }
+    Ok(Json(Totals {
+        provider,
+        tokens_used: tokens,
+        requests_count: requests,
+        cost_total: Usd(cost),
+        average_tokens_per_request: avg,
+        period_start: start,
+        period_end: end,
+    }))
 }
 
 pub async fn daily(
@@ -147,5 +195,10 @@ pub async fn daily(
     let (f, _, _) = usage_filter(&st, &q, Some(p.user.id))?;
     st.metering.writer.flush().await;
     let days = st.store.usage_daily(f).await?;
-    Ok(Json(json!({ "days": days })))
+    // A struct, not `json!`: a `Value` would turn exact dollars into floats.
+    #[derive(serde::Serialize)]
+    struct Days {
+        days: Vec<crate::db::usage::DailyRow>,
+    }
+    Ok(Json(Days { days }))
 }

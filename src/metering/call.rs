@@ -5,7 +5,7 @@
 //! generated so far. Settlement therefore runs on every path by construction.
 
 use super::estimate;
-use super::ledger::Account;
+use super::ledger::{Account, Amount, Avail};
 use super::pricing::Price;
 use super::quota::Grant;
 use crate::db::{self, usage::UsageRecord};
@@ -99,9 +99,23 @@ pub struct UsageInfo {
     #[serde(serialize_with = "crate::money::ser_usd")]
     pub cost_usd: i64,
     pub remaining_tokens: i64,
+    /// Micro-dollars left under the USD limits that apply (SPEC §12); absent
+    /// when none does.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_usd_opt"
+    )]
+    pub remaining_usd: Option<i64>,
     pub provider: String,
     pub request_id: String,
     pub estimated: bool,
+}
+
+fn ser_usd_opt<S: serde::Serializer>(m: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match m {
+        Some(m) => crate::money::ser_usd(m, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// What a call is, for its record.
@@ -130,8 +144,10 @@ pub struct CallMeter {
     ttft_ms: Option<i64>,
     generated_chars: usize,
     done: bool,
-    /// Shared quotas: the shrinking of the reservation to the charge, in flight.
+    /// Shared quotas: a short slice's room going back, in flight.
     settling: Option<tokio::task::JoinHandle<()>>,
+    /// What was left after the settlement.
+    left: Avail,
 }
 
 impl CallMeter {
@@ -157,6 +173,7 @@ impl CallMeter {
             generated_chars: 0,
             done: false,
             settling: None,
+            left: Avail::default(),
         }
     }
 
@@ -170,7 +187,7 @@ impl CallMeter {
     }
 
     pub fn reserved(&self) -> i64 {
-        self.grant.reserved
+        self.grant.reserved.tokens
     }
 
     /// The provider and model that actually serve the call (after a fallback).
@@ -224,20 +241,21 @@ impl CallMeter {
         };
         let now = self.m.clock.now();
         let period = super::period_of(now);
-        let remaining = match self.done {
+        let charged = Amount {
+            tokens: total,
+            micros: cost,
+        };
+        let (remaining, slice) = match self.done {
             // Settled already: what is left, without releasing anything twice.
-            true => {
-                let nothing = Grant {
-                    reserved: 0,
-                    ..self.grant
-                };
-                self.m.quotas.settle(&self.account, &period, &nothing, 0)
-            }
+            true => (self.left, None),
             false => {
-                self.settling = self.m.quotas.shrink(&self.grant, total);
-                self.m
-                    .quotas
-                    .settle(&self.account, &period, &self.grant, total)
+                let (left, slice, settling) =
+                    self.m
+                        .quotas
+                        .settle(&self.account, &period, &self.grant, charged);
+                self.settling = settling;
+                self.left = left;
+                (left, slice)
             }
         };
         if !self.done {
@@ -264,7 +282,7 @@ impl CallMeter {
                 completion_tokens: completion,
                 total_tokens: total,
                 cost_micros: cost,
-                credit_micros: 0,
+                credit_micros: if self.account.payg { cost } else { 0 },
                 estimated,
                 priced,
                 http_status,
@@ -272,7 +290,7 @@ impl CallMeter {
                 latency_ms,
                 ttft_ms: self.ttft_ms,
                 created_at: db::ts(now),
-                reservation: self.grant.hold,
+                slice,
                 seq: 0,
             });
         }
@@ -281,7 +299,8 @@ impl CallMeter {
             prompt_tokens: prompt,
             completion_tokens: completion,
             cost_usd: cost,
-            remaining_tokens: remaining,
+            remaining_tokens: remaining.tokens,
+            remaining_usd: remaining.micros,
             provider: self.info.provider.clone(),
             request_id: self.info.request_id.clone(),
             estimated,
@@ -328,7 +347,7 @@ pub fn record_refusal(m: &Metering, info: &CallInfo, http_status: u16) {
         latency_ms: 0,
         ttft_ms: None,
         created_at: db::ts(m.clock.now()),
-        reservation: None,
+        slice: None,
         seq: 0,
     });
 }

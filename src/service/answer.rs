@@ -596,6 +596,7 @@ mod tests {
             completion_tokens: 5,
             cost_usd: 500_000,
             remaining_tokens: 1,
+            remaining_usd: None,
             provider: "p".into(),
             request_id: "r".into(),
             estimated: false,

@@ -10,12 +10,12 @@
 use super::answer::{Answer, Wanted};
 use super::request::Request;
 use crate::auth::Principal;
-use crate::config::ProviderApi;
+use crate::config::{ProviderApi, Unpriced};
 use crate::dialect::{self, Conversation, Way};
 use crate::error::ApiError;
 use crate::json;
 use crate::metering::call::{record_refusal, CallInfo, CallMeter, Outcome};
-use crate::metering::ledger::Account;
+use crate::metering::ledger::{Account, Avail};
 use crate::metering::pricing::Price;
 use crate::metering::quota::{Ask, Refusal};
 use crate::state::AppState;
@@ -212,6 +212,68 @@ fn dearer(a: Option<Price>, b: Option<Price>) -> Option<Price> {
     }
 }
 
+/// Whose balance a call of `p` draws on, with every limit that applies.
+pub fn account_of(p: &Principal, plan: &crate::auth::cache::PlanEntry) -> Account {
+    Account {
+        user_id: p.user.id,
+        user_limit: plan.plan.monthly_tokens,
+        key_id: p.key.as_ref().map(|k| k.id),
+        key_limit: p.key.as_ref().and_then(|k| k.monthly_token_limit),
+        user_usd: None,
+        key_usd: None,
+        payg: false,
+    }
+}
+
+/// Which limit in dollars applies, for messages.
+fn money_limit_of(a: &Account) -> &'static str {
+    match (a.payg, a.key_usd.is_some(), a.user_usd.is_some()) {
+        (true, _, _) => "your prepaid credit",
+        (false, true, false) => "this API key's USD limit",
+        _ => "your plan's USD limit",
+    }
+}
+
+/// 403 `model_not_priced` (SPEC §12).
+fn not_priced(model: &str, a: &Account) -> ApiError {
+    ApiError::forbidden_code(
+        "model_not_priced",
+        format!(
+            "The model {model:?} has no known price, and calls under {} must be priced; \
+             use a priced model, or ask an administrator to add a [pricing] entry for it.",
+            money_limit_of(a)
+        ),
+    )
+}
+
+/// The 429 message of a call that does not fit what is left: in dollars when
+/// money is what is short.
+fn short_of(ask: &Ask, avail: Avail, a: &Account) -> String {
+    let tokens_only = Avail {
+        micros: None,
+        ..avail
+    };
+    match avail.micros {
+        Some(m) if ask.decide(tokens_only).is_ok() => {
+            let prompt = crate::money::cost_micros(ask.prompt, ask.price.prompt);
+            format!(
+                "You have ${} left under {}, not enough for this call (about ${} for {} prompt tokens \
+                 plus at least {} completion tokens). Add credit, wait for the next period or ask for a larger limit.",
+                crate::money::format_usd(m),
+                money_limit_of(a),
+                crate::money::format_usd(prompt),
+                ask.prompt,
+                ask.min_cap
+            )
+        }
+        _ => format!(
+            "You have {} tokens left this period, not enough for this call (about {} prompt tokens \
+             plus at least {} completion tokens). Wait for the next period or ask for a larger plan.",
+            avail.tokens, ask.prompt, ask.min_cap
+        ),
+    }
+}
+
 /// The model as a metrics label: known names only, so clients cannot grow the label set.
 pub fn metric_model(st: &AppState, client_model: &str, route: &Route) -> String {
     let canonical = canonical_name(route);
@@ -301,25 +363,50 @@ async fn run(
             route.provider.inactive_reason().unwrap_or_default()
         ))));
     }
-    // Reserve: prompt estimate + cap × n (SPEC §6), for the dearest model the
-    // call may run.
+    let account = account_of(&p, &plan);
+    let money = account.money_limited();
+    let allow_unpriced = st.config.metering.unpriced == Unpriced::Allow;
+    // Reserve: prompt estimate + cap × n (SPEC §6), in tokens and money, for
+    // the dearest model the call may run.
     let (mut price, mut model_limit) = price_and_limit(&st, &req.model, &route);
+    if money && price.is_none() && !allow_unpriced {
+        return Err(refuse(not_priced(&req.model, &account)));
+    }
     for (name, m) in alternatives.iter().zip(&req.models) {
         let alt = Route {
             provider: route.provider.clone(),
             upstream_model: m.clone(),
         };
         let (p, limit) = price_and_limit(&st, name, &alt);
+        if money && p.is_none() && !allow_unpriced {
+            return Err(refuse(not_priced(name, &account)));
+        }
         price = dearer(price, p);
         model_limit = model_limit.max(limit);
     }
+    let mut targets = vec![route];
+    if let Some(alts) = st.config.routing.fallbacks.get(&req.model) {
+        // A fallback on another provider gets the same `models` list: it is
+        // taken only if that provider's names are allowed too, and only if
+        // it can serve the endpoint (and, under a money limit, is priced).
+        for t in alts.iter().map(|m| st.providers.route(m)) {
+            let usable = dialect::way(ep, t.provider.api) != Way::No
+                && req
+                    .models
+                    .iter()
+                    .all(|m| allowed(&p, &plan, &format!("{}/{m}", t.provider.id)).is_ok());
+            if !usable {
+                continue;
+            }
+            let (fp, _) = price_and_limit(&st, &req.model, &t);
+            if money && fp.is_none() && !allow_unpriced {
+                continue;
+            }
+            price = dearer(price, fp);
+            targets.push(t);
+        }
+    }
     let prompt_estimate = req.prompt_estimate;
-    let account = Account {
-        user_id: p.user.id,
-        user_limit: plan.plan.monthly_tokens,
-        key_id: p.key.as_ref().map(|k| k.id),
-        key_limit: p.key.as_ref().and_then(|k| k.monthly_token_limit),
-    };
     let metering = &st.config.metering;
     let wanted = req
         .client_cap
@@ -332,6 +419,10 @@ async fn run(
         n,
         min_cap,
         embeddings: ep == Endpoint::Embeddings,
+        price: price.unwrap_or(Price {
+            prompt: 0,
+            completion: 0,
+        }),
     };
     // While usage cannot be written, records wait in memory up to
     // max_pending_records; past it no call is taken that could go unrecorded.
@@ -366,9 +457,8 @@ async fn run(
             )));
         }
         Err(Refusal::Quota(avail)) => {
-            return Err(refuse(ApiError::insufficient_quota(format!(
-                "You have {avail} tokens left this period, not enough for this call (about {prompt_estimate} prompt tokens \
-                 plus at least {min_cap} completion tokens). Wait for the next period or ask for a larger plan."
+            return Err(refuse(ApiError::insufficient_quota(short_of(
+                &ask, avail, &account,
             ))));
         }
     };
@@ -384,19 +474,6 @@ async fn run(
 
     let wants_usage = req.wants_usage;
 
-    let mut targets = vec![route];
-    if let Some(alts) = st.config.routing.fallbacks.get(&req.model) {
-        // A fallback on another provider gets the same `models` list: it is
-        // taken only if that provider's names are allowed too, and only if
-        // it can serve the endpoint.
-        targets.extend(alts.iter().map(|m| st.providers.route(m)).filter(|t| {
-            dialect::way(ep, t.provider.api) != Way::No
-                && req
-                    .models
-                    .iter()
-                    .all(|m| allowed(&p, &plan, &format!("{}/{m}", t.provider.id)).is_ok())
-        }));
-    }
     // The conversation, read once when some target speaks another dialect.
     let conversation = match targets
         .iter()

@@ -241,11 +241,13 @@ impl TestServer {
     ) {
         self.state.metering.writer.flush().await;
         let p = tollgate::metering::period_of(self.state.clock.now());
-        self.state
+        let (user, key, _) = self
+            .state
             .metering
             .balances(user_id, key_id, &p)
             .await
-            .expect("balances")
+            .expect("balances");
+        (user, key)
     }
 
     pub fn set_clock(&self, target: i64) {

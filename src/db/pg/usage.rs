@@ -61,9 +61,15 @@ const UPSERT_PERIOD: &str = "INSERT INTO usage_period AS p (period, user_id, key
         cost_micros = p.cost_micros + EXCLUDED.cost_micros,
         credit_micros = p.credit_micros + EXCLUDED.credit_micros";
 
-/// The charge of each record replaces its reservation in the same commit, so
-/// an admission never sees both or neither.
-const RELEASE: &str = "DELETE FROM reservations WHERE id = ANY($1::BIGINT[])";
+/// The charge of each record comes out of its replica's slice in the same
+/// commit, so a grant never sees both or neither.
+const FROM_SLICES: &str = "UPDATE reservations r SET
+        tokens = GREATEST(r.tokens - c.tokens, 0),
+        usd_micros = GREATEST(r.usd_micros - c.micros, 0)
+    FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[])
+        AS c(instance, user_id, key_id, period, tokens, micros)
+    WHERE r.instance = c.instance AND r.user_id = c.user_id AND COALESCE(r.key_id, 0) = c.key_id
+      AND r.period = c.period";
 
 fn record(r: &Row) -> UsageRecord {
     UsageRecord {
@@ -88,7 +94,7 @@ fn record(r: &Row) -> UsageRecord {
         latency_ms: r.get(18),
         ttft_ms: r.get(19),
         created_at: r.get(20),
-        reservation: None,
+        slice: None,
         seq: 0,
     }
 }
@@ -131,7 +137,9 @@ impl Pg {
             return Ok(());
         }
         let mut cols = Columns::default();
-        let mut held = Vec::new();
+        // Charges per slice: (instance, user, key or 0, period) → (tokens, micros).
+        let mut held: std::collections::BTreeMap<(&str, i64, i64, &str), (i64, i64)> =
+            Default::default();
         for r in records {
             cols.request_id.push(&r.request_id);
             cols.user_id.push(r.user_id);
@@ -153,8 +161,12 @@ impl Pg {
             cols.latency.push(r.latency_ms);
             cols.ttft.push(r.ttft_ms);
             cols.created_at.push(&r.created_at);
-            if let Some(h) = r.reservation {
-                held.push(h);
+            if let Some(s) = &r.slice {
+                let e = held
+                    .entry((&s.instance, r.user_id, r.key_id.unwrap_or(0), &s.period))
+                    .or_default();
+                e.0 += s.tokens;
+                e.1 += s.micros;
             }
         }
         let (days, periods) = crate::db::usage::rollups(records);
@@ -251,8 +263,27 @@ impl Pg {
                 .await?;
         }
         if !held.is_empty() {
-            let st = tx.prepare_cached(RELEASE).await?;
-            tx.execute(&st, &[&held]).await?;
+            // In key order, like the roll-ups.
+            let mut cols = (
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            );
+            for ((instance, user, key, period), (tokens, micros)) in &held {
+                cols.0.push(*instance);
+                cols.1.push(*user);
+                cols.2.push(*key);
+                cols.3.push(*period);
+                cols.4.push(*tokens);
+                cols.5.push(*micros);
+            }
+            let st = tx.prepare_cached(FROM_SLICES).await?;
+            let h = &cols;
+            tx.execute(&st, &[&h.0, &h.1, &h.2, &h.3, &h.4, &h.5])
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -292,16 +323,13 @@ impl Pg {
             .collect())
     }
 
-    pub async fn credit_balances(&self) -> DbResult<Vec<(i64, i64)>> {
+    pub async fn credit_spent(&self) -> DbResult<Vec<(i64, i64)>> {
         Ok(self
             .client()
             .await?
             .query(
-                "SELECT user_id, SUM(m)::BIGINT FROM (
-                    SELECT user_id, amount_micros AS m FROM credits
-                    UNION ALL
-                    SELECT user_id, -credit_micros FROM usage_period WHERE credit_micros <> 0
-                 ) c GROUP BY user_id",
+                "SELECT user_id, SUM(credit_micros)::BIGINT FROM usage_period
+                 WHERE credit_micros <> 0 GROUP BY user_id",
                 &[],
             )
             .await?
