@@ -398,7 +398,10 @@ async fn a_killed_replica_releases_its_reservations_within_the_lease() {
     loop {
         let (_, held) = committed(&db, uid).await;
         let me = cl.me(1, &token).await;
-        if slices(&db, uid).await == 1 && me["tokens_reserved"].as_i64() == Some(held) && held > 0 {
+        // Replica 1 counts its own idle slice out: what is left reserved is
+        // its live call alone.
+        let reserved = me["tokens_reserved"].as_i64().unwrap();
+        if slices(&db, uid).await == 1 && (1..30).contains(&reserved) && reserved <= held {
             break;
         }
         assert!(

@@ -34,10 +34,10 @@ DECLARE
     now_s  DOUBLE PRECISION;
     t      DOUBLE PRECISION;
     iv     DOUBLE PRECISION;
-    used_t BIGINT;
-    used_m BIGINT;
-    held_t BIGINT;
-    held_m BIGINT;
+    user_t BIGINT;
+    user_m BIGINT;
+    key_t BIGINT;
+    key_m BIGINT;
     left_m BIGINT;
 BEGIN
     -- One grant per user at a time, on every replica; released at commit.
@@ -61,37 +61,45 @@ BEGIN
             ON CONFLICT (user_id) DO UPDATE SET tat = EXCLUDED.tat;
     END IF;
 
-    SELECT COALESCE(SUM(u.tokens), 0)::BIGINT, COALESCE(SUM(u.cost_micros), 0)::BIGINT
-      INTO used_t, used_m FROM usage_period u WHERE u.period = p_period AND u.user_id = p_user;
-    SELECT COALESCE(SUM(r.tokens), 0)::BIGINT, COALESCE(SUM(r.usd_micros), 0)::BIGINT
-      INTO held_t, held_m FROM reservations r
-     WHERE r.user_id = p_user AND r.period = p_period AND r.expires_at > clock_timestamp();
-    avail := p_user_limit - used_t - held_t;
+    -- Every sum in ONE statement: under READ COMMITTED each statement has its
+    -- own snapshot, and the usage writer moves a charge from a slice to
+    -- usage_period in one commit; two statements could see it in neither.
+    SELECT
+        (SELECT COALESCE(SUM(u.tokens), 0) FROM usage_period u
+          WHERE u.period = p_period AND u.user_id = p_user)
+      + (SELECT COALESCE(SUM(r.tokens), 0) FROM reservations r
+          WHERE r.user_id = p_user AND r.period = p_period AND r.expires_at > clock_timestamp()),
+        (SELECT COALESCE(SUM(u.cost_micros), 0) FROM usage_period u
+          WHERE u.period = p_period AND u.user_id = p_user)
+      + (SELECT COALESCE(SUM(r.usd_micros), 0) FROM reservations r
+          WHERE r.user_id = p_user AND r.period = p_period AND r.expires_at > clock_timestamp()),
+        (SELECT COALESCE(SUM(u.tokens), 0) FROM usage_period u
+          WHERE u.period = p_period AND u.key_id = p_key)
+      + (SELECT COALESCE(SUM(r.tokens), 0) FROM reservations r
+          WHERE r.key_id = p_key AND r.period = p_period AND r.expires_at > clock_timestamp()),
+        (SELECT COALESCE(SUM(u.cost_micros), 0) FROM usage_period u
+          WHERE u.period = p_period AND u.key_id = p_key)
+      + (SELECT COALESCE(SUM(r.usd_micros), 0) FROM reservations r
+          WHERE r.key_id = p_key AND r.period = p_period AND r.expires_at > clock_timestamp()),
+        CASE WHEN p_payg THEN
+            (SELECT COALESCE(SUM(c.amount_micros), 0) FROM credits c WHERE c.user_id = p_user)
+          - (SELECT COALESCE(SUM(u.credit_micros), 0) FROM usage_period u
+              WHERE u.user_id = p_user AND u.credit_micros <> 0)
+          - (SELECT COALESCE(SUM(r.usd_micros), 0) FROM reservations r
+              WHERE r.user_id = p_user AND r.expires_at > clock_timestamp())
+        END
+      INTO user_t, user_m, key_t, key_m, left_m;   -- charged + held: the user's, the key's
+    avail := p_user_limit - user_t;
     IF p_user_usd IS NOT NULL THEN
-        avail_usd := p_user_usd - used_m - held_m;
+        avail_usd := p_user_usd - user_m;
     END IF;
-
-    IF p_key IS NOT NULL AND (p_key_limit IS NOT NULL OR p_key_usd IS NOT NULL) THEN
-        SELECT COALESCE(SUM(u.tokens), 0)::BIGINT, COALESCE(SUM(u.cost_micros), 0)::BIGINT
-          INTO used_t, used_m FROM usage_period u WHERE u.period = p_period AND u.key_id = p_key;
-        SELECT COALESCE(SUM(r.tokens), 0)::BIGINT, COALESCE(SUM(r.usd_micros), 0)::BIGINT
-          INTO held_t, held_m FROM reservations r
-         WHERE r.key_id = p_key AND r.period = p_period AND r.expires_at > clock_timestamp();
-        IF p_key_limit IS NOT NULL THEN
-            avail := LEAST(avail, p_key_limit - used_t - held_t);
-        END IF;
-        IF p_key_usd IS NOT NULL THEN
-            avail_usd := LEAST(COALESCE(avail_usd, p_key_usd - used_m - held_m), p_key_usd - used_m - held_m);
-        END IF;
+    IF p_key IS NOT NULL AND p_key_limit IS NOT NULL THEN
+        avail := LEAST(avail, p_key_limit - key_t);
     END IF;
-
+    IF p_key IS NOT NULL AND p_key_usd IS NOT NULL THEN
+        avail_usd := LEAST(COALESCE(avail_usd, p_key_usd - key_m), p_key_usd - key_m);
+    END IF;
     IF p_payg THEN
-        SELECT (SELECT COALESCE(SUM(c.amount_micros), 0) FROM credits c WHERE c.user_id = p_user)
-             - (SELECT COALESCE(SUM(u.credit_micros), 0) FROM usage_period u
-                 WHERE u.user_id = p_user AND u.credit_micros <> 0)
-             - (SELECT COALESCE(SUM(r.usd_micros), 0) FROM reservations r
-                 WHERE r.user_id = p_user AND r.expires_at > clock_timestamp())
-          INTO left_m;
         avail_usd := LEAST(COALESCE(avail_usd, left_m), left_m);
     END IF;
 

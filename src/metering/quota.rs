@@ -159,8 +159,9 @@ pub struct Shared {
     instance: Arc<str>,
     lease: Duration,
     slices: Mutex<HashMap<SliceKey, Arc<SliceCell>>>,
-    /// Returns that failed, retried at the next sweep.
-    unreturned: Mutex<Vec<SliceReturn>>,
+    /// Returns that failed or were cut short, retried at the next sweep
+    /// (and at shutdown).
+    unreturned: Arc<Mutex<Vec<SliceReturn>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -194,6 +195,34 @@ struct Slice {
     last_used: Option<Instant>,
     /// The last grant was short: room goes back at each settle.
     tight: bool,
+    /// A call waits for a grant of its own: calls that come meanwhile do not
+    /// take the room it brings.
+    pending: bool,
+    /// The limits the slice was granted under: calls under other limits (a
+    /// plan or key edited meanwhile) give it back and take a new one.
+    terms: Option<Terms>,
+}
+
+/// An account's limits, as a slice was granted under them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Terms {
+    user_limit: i64,
+    key_limit: Option<i64>,
+    user_usd: Option<i64>,
+    key_usd: Option<i64>,
+    payg: bool,
+}
+
+impl Terms {
+    fn of(a: &Account) -> Terms {
+        Terms {
+            user_limit: a.user_limit,
+            key_limit: a.key_limit,
+            user_usd: a.user_usd,
+            key_usd: a.key_usd,
+            payg: a.payg,
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -224,7 +253,7 @@ impl Slice {
         ask: &Ask,
         lowered: bool,
     ) -> Option<(Amount, Option<i64>, Avail)> {
-        if self.arrivals <= 0 {
+        if self.arrivals <= 0 || self.terms != Some(Terms::of(a)) {
             return None;
         }
         let avail = self.avail(a);
@@ -247,8 +276,15 @@ impl SliceCell {
         lock(&self.state)
     }
 
-    fn grant(&self, ask: &Ask, a: &Account, lowered: bool) -> Option<Grant> {
-        let (reserved, cap, avail) = self.state().take(a, ask, lowered)?;
+    /// Admits the call against the slice. `fast`: without the slice's turn
+    /// to grow, which a call waiting for its own grant holds (the room it
+    /// asked for is its own, not for calls that came after).
+    fn grant(&self, ask: &Ask, a: &Account, lowered: bool, fast: bool) -> Option<Grant> {
+        let mut s = self.state();
+        if fast && s.pending {
+            return None;
+        }
+        let (reserved, cap, avail) = s.take(a, ask, lowered)?;
         Some(Grant {
             reserved,
             cap,
@@ -422,17 +458,16 @@ impl Quotas {
                 })
             }
             Quotas::Shared(sh) => {
-                let cell = sh.enter(a, period);
-                let r = sh.admit(&cell, a, rpm, ask).await;
-                match r {
+                // Counted in flight from here; a refusal, an error or a
+                // client gone mid-admission (this future dropped) uncounts
+                // it, a grant hands it to the call's settlement.
+                let entered = Entered(sh.enter(a, period));
+                match sh.admit(&entered.0, a, rpm, ask).await {
                     Ok(Ok(mut g)) => {
-                        g.slice = Some(cell);
+                        g.slice = Some(entered.hand_over());
                         Ok(Ok(g))
                     }
-                    other => {
-                        cell.state().inflight -= 1;
-                        other
-                    }
+                    other => other,
                 }
             }
         }
@@ -482,22 +517,70 @@ impl Quotas {
             )),
             Quotas::Shared(sh) => {
                 let b = sh.store.held(user_id, key_id, period.to_owned()).await?;
-                let bal = |h: crate::db::quota::Held| Balance {
+                // What this replica's slices hold for calls to come is not
+                // reserved by any call; other replicas' idle slices still
+                // count until they give them back (within about a second).
+                let (user_room, key_room) = sh.idle_room(user_id, key_id, period);
+                let bal = |h: crate::db::quota::Held, room: Amount| Balance {
                     used: h.used,
-                    reserved: h.reserved,
+                    reserved: (h.reserved - room.tokens).max(0),
                     usd_used: h.usd_used,
-                    usd_reserved: h.usd_reserved,
+                    usd_reserved: (h.usd_reserved - room.micros).max(0),
                 };
                 Ok((
-                    bal(b.user),
-                    b.key.map(bal),
+                    bal(b.user, user_room),
+                    b.key.map(|k| bal(k, key_room)),
                     Credit {
                         left: b.credit_left,
-                        reserved: b.usd_held_all,
+                        reserved: (b.usd_held_all - user_room.micros).max(0),
                     },
                 ))
             }
         }
+    }
+}
+
+/// A return on its way; left for the next sweep if it does not arrive.
+struct Unreturned(Option<SliceReturn>, Arc<Mutex<Vec<SliceReturn>>>);
+
+impl Drop for Unreturned {
+    fn drop(&mut self) {
+        if let Some(back) = self.0.take() {
+            lock(&self.1).push(back);
+        }
+    }
+}
+
+/// A slice's `pending` flag, cleared however the growing call ends.
+struct Pending<'a>(&'a SliceCell);
+
+impl<'a> Pending<'a> {
+    fn set(cell: &'a SliceCell) -> Pending<'a> {
+        cell.state().pending = true;
+        Pending(cell)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.state().pending = false;
+    }
+}
+
+/// A call counted in its slice's `inflight` until it is admitted.
+struct Entered(Arc<SliceCell>);
+
+impl Entered {
+    /// The slice, still counted: the call's settlement uncounts it.
+    fn hand_over(self) -> Arc<SliceCell> {
+        let me = std::mem::ManuallyDrop::new(self);
+        me.0.clone()
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.0.state().inflight -= 1;
     }
 }
 
@@ -548,13 +631,27 @@ impl Shared {
         rpm: i64,
         ask: &Ask,
     ) -> DbResult<Result<Grant, Refusal>> {
-        if let Some(g) = cell.grant(ask, a, false) {
+        if let Some(g) = cell.grant(ask, a, false, true) {
             return Ok(Ok(g));
         }
         let _turn = cell.growing.lock().await;
         // Another call may have grown the slice meanwhile.
-        if let Some(g) = cell.grant(ask, a, false) {
+        if let Some(g) = cell.grant(ask, a, false, false) {
             return Ok(Ok(g));
+        }
+        let terms = Terms::of(a);
+        let stale = {
+            let mut s = cell.state();
+            match s.terms {
+                Some(t) if t != terms => cell.empty(&mut s),
+                _ => None,
+            }
+        };
+        if let Some(back) = stale {
+            // Granted under other limits: given back before a new grant.
+            self.store
+                .return_slices(self.instance.to_string(), vec![back])
+                .await?;
         }
         let full = drawn(a, ask.full());
         let growth = {
@@ -584,6 +681,7 @@ impl Shared {
             }
         };
         let (want, want_usd, iv) = (growth.want, growth.want_usd, 60.0 / rpm.max(1) as f64);
+        let _pending = Pending::set(cell);
         // Granted on a task of its own: a client that goes away meanwhile
         // drops this future, and the grant still lands in the slice.
         let (store, c) = (self.store.clone(), cell.clone());
@@ -602,6 +700,7 @@ impl Shared {
                 micros: g.avail_usd.map(|m| (m - g.micros).max(0)),
             };
             s.tight = g.tokens < want || (money && g.micros < want_usd);
+            s.terms = Some(terms);
             Ok::<_, crate::db::DbError>(g)
         })
         .await
@@ -611,13 +710,51 @@ impl Shared {
                 return Ok(Err(Refusal::Rate(wait.max(1) as u64)));
             }
         }
-        Ok(match cell.grant(ask, a, true) {
-            Some(g) => Ok(g),
-            None => {
-                let s = cell.state();
-                Err(Refusal::Quota(plus(s.avail(a), s.outside)))
+        if let Some(g) = cell.grant(ask, a, true, false) {
+            return Ok(Ok(g));
+        }
+        let (left, back) = {
+            let mut s = cell.state();
+            let left = plus(s.avail(a), s.outside);
+            (
+                left,
+                if s.tight {
+                    cell.empty_room(&mut s)
+                } else {
+                    None
+                },
+            )
+        };
+        if let Some(back) = back {
+            // Too little for this call: what the slice holds goes back for
+            // the user's other calls, here or on other replicas.
+            self.store
+                .return_slices(self.instance.to_string(), vec![back])
+                .await?;
+        }
+        Ok(Err(Refusal::Quota(left)))
+    }
+
+    /// What this replica's slices hold unused for `user_id` (and for the key)
+    /// in `period`: counted as reserved in the database, not by any call.
+    fn idle_room(&self, user_id: i64, key_id: Option<i64>, period: &str) -> (Amount, Amount) {
+        let (mut user, mut key) = (Amount::default(), Amount::default());
+        for (k, cell) in lock(&self.slices).iter() {
+            if k.user_id != user_id || &*k.period != period {
+                continue;
             }
-        })
+            let room = cell.state().room;
+            let room = Amount {
+                tokens: room.tokens.max(0),
+                micros: room.micros.max(0),
+            };
+            user.tokens += room.tokens;
+            user.micros += room.micros;
+            if key_id.is_some() && k.key_id == key_id {
+                key = room;
+            }
+        }
+        (user, key)
     }
 
     fn settle(
@@ -646,16 +783,36 @@ impl Shared {
         if !s.tight {
             return (left, charge, None);
         }
-        // Short of allowance: what this call did not use goes back at once,
-        // for the user's calls on other replicas.
-        let Some(back) = cell.empty_room(&mut s) else {
+        // Short of allowance: what the slice holds unused goes back at once,
+        // for the user's calls on other replicas; while the return is on
+        // its way no grant of this slice runs, so none misses the room.
+        if s.room.tokens <= 0 && s.room.micros <= 0 {
             return (left, charge, None);
-        };
+        }
         drop(s);
-        let (store, instance) = (self.store.clone(), self.instance.to_string());
+        let (store, instance, cell) = (self.store.clone(), self.instance.to_string(), cell.clone());
+        let unreturned = self.unreturned.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = store.return_slices(instance, vec![back]).await {
-                tracing::warn!(error = %e, "cannot give a settled call's unused quota back");
+            let _turn = cell.growing.lock().await;
+            let back = {
+                let mut s = cell.state();
+                if !s.tight {
+                    return;
+                }
+                cell.empty_room(&mut s)
+            };
+            let Some(back) = back else {
+                return;
+            };
+            // Out of the slice, not yet in the database: kept for the next
+            // sweep unless the return completes (a task cut short at
+            // shutdown, a failed return).
+            let mut keep = Unreturned(Some(back.clone()), unreturned);
+            match store.return_slices(instance, vec![back]).await {
+                Ok(()) => keep.0 = None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot give a settled call's unused quota back")
+                }
             }
         });
         (left, charge, Some(task))
@@ -681,7 +838,7 @@ impl Shared {
             .return_slices(self.instance.to_string(), back.clone())
             .await;
         if r.is_err() {
-            *lock(&self.unreturned) = back;
+            lock(&self.unreturned).extend(back);
         }
         r
     }
