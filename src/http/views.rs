@@ -2,6 +2,7 @@
 
 use crate::auth::cache::Snapshot;
 use crate::db::{self, api_keys::KeyRow, plans::Plan, users::UserRow};
+use crate::money::Usd;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 
@@ -68,6 +69,8 @@ pub struct KeyView {
     pub revoked: bool,
     pub allowed_models: Option<Vec<String>>,
     pub monthly_token_limit: Option<i64>,
+    /// Dollars per month; null: only the plan's limits apply.
+    pub monthly_usd_limit: Option<Usd>,
 }
 
 impl KeyView {
@@ -101,6 +104,7 @@ impl KeyView {
             revoked: k.revoked,
             allowed_models: k.allowed_models.clone(),
             monthly_token_limit: k.monthly_token_limit,
+            monthly_usd_limit: k.monthly_usd_limit,
         }
     }
 }
@@ -117,6 +121,7 @@ pub struct CreatedKeyView {
     pub expires_at: Option<String>,
     pub allowed_models: Option<Vec<String>>,
     pub monthly_token_limit: Option<i64>,
+    pub monthly_usd_limit: Option<Usd>,
 }
 
 pub type PlanView = Plan;
