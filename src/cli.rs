@@ -53,6 +53,9 @@ pub enum Command {
     /// Manage plans
     #[command(subcommand)]
     Plan(PlanCmd),
+    /// Top up, deduct and list users' prepaid credit (USD)
+    #[command(subcommand)]
+    Credits(CreditsCmd),
     /// Apply pending database migrations and exit; with --from-sqlite, copy a
     /// SQLite deployment into the (empty) PostgreSQL database configured
     Migrate {
@@ -242,6 +245,34 @@ pub struct PlanExtra {
     /// "aiml/*,openrouter/openai/*" (default "*": every model)
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     pub allowed_models: Option<Vec<String>>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CreditsCmd {
+    /// Add an entry to a user's credit ledger: a positive AMOUNT tops the
+    /// credit up, a negative one deducts (never below zero)
+    #[command(
+        after_help = "Examples:\n  tollgate credits add alice 25 --note 'invoice 1042'\n  \
+tollgate credits add alice -2.5 --note 'refund of a test call'"
+    )]
+    Add {
+        /// Username or user id
+        user: String,
+        /// US dollars with up to 6 decimals, e.g. 25, 0.5 or -2.5
+        #[arg(allow_negative_numbers = true, value_parser = usd_arg)]
+        amount: i64,
+        /// Why, kept in the ledger (at most 500 characters)
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        note: String,
+    },
+    /// Show a user's credit balance and ledger, newest entries first
+    List {
+        /// Username or user id
+        user: String,
+        /// How many entries to show
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: i64,
+    },
 }
 
 /// Reads an amount of dollars (`12.5`, `-3`) into micro-dollars.

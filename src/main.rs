@@ -5,7 +5,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use std::io::BufRead;
-use tollgate::cli::{Cli, Command, KeyCmd, PasswordSource, PlanCmd, UserCmd};
+use tollgate::cli::{Cli, Command, CreditsCmd, KeyCmd, PasswordSource, PlanCmd, UserCmd};
 use tollgate::config::{Config, Overrides};
 use tollgate::db::{self, Store, UserChanges};
 use tollgate::service::accounts;
@@ -146,6 +146,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::User(cmd) => block_on(user_cmd(&load_config(&cli, None)?, cmd))?,
         Command::Key(cmd) => block_on(key_cmd(&load_config(&cli, None)?, cmd))?,
         Command::Plan(cmd) => block_on(plan_cmd(&load_config(&cli, None)?, cmd))?,
+        Command::Credits(cmd) => block_on(credits_cmd(&load_config(&cli, None)?, cmd))?,
     }
 }
 
@@ -455,6 +456,69 @@ async fn key_cmd(cfg: &Config, cmd: &KeyCmd) -> Result<()> {
                 bail!("there is no key with id {id}");
             }
             println!("key {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+/// `credits add | list`: a user's prepaid credit, with the admin API's
+/// checks. An entry made here has no author (`created_by` null).
+async fn credits_cmd(cfg: &Config, cmd: &CreditsCmd) -> Result<()> {
+    use tollgate::money::format_usd;
+    use tollgate::service::credits;
+    let store = open_db(cfg).await?;
+    match cmd {
+        CreditsCmd::Add { user, amount, note } => {
+            let u = api(credits::find_user(&store, user).await)?;
+            let now = db::ts(chrono::Utc::now());
+            let (e, balance) = credits::add(&store, u.id, *amount, note, None, now)
+                .await
+                .map_err(|e| match e.param.as_deref() {
+                    Some("amount_usd") => anyhow!("AMOUNT: {}", e.message),
+                    Some("note") => anyhow!("--note: {}", e.message),
+                    _ => anyhow!(e.message),
+                })?;
+            let what = if e.amount_usd.0 > 0 {
+                "added"
+            } else {
+                "deducted"
+            };
+            println!(
+                "{what} {} USD for {} (entry {}); credit now {} USD",
+                format_usd(e.amount_usd.0.abs()),
+                u.username,
+                e.id,
+                format_usd(balance)
+            );
+        }
+        CreditsCmd::List { user, limit } => {
+            if !(1..=1000).contains(limit) {
+                bail!("--limit: give a number from 1 to 1000");
+            }
+            let u = api(credits::find_user(&store, user).await)?;
+            let (entries, balance) = api(credits::ledger(&store, u.id, None, *limit).await)?;
+            println!("{}: credit {} USD", u.username, format_usd(balance));
+            if entries.is_empty() {
+                println!(
+                    "no credit entries yet (`tollgate credits add {} AMOUNT`)",
+                    u.username
+                );
+                return Ok(());
+            }
+            println!(
+                "{:>6}  {:<20}  {:>16}  {:<16}  note",
+                "id", "created", "amount_usd", "by"
+            );
+            for e in entries {
+                println!(
+                    "{:>6}  {:<20}  {:>16}  {:<16}  {}",
+                    e.id,
+                    e.created_at,
+                    format_usd(e.amount_usd.0),
+                    e.created_by.as_deref().unwrap_or("(cli)"),
+                    e.note
+                );
+            }
         }
     }
     Ok(())
