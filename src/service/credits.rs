@@ -10,12 +10,17 @@ use crate::money::{format_usd, MAX_MICROS};
 /// The longest note an entry may carry, in characters.
 pub const MAX_NOTE_CHARS: usize = 500;
 
-/// Dollars for a message: `$12.5`, `-$3`, `$0.000001`.
+/// Dollars for a message, to the cent or finer: `$12.50`, `-$3.00`,
+/// `$0.000001`.
 pub fn dollars(micros: i64) -> String {
-    match micros < 0 {
-        true => format!("-${}", format_usd(-micros)),
-        false => format!("${}", format_usd(micros)),
+    let mut text = format_usd(micros.abs());
+    match text.split_once('.') {
+        None => text.push_str(".00"),
+        Some((_, frac)) if frac.len() == 1 => text.push('0'),
+        Some(_) => {}
     }
+    let sign = if micros < 0 { "-" } else { "" };
+    format!("{sign}${text}")
 }
 
 /// Adds `amount_micros` (positive: a top-up, negative: a deduction) to the
@@ -111,4 +116,17 @@ pub async fn find_user(store: &Store, who: &str) -> ApiResult<UserRow> {
 
 fn no_user(id: i64) -> ApiError {
     ApiError::not_found(format!("There is no user with id {id}."))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn messages_show_cents_or_finer() {
+        use super::dollars;
+        assert_eq!(dollars(22_500_000), "$22.50");
+        assert_eq!(dollars(-3_000_000), "-$3.00");
+        assert_eq!(dollars(1), "$0.000001");
+        assert_eq!(dollars(0), "$0.00");
+        assert_eq!(dollars(1_250_000), "$1.25");
+    }
 }
