@@ -77,6 +77,7 @@ async fn main() {
                     expires_at: None,
                     allowed_models: None,
                     monthly_token_limit: None,
+                    monthly_usd_limit: None,
                 };
                 store.create_key(k, now.clone()).await.unwrap();
                 if t == 0 && i % 40_000 == 0 {

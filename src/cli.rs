@@ -53,6 +53,9 @@ pub enum Command {
     /// Manage plans
     #[command(subcommand)]
     Plan(PlanCmd),
+    /// Top up, deduct and list users' prepaid credit (USD)
+    #[command(subcommand)]
+    Credits(CreditsCmd),
     /// Apply pending database migrations and exit; with --from-sqlite, copy a
     /// SQLite deployment into the (empty) PostgreSQL database configured
     Migrate {
@@ -140,6 +143,18 @@ pub enum KeyCmd {
         /// A name to recognise the key by
         #[arg(long, default_value = "cli")]
         name: String,
+        /// Tokens the key may spend per calendar month, below the plan's
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        monthly_token_limit: Option<i64>,
+        /// Dollars the key may spend per calendar month, up to 6 decimals
+        /// (e.g. 5 or 0.25)
+        #[arg(
+            long,
+            value_name = "USD",
+            allow_negative_numbers = true,
+            value_parser = usd_arg
+        )]
+        monthly_usd_limit: Option<i64>,
     },
     /// List a user's keys (without secrets)
     List {
@@ -205,6 +220,24 @@ pub enum PlanCmd {
 /// The optional fields of `plan add` and `plan set`.
 #[derive(Args, Debug)]
 pub struct PlanExtra {
+    /// Dollars a user may spend per calendar month (UTC), up to 6 decimals,
+    /// e.g. 25 or 0.5; calls are refused once it is spent (default: no USD
+    /// limit)
+    #[arg(
+        long,
+        value_name = "USD",
+        allow_negative_numbers = true,
+        value_parser = usd_arg,
+        conflicts_with = "no_monthly_usd"
+    )]
+    pub monthly_usd: Option<i64>,
+    /// Remove the plan's USD limit (tokens alone limit it again)
+    #[arg(long)]
+    pub no_monthly_usd: bool,
+    /// Whether calls are paid from the user's prepaid credit (`tollgate
+    /// credits`) instead of a monthly allowance (default false)
+    #[arg(long, value_name = "true|false")]
+    pub pay_as_you_go: Option<bool>,
     /// Price shown to users, USD per month (default 0)
     #[arg(long, value_name = "X", allow_negative_numbers = true)]
     pub price_usd_month: Option<f64>,
@@ -212,4 +245,37 @@ pub struct PlanExtra {
     /// "aiml/*,openrouter/openai/*" (default "*": every model)
     #[arg(long, value_name = "A,B", value_delimiter = ',')]
     pub allowed_models: Option<Vec<String>>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CreditsCmd {
+    /// Add an entry to a user's credit ledger: a positive AMOUNT tops the
+    /// credit up, a negative one deducts (never below zero)
+    #[command(
+        after_help = "Examples:\n  tollgate credits add alice 25 --note 'invoice 1042'\n  \
+tollgate credits add alice -2.5 --note 'refund of a test call'"
+    )]
+    Add {
+        /// Username or user id
+        user: String,
+        /// US dollars with up to 6 decimals, e.g. 25, 0.5 or -2.5
+        #[arg(allow_negative_numbers = true, value_parser = usd_arg)]
+        amount: i64,
+        /// Why, kept in the ledger (at most 500 characters)
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        note: String,
+    },
+    /// Show a user's credit balance and ledger, newest entries first
+    List {
+        /// Username or user id
+        user: String,
+        /// How many entries to show
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+/// Reads an amount of dollars (`12.5`, `-3`) into micro-dollars.
+fn usd_arg(s: &str) -> Result<i64, String> {
+    crate::money::parse_usd(s.trim())
 }

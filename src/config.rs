@@ -376,12 +376,76 @@ pub struct ProviderConfig {
 pub struct PlanConfig {
     pub name: String,
     pub monthly_tokens: i64,
+    /// Dollars a user may spend per month (SPEC §12); absent: no USD limit.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "toml_usd")]
+    pub monthly_usd: Option<crate::money::Usd>,
     #[serde(default = "default_rpm")]
     pub requests_per_minute: i64,
     #[serde(default)]
     pub price_usd_month: f64,
     #[serde(default = "all_models")]
     pub allowed_models: Vec<String>,
+    /// Calls are paid from the user's prepaid credit.
+    #[serde(default)]
+    pub pay_as_you_go: bool,
+}
+
+/// An amount of dollars in the config file: a TOML integer or float
+/// (`25`, `12.5`) or a string (`"0.000001"`), read exactly to the
+/// micro-dollar. A float is read from its shortest decimal text, which is
+/// the text written for any amount with up to 15 digits.
+mod toml_usd {
+    use crate::money::{format_usd, parse_usd, Usd, MICROS};
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Usd>, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Option<Usd>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an amount of US dollars with at most 6 decimals, e.g. 25 or 12.5")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                parse_usd(&v.to_string())
+                    .map(|m| Some(Usd(m)))
+                    .map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                parse_usd(&v.to_string())
+                    .map(|m| Some(Usd(m)))
+                    .map_err(E::custom)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                if !v.is_finite() {
+                    return Err(E::custom("expected a finite amount of US dollars"));
+                }
+                // Rust writes a float's shortest decimal text, never an exponent.
+                parse_usd(&v.to_string())
+                    .map(|m| Some(Usd(m)))
+                    .map_err(E::custom)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                parse_usd(v.trim()).map(|m| Some(Usd(m))).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+
+    /// Whole dollars as an integer; other amounts as a float when it reads
+    /// back exactly, else as a string.
+    pub fn serialize<S: Serializer>(v: &Option<Usd>, s: S) -> Result<S::Ok, S::Error> {
+        let Some(Usd(m)) = *v else {
+            return s.serialize_none();
+        };
+        if m % MICROS == 0 {
+            return s.serialize_i64(m / MICROS);
+        }
+        let text = format_usd(m);
+        match text.parse::<f64>() {
+            Ok(f) if f.to_string() == text => s.serialize_f64(f),
+            _ => s.serialize_str(&text),
+        }
+    }
 }
 
 fn default_rpm() -> i64 {
@@ -403,9 +467,11 @@ pub fn default_plans() -> Vec<PlanConfig> {
     .map(|(name, tokens)| PlanConfig {
         name: name.into(),
         monthly_tokens: tokens,
+        monthly_usd: None,
         requests_per_minute: 60,
         price_usd_month: 0.0,
         allowed_models: all_models(),
+        pay_as_you_go: false,
     })
     .collect()
 }
@@ -851,6 +917,12 @@ impl Config {
                     "expected a number of tokens ≥ 0".into(),
                 );
             }
+            if plan.monthly_usd.is_some_and(|u| u.0 < 0) {
+                return err(
+                    &format!("plans[{i}].monthly_usd"),
+                    "expected an amount of US dollars ≥ 0 (leave it out for no USD limit)".into(),
+                );
+            }
             if plan.requests_per_minute < 1 {
                 return err(
                     &format!("plans[{i}].requests_per_minute"),
@@ -1095,5 +1167,48 @@ mod tests {
             "{printed}"
         );
         assert!(!Config::default().to_masked_toml().contains("tls_"));
+    }
+
+    #[test]
+    fn plan_usd_limits_are_read_exactly_and_print_back() {
+        use crate::money::Usd;
+        let text = "[[plans]]\nname = \"a\"\nmonthly_tokens = 1\nmonthly_usd = 25\n\
+                    [[plans]]\nname = \"b\"\nmonthly_tokens = 1\nmonthly_usd = 0.1\npay_as_you_go = true\n\
+                    [[plans]]\nname = \"c\"\nmonthly_tokens = 1\nmonthly_usd = \"0.000001\"\n\
+                    [[plans]]\nname = \"d\"\nmonthly_tokens = 1\n";
+        let c = Config::parse(text, None).unwrap();
+        c.validate(None).unwrap();
+        let got: Vec<_> = c
+            .plans
+            .iter()
+            .map(|p| (p.monthly_usd, p.pay_as_you_go))
+            .collect();
+        let want = [
+            (Some(Usd(25_000_000)), false),
+            (Some(Usd(100_000)), true),
+            (Some(Usd(1)), false),
+            (None, false),
+        ];
+        assert_eq!(got, want);
+        // check-config's output reads back as the same amounts.
+        let again = Config::parse(&c.to_masked_toml(), None).unwrap();
+        let back: Vec<_> = again.plans.iter().map(|p| p.monthly_usd).collect();
+        assert_eq!(back, want.map(|w| w.0));
+
+        for (value, says) in [
+            ("0.0000001", "6 decimals"),
+            ("\"ten\"", "not an amount"),
+            ("true", "amount of US dollars"),
+        ] {
+            let t = format!("[[plans]]\nname = \"x\"\nmonthly_tokens = 1\nmonthly_usd = {value}\n");
+            let e = Config::parse(&t, None).unwrap_err();
+            assert!(
+                e.key == "plans[0].monthly_usd" && e.to_string().contains(says),
+                "{value}: {e}"
+            );
+        }
+        let t = "[[plans]]\nname = \"x\"\nmonthly_tokens = 1\nmonthly_usd = -5\n";
+        let e = Config::parse(t, None).unwrap().validate(None).unwrap_err();
+        assert_eq!(e.key, "plans[0].monthly_usd", "{e}");
     }
 }

@@ -5,7 +5,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use std::io::BufRead;
-use tollgate::cli::{Cli, Command, KeyCmd, PasswordSource, PlanCmd, UserCmd};
+use tollgate::cli::{Cli, Command, CreditsCmd, KeyCmd, PasswordSource, PlanCmd, UserCmd};
 use tollgate::config::{Config, Overrides};
 use tollgate::db::{self, Store, UserChanges};
 use tollgate::service::accounts;
@@ -146,6 +146,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::User(cmd) => block_on(user_cmd(&load_config(&cli, None)?, cmd))?,
         Command::Key(cmd) => block_on(key_cmd(&load_config(&cli, None)?, cmd))?,
         Command::Plan(cmd) => block_on(plan_cmd(&load_config(&cli, None)?, cmd))?,
+        Command::Credits(cmd) => block_on(credits_cmd(&load_config(&cli, None)?, cmd))?,
     }
 }
 
@@ -198,18 +199,25 @@ fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
     Ok(rt.block_on(f))
 }
 
+/// A plan's USD limit for a table: the amount, or `-` for none.
+fn usd_or_dash(v: Option<tollgate::money::Usd>) -> String {
+    v.map_or_else(|| "-".into(), |u| tollgate::money::format_usd(u.0))
+}
+
 async fn plan_list(store: &Store) -> Result<()> {
     println!(
-        "{:<16} {:>14} {:>8} {:>10}  allowed models",
-        "name", "monthly_tokens", "rpm", "usd/month"
+        "{:<16} {:>14} {:>11} {:>8} {:>10} {:<5}  allowed models",
+        "name", "monthly_tokens", "monthly_usd", "rpm", "usd/month", "payg"
     );
     for p in store.list_plans().await? {
         println!(
-            "{:<16} {:>14} {:>8} {:>10.2}  {}",
+            "{:<16} {:>14} {:>11} {:>8} {:>10.2} {:<5}  {}",
             p.name,
             p.monthly_tokens,
+            usd_or_dash(p.monthly_usd),
             p.requests_per_minute,
             p.price_usd_month,
+            if p.pay_as_you_go { "yes" } else { "no" },
             p.allowed_models.join(", ")
         );
     }
@@ -222,6 +230,11 @@ async fn plan_cmd(cfg: &Config, cmd: &PlanCmd) -> Result<()> {
     use tollgate::service::plans;
     let store = open_db(cfg).await?;
     let extra = |x: &tollgate::cli::PlanExtra| (x.price_usd_month, x.allowed_models.clone());
+    let usd = |x: &tollgate::cli::PlanExtra| match (x.monthly_usd, x.no_monthly_usd) {
+        (Some(m), _) => Some(Some(tollgate::money::Usd(m))),
+        (None, true) => Some(None),
+        (None, false) => None,
+    };
     match cmd {
         PlanCmd::List => plan_list(&store).await?,
         PlanCmd::Add {
@@ -234,13 +247,15 @@ async fn plan_cmd(cfg: &Config, cmd: &PlanCmd) -> Result<()> {
             let new = plans::NewPlan {
                 name: name.clone(),
                 monthly_tokens: *monthly_tokens,
+                monthly_usd: usd(x).flatten(),
                 requests_per_minute: *rpm,
                 price_usd_month,
                 allowed_models,
+                pay_as_you_go: x.pay_as_you_go,
             };
             let p = plans::create(&store, new, db::ts(chrono::Utc::now()))
                 .await
-                .map_err(plan_error)?;
+                .map_err(flag_error)?;
             println!("created plan {}", describe_plan(&p));
         }
         PlanCmd::Set {
@@ -252,22 +267,25 @@ async fn plan_cmd(cfg: &Config, cmd: &PlanCmd) -> Result<()> {
             let (price_usd_month, allowed_models) = extra(x);
             let changes = plans::PlanChanges {
                 monthly_tokens: *monthly_tokens,
+                monthly_usd: usd(x),
                 requests_per_minute: *rpm,
                 price_usd_month,
                 allowed_models,
+                pay_as_you_go: x.pay_as_you_go,
             };
             if changes.is_empty() {
                 bail!(
-                    "nothing to change: give --monthly-tokens, --rpm, --price-usd-month or --allowed-models"
+                    "nothing to change: give --monthly-tokens, --monthly-usd (or --no-monthly-usd), --rpm, \
+                     --price-usd-month, --allowed-models or --pay-as-you-go"
                 );
             }
             let p = plans::update(&store, name, changes)
                 .await
-                .map_err(plan_error)?;
+                .map_err(flag_error)?;
             println!("changed plan {}", describe_plan(&p));
         }
         PlanCmd::Delete { name } => {
-            plans::delete(&store, name).await.map_err(plan_error)?;
+            plans::delete(&store, name).await.map_err(flag_error)?;
             println!("deleted plan {name}");
         }
     }
@@ -275,7 +293,7 @@ async fn plan_cmd(cfg: &Config, cmd: &PlanCmd) -> Result<()> {
 }
 
 /// The admin API's error, naming the flag where the API names a field.
-fn plan_error(e: tollgate::error::ApiError) -> anyhow::Error {
+fn flag_error(e: tollgate::error::ApiError) -> anyhow::Error {
     match e.param.as_deref() {
         Some("requests_per_minute") => anyhow!("--rpm: {}", e.message),
         Some(p) if p != "name" => anyhow!("--{}: {}", p.replace('_', "-"), e.message),
@@ -284,13 +302,22 @@ fn plan_error(e: tollgate::error::ApiError) -> anyhow::Error {
 }
 
 fn describe_plan(p: &tollgate::db::plans::Plan) -> String {
+    let usd = match p.monthly_usd {
+        Some(u) => format!("up to {} USD/month", tollgate::money::format_usd(u.0)),
+        None => "no USD limit".into(),
+    };
     format!(
-        "{}: {} tokens/month, {} requests/minute, {:.2} USD/month, models {}",
+        "{}: {} tokens/month, {usd}, {} requests/minute, {:.2} USD/month, models {}{}",
         p.name,
         p.monthly_tokens,
         p.requests_per_minute,
         p.price_usd_month,
-        p.allowed_models.join(", ")
+        p.allowed_models.join(", "),
+        if p.pay_as_you_go {
+            ", pay-as-you-go from credit"
+        } else {
+            ""
+        }
     )
 }
 
@@ -373,17 +400,26 @@ async fn user_cmd(cfg: &Config, cmd: &UserCmd) -> Result<()> {
 async fn key_cmd(cfg: &Config, cmd: &KeyCmd) -> Result<()> {
     let store = open_db(cfg).await?;
     match cmd {
-        KeyCmd::Create { user, name } => {
+        KeyCmd::Create {
+            user,
+            name,
+            monthly_token_limit,
+            monthly_usd_limit,
+        } => {
             let u = store
                 .user_by_username(user.clone())
                 .await?
                 .ok_or_else(|| anyhow!("no user named {user:?}"))?;
             let spec = accounts::KeySpec {
                 name: name.clone(),
+                monthly_token_limit: *monthly_token_limit,
+                monthly_usd_limit: monthly_usd_limit.map(tollgate::money::Usd),
                 ..Default::default()
             };
             let now = db::ts(chrono::Utc::now());
-            let (row, secret) = api(accounts::create_key(&store, u.id, &spec, &now).await)?;
+            let (row, secret) = accounts::create_key(&store, u.id, &spec, &now)
+                .await
+                .map_err(flag_error)?;
             eprintln!(
                 "created key {} ({}) for {user}; it is shown only this once:",
                 row.id, row.name
@@ -396,18 +432,21 @@ async fn key_cmd(cfg: &Config, cmd: &KeyCmd) -> Result<()> {
                 .await?
                 .ok_or_else(|| anyhow!("no user named {user:?}"))?;
             println!(
-                "{:>5}  {:<14} {:<20} {:<8} {:<21} last used",
-                "id", "prefix", "name", "status", "expires"
+                "{:>5}  {:<14} {:<20} {:<8} {:<21} {:>12} {:>11} last used",
+                "id", "prefix", "name", "status", "expires", "tokens/month", "usd/month"
             );
             for k in store.list_keys_for_user(u.id).await? {
                 let status = if k.revoked { "revoked" } else { "active" };
                 println!(
-                    "{:>5}  {:<14} {:<20} {:<8} {:<21} {}",
+                    "{:>5}  {:<14} {:<20} {:<8} {:<21} {:>12} {:>11} {}",
                     k.id,
                     k.prefix,
                     k.name,
                     status,
                     k.expires_at.as_deref().unwrap_or("never"),
+                    k.monthly_token_limit
+                        .map_or_else(|| "-".into(), |n| n.to_string()),
+                    usd_or_dash(k.monthly_usd_limit),
                     k.last_used_at.as_deref().unwrap_or("never")
                 );
             }
@@ -417,6 +456,69 @@ async fn key_cmd(cfg: &Config, cmd: &KeyCmd) -> Result<()> {
                 bail!("there is no key with id {id}");
             }
             println!("key {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+/// `credits add | list`: a user's prepaid credit, with the admin API's
+/// checks. An entry made here has no author (`created_by` null).
+async fn credits_cmd(cfg: &Config, cmd: &CreditsCmd) -> Result<()> {
+    use tollgate::money::format_usd;
+    use tollgate::service::credits;
+    let store = open_db(cfg).await?;
+    match cmd {
+        CreditsCmd::Add { user, amount, note } => {
+            let u = api(credits::find_user(&store, user).await)?;
+            let now = db::ts(chrono::Utc::now());
+            let (e, balance) = credits::add(&store, u.id, *amount, note, None, now)
+                .await
+                .map_err(|e| match e.param.as_deref() {
+                    Some("amount_usd") => anyhow!("AMOUNT: {}", e.message),
+                    Some("note") => anyhow!("--note: {}", e.message),
+                    _ => anyhow!(e.message),
+                })?;
+            let what = if e.amount_usd.0 > 0 {
+                "added"
+            } else {
+                "deducted"
+            };
+            println!(
+                "{what} {} USD for {} (entry {}); credit now {} USD",
+                format_usd(e.amount_usd.0.abs()),
+                u.username,
+                e.id,
+                format_usd(balance)
+            );
+        }
+        CreditsCmd::List { user, limit } => {
+            if !(1..=1000).contains(limit) {
+                bail!("--limit: give a number from 1 to 1000");
+            }
+            let u = api(credits::find_user(&store, user).await)?;
+            let (entries, balance) = api(credits::ledger(&store, u.id, None, *limit).await)?;
+            println!("{}: credit {} USD", u.username, format_usd(balance));
+            if entries.is_empty() {
+                println!(
+                    "no credit entries yet (`tollgate credits add {} AMOUNT`)",
+                    u.username
+                );
+                return Ok(());
+            }
+            println!(
+                "{:>6}  {:<20}  {:>16}  {:<16}  note",
+                "id", "created", "amount_usd", "by"
+            );
+            for e in entries {
+                println!(
+                    "{:>6}  {:<20}  {:>16}  {:<16}  {}",
+                    e.id,
+                    e.created_at,
+                    format_usd(e.amount_usd.0),
+                    e.created_by.as_deref().unwrap_or("(cli)"),
+                    e.note
+                );
+            }
         }
     }
     Ok(())

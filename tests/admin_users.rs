@@ -399,7 +399,8 @@ async fn plans_crud() {
     assert_eq!(r.status(), 201);
     assert_eq!(
         r.json::<Value>().await.unwrap(),
-        json!({"name": "team", "monthly_tokens": 500, "requests_per_minute": 5, "price_usd_month": 9.5, "allowed_models": ["aiml/*"]})
+        json!({"name": "team", "monthly_tokens": 500, "monthly_usd": null, "requests_per_minute": 5,
+               "price_usd_month": 9.5, "allowed_models": ["aiml/*"], "pay_as_you_go": false})
     );
     let r = s
         .client

@@ -522,6 +522,9 @@ async fn help_works_for_every_command() {
         vec!["plan", "add", "--help"],
         vec!["plan", "set", "--help"],
         vec!["plan", "delete", "--help"],
+        vec!["credits", "--help"],
+        vec!["credits", "add", "--help"],
+        vec!["credits", "list", "--help"],
         vec!["migrate", "--help"],
         vec!["check-config", "--help"],
         vec!["backup", "--help"],
@@ -759,8 +762,10 @@ async fn plan_add_set_delete() {
         [
             "team",
             "500000",
+            "-",
             "120",
             "9.50",
+            "no",
             "aiml/*,",
             "openrouter/openai/*"
         ],
@@ -781,7 +786,7 @@ async fn plan_add_set_delete() {
     let list = ok(&db.run(&["plan", "list"]).await);
     assert_eq!(
         plan_row(&list, "tiny").unwrap(),
-        ["tiny", "10", "1", "0.00", "*"]
+        ["tiny", "10", "-", "1", "0.00", "no", "*"]
     );
 
     // set changes only what it names.
@@ -799,13 +804,13 @@ async fn plan_add_set_delete() {
     let list = ok(&db.run(&["plan", "list"]).await);
     assert_eq!(
         plan_row(&list, "team").unwrap(),
-        ["team", "500000", "30", "9.50", "*"]
+        ["team", "500000", "-", "30", "9.50", "no", "*"]
     );
     ok(&db
         .run(&["plan", "set", "team", "--monthly-tokens", "7"])
         .await);
     let list = ok(&db.run(&["plan", "list"]).await);
-    assert_eq!(plan_row(&list, "team").unwrap()[1..3], ["7", "30"]);
+    assert_eq!(plan_row(&list, "team").unwrap()[1..4], ["7", "-", "30"]);
 
     // Bad values: the flag is named and nothing changes.
     for (args, says) in [
@@ -872,7 +877,7 @@ async fn plan_add_set_delete() {
         plan_row(&list, "x").is_none() && plan_row(&list, "a/b").is_none(),
         "{list}"
     );
-    assert_eq!(plan_row(&list, "team").unwrap()[1..3], ["7", "30"]);
+    assert_eq!(plan_row(&list, "team").unwrap()[1..4], ["7", "-", "30"]);
 
     ok(&db.run(&["plan", "delete", "team"]).await);
     let list = ok(&db.run(&["plan", "list"]).await);

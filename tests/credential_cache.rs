@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tollgate::auth::cache::{CredentialCache, Snapshot};
 use tollgate::db::{api_keys::NewKey, plans::Plan, users::NewUser, Store, UserChanges};
+use tollgate::money::Usd;
 
 fn now() -> String {
     tollgate::db::ts(chrono::Utc::now())
@@ -37,6 +38,7 @@ async fn add_key(store: &Store, user_id: i64, name: &str) -> i64 {
         expires_at: None,
         allowed_models: None,
         monthly_token_limit: Some(7),
+        monthly_usd_limit: Some(Usd(2_500_000)),
     };
     store.create_key(k, now()).await.unwrap().id
 }
@@ -59,21 +61,18 @@ fn contents(s: &Snapshot) -> (BTreeMap<i64, String>, BTreeMap<String, String>, V
         .iter()
         .map(|(h, k)| {
             let desc = format!(
-                "{} {} {:?} {:?} {:?}",
+                "{} {} {:?} {:?} {:?} {:?}",
                 k.id,
                 k.user_id,
                 k.expires_at,
                 k.monthly_token_limit,
+                k.monthly_usd_limit,
                 k.allowed_models.as_ref().map(|p| &p.source)
             );
             (hex::encode(h), desc)
         })
         .collect();
-    let mut plans: Vec<String> = s
-        .plans
-        .values()
-        .map(|p| format!("{} {}", p.plan.name, p.plan.monthly_tokens))
-        .collect();
+    let mut plans: Vec<String> = s.plans.values().map(|p| format!("{:?}", p.plan)).collect();
     plans.sort();
     (users, keys, plans)
 }
@@ -181,9 +180,11 @@ async fn incremental_updates_end_where_a_fresh_load_is() {
     let plan = |name: &str, tokens: i64| Plan {
         name: name.into(),
         monthly_tokens: tokens,
+        monthly_usd: None,
         requests_per_minute: 60,
         price_usd_month: 0.0,
         allowed_models: vec!["*".into()],
+        pay_as_you_go: false,
     };
     store.create_plan(plan("team", 1000), now()).await.unwrap();
     let mut users = Vec::new();
@@ -218,13 +219,40 @@ async fn incremental_updates_end_where_a_fresh_load_is() {
     };
     store.update_user(users[1], changes).await.unwrap().unwrap();
     assert_same_as_a_fresh_load(&s).await;
+    // A key's USD limit (SPEC §12), set and removed behind the server's back.
+    let usd_of = |id: i64| {
+        let snap = s.state.creds.snapshot();
+        let k = snap
+            .keys
+            .values()
+            .find(|k| k.id == id)
+            .map(|k| k.monthly_usd_limit);
+        k.expect("the key is in the snapshot")
+    };
+    let kid = keys[1];
+    assert_eq!(usd_of(kid), Some(2_500_000), "loaded with the key");
+    let mut row = store.key_by_id(kid).await.unwrap().unwrap();
+    row.monthly_usd_limit = Some(Usd(1));
+    store.update_key(row.clone()).await.unwrap();
+    assert_same_as_a_fresh_load(&s).await;
+    assert_eq!(usd_of(kid), Some(1));
+    row.monthly_usd_limit = None;
+    store.update_key(row).await.unwrap();
+    assert_same_as_a_fresh_load(&s).await;
+    assert_eq!(usd_of(kid), None);
     // A deleted user takes its keys along (cascades fire the triggers too).
     store.delete_user(users[2]).await.unwrap();
     store.delete_user(users[3]).await.unwrap();
     assert_same_as_a_fresh_load(&s).await;
-    store.update_plan(plan("team", 5)).await.unwrap();
+    let team = Plan {
+        monthly_usd: Some(Usd(12_500_000)),
+        pay_as_you_go: true,
+        ..plan("team", 5)
+    };
+    store.update_plan(team.clone()).await.unwrap();
     store.create_plan(plan("extra", 9), now()).await.unwrap();
     assert_same_as_a_fresh_load(&s).await;
+    assert_eq!(s.state.creds.snapshot().plans["team"].plan, team);
     store.delete_plan("extra".into()).await.unwrap();
     assert_same_as_a_fresh_load(&s).await;
 }

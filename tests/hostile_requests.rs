@@ -23,6 +23,8 @@ async fn setup() -> (Mock, TestServer, String) {
                 requests_per_minute: 1000,
                 price_usd_month: 0.0,
                 allowed_models: vec!["local/cheap".into(), "local/usage:*".into()],
+                monthly_usd: None,
+                pay_as_you_go: false,
             },
             PlanConfig {
                 name: "empty".into(),
@@ -30,6 +32,8 @@ async fn setup() -> (Mock, TestServer, String) {
                 requests_per_minute: 1000,
                 price_usd_month: 0.0,
                 allowed_models: vec!["*".into()],
+                monthly_usd: None,
+                pay_as_you_go: false,
             },
         ];
     })

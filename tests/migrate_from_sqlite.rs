@@ -26,7 +26,8 @@ async fn call(s: &TestServer, key: &str) -> reqwest::Response {
         .unwrap()
 }
 
-/// What a user of the deployment sees of it: users, plans, keys and usage.
+/// What a user of the deployment sees of it: users, plans, keys, usage and
+/// credit.
 async fn snapshot(s: &TestServer, alice: &str) -> Value {
     let admin = s.admin_token().await;
     let mut keys = get(s, "/admin/keys", &admin).await;
@@ -40,6 +41,7 @@ async fn snapshot(s: &TestServer, alice: &str) -> Value {
         "keys": keys,
         "usage": get(s, "/admin/usage?group_by=user", &admin).await,
         "alice": get(s, "/subscriptions/me", alice).await,
+        "alice_credits": get(s, "/subscriptions/credits", alice).await,
     })
 }
 
@@ -77,10 +79,40 @@ async fn a_sqlite_deployment_arrives_whole_and_a_used_database_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    s.create_user("alice", "alice-password-1", Some("gold"))
+    // A plan and a key with USD limits (SPEC §12), which no call below uses.
+    let r = s
+        .client
+        .post(s.url("/admin/plans"))
+        .bearer_auth(&admin)
+        .json(
+            &json!({"name": "prepaid", "monthly_tokens": 10, "requests_per_minute": 1,
+                      "monthly_usd": 12.345678, "pay_as_you_go": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let alice_id = s
+        .create_user("alice", "alice-password-1", Some("gold"))
         .await;
     let alice = s.login("alice", "alice-password-1").await;
     let (_, alice_key) = s.create_key(&alice, json!({"name": "laptop"})).await;
+    s.create_key(
+        &alice,
+        json!({"name": "budget", "monthly_usd_limit": "0.000001"}),
+    )
+    .await;
+    for (amount, note) in [("7.25", "prepaid"), ("-0.25", "correction")] {
+        let r = s
+            .client
+            .post(s.url(&format!("/admin/users/{alice_id}/credits")))
+            .bearer_auth(&admin)
+            .json(&json!({"amount_usd": amount, "note": note}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
     let (_, bob, bob_key) = s.user_with_key("bob", None).await;
     for _ in 0..3 {
         assert_eq!(call(&s, &alice_key).await.status(), 200);
@@ -98,6 +130,22 @@ async fn a_sqlite_deployment_arrives_whole_and_a_used_database_is_refused() {
     s.state.metering.writer.flush().await;
     let before = snapshot(&s, &alice).await;
     assert_eq!(before["alice"]["tokens_used"], 30, "{before}");
+    assert_eq!(before["alice_credits"]["credit_usd"], json!(7), "{before}");
+    assert_eq!(before["alice_credits"]["data"][1]["note"], "prepaid");
+    let plans = before["plans"]["data"].as_array().unwrap();
+    let prepaid = plans.iter().find(|p| p["name"] == "prepaid").unwrap();
+    assert_eq!(prepaid["monthly_usd"], json!(12.345678), "{prepaid}");
+    assert_eq!(prepaid["pay_as_you_go"], true, "{prepaid}");
+    let budget = before["keys"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "budget");
+    assert_eq!(
+        budget.unwrap()["monthly_usd_limit"],
+        json!(0.000001),
+        "{before}"
+    );
     let (dir, cfg) = s.stop().await;
     let db_path = cfg.database.path.clone();
 
@@ -115,8 +163,9 @@ async fn a_sqlite_deployment_arrives_whole_and_a_used_database_is_refused() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("users: 3 row(s)"), "{stdout}");
     assert!(stdout.contains("requests: 4 row(s)"), "{stdout}");
+    assert!(stdout.contains("credits: 2 row(s)"), "{stdout}");
     assert!(
-        stderr.contains("copying api_keys: 3/3"),
+        stderr.contains("copying api_keys: 4/4"),
         "progress: {stderr}"
     );
     assert!(!stdout.contains(&url), "the URL's password is not printed");
@@ -137,6 +186,20 @@ async fn a_sqlite_deployment_arrives_whole_and_a_used_database_is_refused() {
     assert_eq!(s.me_status(&bob_key).await, 200);
     let carol = s.create_user("carol", "carol-password-1", None).await;
     assert_eq!(carol, 4);
+    let r = s
+        .client
+        .post(s.url(&format!("/admin/users/{alice_id}/credits")))
+        .bearer_auth(&s.admin_token().await)
+        .json(&json!({"amount_usd": 1, "note": "after the move"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let added: Value = r.json().await.unwrap();
+    assert_eq!(
+        (added["id"].as_i64(), &added["credit_usd"]),
+        (Some(3), &json!(8))
+    );
     s.state.metering.writer.flush().await;
     let me = get(&s, "/subscriptions/me", &alice).await;
     assert_eq!(me["tokens_used"], 40, "{me}");

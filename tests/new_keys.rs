@@ -23,6 +23,7 @@ async fn new_key_behind_the_servers_back(s: &TestServer, user_id: i64) -> String
                 expires_at: None,
                 allowed_models: None,
                 monthly_token_limit: None,
+                monthly_usd_limit: None,
             },
             tollgate::db::ts(chrono::Utc::now()),
         )

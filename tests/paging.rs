@@ -28,6 +28,7 @@ async fn keys(s: &TestServer, user_id: i64, n: usize, name: &str) -> Vec<i64> {
                     expires_at: None,
                     allowed_models: None,
                     monthly_token_limit: None,
+                    monthly_usd_limit: None,
                 },
                 now.clone(),
             )

@@ -56,6 +56,8 @@ async fn restart_keeps_users_keys_and_tokens() {
         requests_per_minute: 1,
         price_usd_month: 0.0,
         allowed_models: vec!["*".into()],
+        monthly_usd: None,
+        pay_as_you_go: false,
     }];
     let s = TestServer::start_in(dir, cfg).await;
 
@@ -118,6 +120,8 @@ async fn configured_plans_are_created_on_first_start() {
                 requests_per_minute: 2,
                 price_usd_month: 1.5,
                 allowed_models: vec!["local/*".into()],
+                monthly_usd: Some(tollgate::money::Usd(2_500_001)),
+                pay_as_you_go: true,
             },
             tollgate::config::PlanConfig {
                 name: "free".into(),
@@ -125,6 +129,8 @@ async fn configured_plans_are_created_on_first_start() {
                 requests_per_minute: 1,
                 price_usd_month: 0.0,
                 allowed_models: vec!["*".into()],
+                monthly_usd: None,
+                pay_as_you_go: false,
             },
         ]
     })
@@ -134,8 +140,10 @@ async fn configured_plans_are_created_on_first_start() {
     assert_eq!(
         plans["data"],
         json!([
-            {"name": "basic", "monthly_tokens": 50, "requests_per_minute": 2, "price_usd_month": 1.5, "allowed_models": ["local/*"]},
-            {"name": "free", "monthly_tokens": 5, "requests_per_minute": 1, "price_usd_month": 0.0, "allowed_models": ["*"]}
+            {"name": "basic", "monthly_tokens": 50, "monthly_usd": 2.500001, "requests_per_minute": 2,
+             "price_usd_month": 1.5, "allowed_models": ["local/*"], "pay_as_you_go": true},
+            {"name": "free", "monthly_tokens": 5, "monthly_usd": null, "requests_per_minute": 1,
+             "price_usd_month": 0.0, "allowed_models": ["*"], "pay_as_you_go": false}
         ])
     );
     // New users get free.

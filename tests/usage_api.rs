@@ -478,9 +478,11 @@ async fn me_and_plans_have_their_shapes() {
             set(&[
                 "name",
                 "monthly_tokens",
+                "monthly_usd",
                 "requests_per_minute",
                 "price_usd_month",
-                "allowed_models"
+                "allowed_models",
+                "pay_as_you_go"
             ])
         );
         assert_eq!(p["requests_per_minute"], 60);

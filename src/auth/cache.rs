@@ -62,6 +62,9 @@ pub struct KeyEntry {
     /// Boxed: most keys have none, and 200,000 entries add up.
     pub allowed_models: Option<Box<Patterns>>,
     pub monthly_token_limit: Option<i64>,
+    /// Micro-dollars the key may spend per calendar month (SPEC §12);
+    /// `None`: only the plan's limits apply.
+    pub monthly_usd_limit: Option<i64>,
     /// Unix seconds of the last use seen in memory, and of the last one written.
     pub last_used: AtomicI64,
     pub last_flushed: AtomicI64,
@@ -277,6 +280,7 @@ fn key_entry(k: KeyRow, old: Option<&KeyEntry>) -> Option<([u8; 32], KeyEntry)> 
                 .as_deref()
                 .map(|a| Box::new(Patterns::lenient(a))),
             monthly_token_limit: k.monthly_token_limit,
+            monthly_usd_limit: k.monthly_usd_limit.map(|u| u.0),
             last_used: AtomicI64::new(used),
             last_flushed: AtomicI64::new(flushed),
         },
@@ -489,6 +493,8 @@ mod tests {
             requests_per_minute: 1,
             price_usd_month: 0.0,
             allowed_models: vec![],
+            monthly_usd: None,
+            pay_as_you_go: false,
         };
         store
             .create_plan(free, "2026-01-01T00:00:00Z".into())

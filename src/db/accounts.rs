@@ -184,7 +184,8 @@ pub(crate) const CACHE_USERS: &str =
     "SELECT id, username, NULL, NULL, role, plan, disabled, token_version, '' FROM users";
 pub(crate) const CACHE_KEYS: &str =
     "SELECT id, user_id, '', NULL, key_hash, '', '', last_used_at, \
-     expires_at, revoked, allowed_models, monthly_token_limit FROM api_keys WHERE revoked = 0";
+     expires_at, revoked, allowed_models, monthly_token_limit, monthly_usd_limit_micros \
+     FROM api_keys WHERE revoked = 0";
 
 pub fn load_credentials(
     conn: &mut Connection,

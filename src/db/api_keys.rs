@@ -1,8 +1,10 @@
 //! API keys: stored as a SHA-256 hash with a display prefix; the key itself never.
 
 use super::{json_list, parse_json_list, DbResult};
+use crate::money::Usd;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+/// A key as stored (its hash, never the key).
 #[derive(Debug, Clone)]
 pub struct KeyRow {
     pub id: i64,
@@ -17,6 +19,9 @@ pub struct KeyRow {
     pub revoked: bool,
     pub allowed_models: Option<Vec<String>>,
     pub monthly_token_limit: Option<i64>,
+    /// Dollars the key may spend per calendar month, below the plan's
+    /// (SPEC §12); `None`: only the plan's limits apply.
+    pub monthly_usd_limit: Option<Usd>,
 }
 
 /// A key to store (its hash and prefix, never the key).
@@ -30,11 +35,13 @@ pub struct NewKey {
     pub expires_at: Option<String>,
     pub allowed_models: Option<Vec<String>>,
     pub monthly_token_limit: Option<i64>,
+    pub monthly_usd_limit: Option<Usd>,
 }
 
+/// The columns [`from_row`] reads, in its order.
 const COLUMNS: &str =
     "id, user_id, name, description, key_hash, prefix, created_at, last_used_at, expires_at, \
-                       revoked, allowed_models, monthly_token_limit";
+                       revoked, allowed_models, monthly_token_limit, monthly_usd_limit_micros";
 
 pub(crate) fn from_row(r: &Row) -> rusqlite::Result<KeyRow> {
     Ok(KeyRow {
@@ -50,14 +57,15 @@ pub(crate) fn from_row(r: &Row) -> rusqlite::Result<KeyRow> {
         revoked: r.get(9)?,
         allowed_models: r.get::<_, Option<String>>(10)?.map(|s| parse_json_list(&s)),
         monthly_token_limit: r.get(11)?,
+        monthly_usd_limit: r.get::<_, Option<i64>>(12)?.map(Usd),
     })
 }
 
 pub fn insert(conn: &Connection, k: &NewKey, now: &str) -> DbResult<KeyRow> {
     conn.execute(
         "INSERT INTO api_keys (user_id, name, description, key_hash, prefix, created_at, expires_at,
-                               allowed_models, monthly_token_limit)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                               allowed_models, monthly_token_limit, monthly_usd_limit_micros)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             k.user_id,
             k.name,
@@ -67,7 +75,8 @@ pub fn insert(conn: &Connection, k: &NewKey, now: &str) -> DbResult<KeyRow> {
             now,
             k.expires_at,
             k.allowed_models.as_deref().map(json_list),
-            k.monthly_token_limit
+            k.monthly_token_limit,
+            k.monthly_usd_limit.map(|u| u.0)
         ],
     )?;
     let id = conn.last_insert_rowid();
@@ -186,7 +195,7 @@ pub fn usable_hash_exists(conn: &Connection, key_hash: &str) -> DbResult<bool> {
 pub fn update(conn: &Connection, k: &KeyRow) -> DbResult<bool> {
     Ok(conn.execute(
         "UPDATE api_keys SET name = ?2, description = ?3, expires_at = ?4, allowed_models = ?5,
-                             monthly_token_limit = ?6
+                             monthly_token_limit = ?6, monthly_usd_limit_micros = ?7
          WHERE id = ?1",
         params![
             k.id,
@@ -194,7 +203,8 @@ pub fn update(conn: &Connection, k: &KeyRow) -> DbResult<bool> {
             k.description,
             k.expires_at,
             k.allowed_models.as_deref().map(json_list),
-            k.monthly_token_limit
+            k.monthly_token_limit,
+            k.monthly_usd_limit.map(|u| u.0)
         ],
     )? > 0)
 }

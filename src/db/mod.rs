@@ -9,6 +9,7 @@
 mod accounts;
 pub mod api_keys;
 pub mod backup;
+pub mod credits;
 pub mod oauth_states;
 pub mod pg;
 pub mod plans;

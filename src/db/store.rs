@@ -11,7 +11,9 @@
 //! directly. A new backend is a variant of [`Backend`] and one arm in each
 //! operation.
 
-use super::{accounts, api_keys, oauth_states, plans, usage, users, DbError, DbResult, Pool};
+use super::{
+    accounts, api_keys, credits, oauth_states, plans, usage, users, DbError, DbResult, Pool,
+};
 use api_keys::KeyRow;
 use plans::Plan;
 use rusqlite::Connection;
@@ -566,6 +568,48 @@ impl Store {
         match &self.backend {
             Backend::Postgres(pg) => pg.delete_plan(name).await,
             Backend::Sqlite(pool) => run(pool, move |c| plans::delete(c, &name)).await,
+        }
+    }
+
+    // ----- credits
+
+    /// Adds a credit ledger entry and returns it with the user's new balance
+    /// (micro-dollars), in one transaction. Refused: the user does not
+    /// exist, a deduction larger than the balance, a balance past
+    /// [`crate::money::MAX_MICROS`].
+    pub async fn add_credit(
+        &self,
+        c: credits::NewCredit,
+        now: String,
+    ) -> DbResult<Result<(credits::CreditEntry, i64), credits::CreditRefused>> {
+        match &self.backend {
+            Backend::Postgres(pg) => pg.add_credit(c, now).await,
+            Backend::Sqlite(pool) => run(pool, move |conn| credits::add(conn, &c, &now)).await,
+        }
+    }
+
+    /// A page of a user's credit ledger, newest first: entries with an id
+    /// below `before`, at most `limit`.
+    pub async fn list_credits(
+        &self,
+        user_id: i64,
+        before: Option<i64>,
+        limit: i64,
+    ) -> DbResult<Vec<credits::CreditEntry>> {
+        match &self.backend {
+            Backend::Postgres(pg) => pg.credits_page(user_id, before, limit).await,
+            Backend::Sqlite(pool) => {
+                run(pool, move |c| credits::page(c, user_id, before, limit)).await
+            }
+        }
+    }
+
+    /// A user's prepaid credit left (micro-dollars): their ledger entries
+    /// minus what their pay-as-you-go calls spent, as far as it is written.
+    pub async fn credit_balance(&self, user_id: i64) -> DbResult<i64> {
+        match &self.backend {
+            Backend::Postgres(pg) => pg.credit_balance(user_id).await,
+            Backend::Sqlite(pool) => run(pool, move |c| credits::balance(c, user_id)).await,
         }
     }
 

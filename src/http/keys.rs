@@ -6,6 +6,7 @@ use super::views::{CreatedKeyView, KeyView, Paging};
 use crate::auth::{CurrentUser, SessionUser};
 use crate::db::{self, api_keys};
 use crate::error::{ApiError, ApiResult};
+use crate::money::Usd;
 use crate::service::accounts::{self, KeySpec};
 use crate::state::AppState;
 use axum::extract::State;
@@ -26,6 +27,9 @@ pub struct CreateKey {
     allowed_models: Option<Vec<String>>,
     #[serde(default)]
     monthly_token_limit: Option<i64>,
+    /// Dollars per month (SPEC §12); null or absent: only the plan's limits.
+    #[serde(default)]
+    monthly_usd_limit: Option<Usd>,
 }
 
 pub async fn create(
@@ -41,6 +45,7 @@ pub async fn create(
         expires_at: b.expires_at,
         allowed_models: b.allowed_models,
         monthly_token_limit: b.monthly_token_limit,
+        monthly_usd_limit: b.monthly_usd_limit,
     };
     let (row, secret) = accounts::create_key(&st.store, uid, &spec, &now).await?;
     st.creds.reload().await?;
@@ -56,6 +61,7 @@ pub async fn create(
             expires_at: row.expires_at,
             allowed_models: row.allowed_models,
             monthly_token_limit: row.monthly_token_limit,
+            monthly_usd_limit: row.monthly_usd_limit,
         }),
     ))
 }
@@ -103,6 +109,8 @@ pub struct UpdateKey {
     allowed_models: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "double_option")]
     monthly_token_limit: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    monthly_usd_limit: Option<Option<Usd>>,
 }
 
 /// The caller's key `id`, or 404 (also for another user's key).
@@ -136,11 +144,15 @@ pub async fn update(
     if let Some(l) = b.monthly_token_limit {
         k.monthly_token_limit = l;
     }
+    if let Some(l) = b.monthly_usd_limit {
+        k.monthly_usd_limit = l;
+    }
     k.expires_at = accounts::validate_key_fields(
         &k.name,
         k.expires_at.as_deref(),
         k.allowed_models.as_deref(),
         k.monthly_token_limit,
+        k.monthly_usd_limit,
     )?;
     let row = st
         .store

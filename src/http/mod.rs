@@ -2,6 +2,7 @@
 //! authentication), the 404/405 fallbacks, and [`dispatch`], which runs each
 //! request through it with an id, a log line and a panic guard.
 
+pub mod admin_credits;
 pub mod admin_keys;
 pub mod admin_plans;
 pub mod admin_usage;
@@ -102,6 +103,10 @@ pub fn router(state: AppState) -> Router {
             delete(admin_users::delete).patch(admin_users::update),
         )
         .route(
+            "/admin/users/{id}/credits",
+            get(admin_credits::list).post(admin_credits::add),
+        )
+        .route(
             "/admin/plans",
             get(admin_plans::list).post(admin_plans::create),
         )
@@ -117,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         .route("/subscriptions/me", get(subscriptions::me))
         .route("/subscriptions/usage", get(subscriptions::usage))
         .route("/subscriptions/usage/daily", get(subscriptions::daily))
+        .route("/subscriptions/credits", get(subscriptions::credits))
         .merge(llm::routes("/llm"))
         .merge(llm::routes("/v1"))
         .merge(llm::routes(""));

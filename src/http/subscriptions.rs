@@ -202,3 +202,16 @@ pub async fn daily(
     }
     Ok(Json(Days { days }))
 }
+
+/// The caller's own credit ledger, newest first, a page at a time
+/// (`?limit=`, `?before=`), with their balance: the shape of
+/// `GET /admin/users/{id}/credits`.
+pub async fn credits(
+    State(st): State<AppState>,
+    CurrentUser(p): CurrentUser,
+    AppQuery(q): AppQuery<super::admin_credits::LedgerQuery>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(
+        super::admin_credits::ledger(&st, p.user.id, &q).await?,
+    ))
+}

@@ -1,7 +1,8 @@
 //! The JSON shapes of users, keys and plans as the API shows them (SPEC §4, §7).
 
 use crate::auth::cache::Snapshot;
-use crate::db::{self, api_keys::KeyRow, plans::Plan, users::UserRow};
+use crate::db::{self, api_keys::KeyRow, credits::CreditEntry, plans::Plan, users::UserRow};
+use crate::money::Usd;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 
@@ -68,6 +69,8 @@ pub struct KeyView {
     pub revoked: bool,
     pub allowed_models: Option<Vec<String>>,
     pub monthly_token_limit: Option<i64>,
+    /// Dollars per month; null: only the plan's limits apply.
+    pub monthly_usd_limit: Option<Usd>,
 }
 
 impl KeyView {
@@ -101,6 +104,7 @@ impl KeyView {
             revoked: k.revoked,
             allowed_models: k.allowed_models.clone(),
             monthly_token_limit: k.monthly_token_limit,
+            monthly_usd_limit: k.monthly_usd_limit,
         }
     }
 }
@@ -117,9 +121,46 @@ pub struct CreatedKeyView {
     pub expires_at: Option<String>,
     pub allowed_models: Option<Vec<String>>,
     pub monthly_token_limit: Option<i64>,
+    pub monthly_usd_limit: Option<Usd>,
 }
 
 pub type PlanView = Plan;
+
+/// A page of a user's credit ledger with their balance: the answer of
+/// `GET /admin/users/{id}/credits` and `GET /subscriptions/credits`.
+#[derive(Serialize)]
+pub struct CreditList {
+    pub data: Vec<CreditEntry>,
+    pub next_before: Option<i64>,
+    /// The credit left, once every written charge is counted.
+    pub credit_usd: Usd,
+}
+
+/// A new credit entry with the balance after it (`POST /admin/users/{id}/credits`).
+#[derive(Serialize)]
+pub struct AddedCredit {
+    pub id: i64,
+    pub user_id: i64,
+    pub amount_usd: Usd,
+    pub note: String,
+    pub created_by: Option<String>,
+    pub created_at: String,
+    pub credit_usd: Usd,
+}
+
+impl AddedCredit {
+    pub fn new(e: CreditEntry, balance: i64) -> Self {
+        AddedCredit {
+            id: e.id,
+            user_id: e.user_id,
+            amount_usd: e.amount_usd,
+            note: e.note,
+            created_by: e.created_by,
+            created_at: e.created_at,
+            credit_usd: Usd(balance),
+        }
+    }
+}
 
 #[derive(Serialize)]
 pub struct DataList<T: Serialize> {

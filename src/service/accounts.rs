@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::db::users::{NewUser, UserRow};
 use crate::db::{self, api_keys, plans, DbResult, Refused, Seed, Store, UserChanges};
 use crate::error::{ApiError, ApiResult};
+use crate::money::Usd;
 
 /// What the first start did.
 #[derive(Debug, Default)]
@@ -36,9 +37,11 @@ pub async fn bootstrap(
         .map(|p| plans::Plan {
             name: p.name,
             monthly_tokens: p.monthly_tokens,
+            monthly_usd: p.monthly_usd,
             requests_per_minute: p.requests_per_minute,
             price_usd_month: p.price_usd_month,
             allowed_models: p.allowed_models,
+            pay_as_you_go: p.pay_as_you_go,
         })
         .collect();
     let seeded = store
@@ -155,6 +158,8 @@ pub struct KeySpec {
     pub expires_at: Option<String>,
     pub allowed_models: Option<Vec<String>>,
     pub monthly_token_limit: Option<i64>,
+    /// Dollars the key may spend per month (SPEC §12).
+    pub monthly_usd_limit: Option<Usd>,
 }
 
 /// Checks a key's editable fields; normalises `expires_at` to the stored form.
@@ -163,6 +168,7 @@ pub fn validate_key_fields(
     expires_at: Option<&str>,
     allowed: Option<&[String]>,
     limit: Option<i64>,
+    usd_limit: Option<Usd>,
 ) -> ApiResult<Option<String>> {
     if name.trim().is_empty() || name.chars().count() > 200 {
         return Err(ApiError::invalid_field(
@@ -177,6 +183,12 @@ pub fn validate_key_fields(
         return Err(ApiError::invalid_field(
             "monthly_token_limit",
             "The limit is a number of tokens ≥ 0.",
+        ));
+    }
+    if usd_limit.is_some_and(|l| l.0 < 0) {
+        return Err(ApiError::invalid_field(
+            "monthly_usd_limit",
+            "The USD limit is an amount of US dollars ≥ 0.",
         ));
     }
     expires_at
@@ -203,6 +215,7 @@ pub async fn create_key(
         spec.expires_at.as_deref(),
         spec.allowed_models.as_deref(),
         spec.monthly_token_limit,
+        spec.monthly_usd_limit,
     )?;
     let (secret, hash, prefix) = api_key::generate();
     let row = store
@@ -216,6 +229,7 @@ pub async fn create_key(
                 expires_at: expires,
                 allowed_models: spec.allowed_models.clone(),
                 monthly_token_limit: spec.monthly_token_limit,
+                monthly_usd_limit: spec.monthly_usd_limit,
             },
             now.to_owned(),
         )

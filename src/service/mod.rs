@@ -2,6 +2,7 @@
 
 pub mod accounts;
 mod answer;
+pub mod credits;
 pub mod oauth;
 pub mod plans;
 mod prompt;

@@ -114,6 +114,8 @@ mod tests {
                     requests_per_minute: 1,
                     price_usd_month: 0.0,
                     allowed_models: vec![],
+                    monthly_usd: None,
+                    pay_as_you_go: false,
                 },
                 "2026-01-01T00:00:00Z".into(),
             )

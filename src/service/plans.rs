@@ -3,34 +3,45 @@
 
 use crate::db::{plans::Plan, Store};
 use crate::error::{ApiError, ApiResult};
+use crate::money::Usd;
 
 /// A new plan as asked for; what is left out gets its default.
 #[derive(Debug, Clone)]
 pub struct NewPlan {
     pub name: String,
     pub monthly_tokens: i64,
+    /// Default `None`: no USD limit.
+    pub monthly_usd: Option<Usd>,
     pub requests_per_minute: i64,
     /// Default 0.
     pub price_usd_month: Option<f64>,
     /// Default `["*"]`: every model.
     pub allowed_models: Option<Vec<String>>,
+    /// Default false.
+    pub pay_as_you_go: Option<bool>,
 }
 
 /// The fields of a plan to change; `None` keeps the value.
 #[derive(Debug, Clone, Default)]
 pub struct PlanChanges {
     pub monthly_tokens: Option<i64>,
+    /// `Some(None)` removes the USD limit.
+    pub monthly_usd: Option<Option<Usd>>,
     pub requests_per_minute: Option<i64>,
     pub price_usd_month: Option<f64>,
     pub allowed_models: Option<Vec<String>>,
+    pub pay_as_you_go: Option<bool>,
 }
 
 impl PlanChanges {
+    /// Whether nothing would change.
     pub fn is_empty(&self) -> bool {
         self.monthly_tokens.is_none()
+            && self.monthly_usd.is_none()
             && self.requests_per_minute.is_none()
             && self.price_usd_month.is_none()
             && self.allowed_models.is_none()
+            && self.pay_as_you_go.is_none()
     }
 }
 
@@ -46,6 +57,12 @@ pub fn validate(p: &Plan) -> ApiResult<()> {
         return Err(ApiError::invalid_field(
             "monthly_tokens",
             "monthly_tokens is a number ≥ 0.",
+        ));
+    }
+    if p.monthly_usd.is_some_and(|u| u.0 < 0) {
+        return Err(ApiError::invalid_field(
+            "monthly_usd",
+            "monthly_usd is an amount of US dollars ≥ 0, or null for no USD limit.",
         ));
     }
     if p.requests_per_minute < 1 {
@@ -70,9 +87,11 @@ pub async fn create(store: &Store, new: NewPlan, now: String) -> ApiResult<Plan>
     let plan = Plan {
         name: new.name.trim().to_owned(),
         monthly_tokens: new.monthly_tokens,
+        monthly_usd: new.monthly_usd,
         requests_per_minute: new.requests_per_minute,
         price_usd_month: new.price_usd_month.unwrap_or(0.0),
         allowed_models: new.allowed_models.unwrap_or_else(|| vec!["*".into()]),
+        pay_as_you_go: new.pay_as_you_go.unwrap_or(false),
     };
     validate(&plan)?;
     Ok(store.create_plan(plan, now).await?)
@@ -86,6 +105,12 @@ pub async fn update(store: &Store, name: &str, changes: PlanChanges) -> ApiResul
         .ok_or_else(|| no_plan(name))?;
     if let Some(v) = changes.monthly_tokens {
         plan.monthly_tokens = v;
+    }
+    if let Some(v) = changes.monthly_usd {
+        plan.monthly_usd = v;
+    }
+    if let Some(v) = changes.pay_as_you_go {
+        plan.pay_as_you_go = v;
     }
     if let Some(v) = changes.requests_per_minute {
         plan.requests_per_minute = v;

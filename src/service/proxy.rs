@@ -219,9 +219,9 @@ pub fn account_of(p: &Principal, plan: &crate::auth::cache::PlanEntry) -> Accoun
         user_limit: plan.plan.monthly_tokens,
         key_id: p.key.as_ref().map(|k| k.id),
         key_limit: p.key.as_ref().and_then(|k| k.monthly_token_limit),
-        user_usd: None,
-        key_usd: None,
-        payg: false,
+        user_usd: plan.plan.monthly_usd.map(|u| u.0),
+        key_usd: p.key.as_ref().and_then(|k| k.monthly_usd_limit),
+        payg: plan.plan.pay_as_you_go,
     }
 }
 

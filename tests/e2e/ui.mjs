@@ -210,6 +210,56 @@ step("admin changes that user's plan in the page", async (t) => {
   await t.shot('03-admin-users');
 });
 
+step("admin tops up and deducts a user's credit; the history shows both", async (t) => {
+  const { page } = t;
+  await page.getByLabel('Search users').fill(USER);
+  await page.waitForFunction((u) => document.querySelectorAll('tbody tr').length === 1 && document.querySelector('tbody').textContent.includes(u), USER);
+  await page.getByRole('button', { name: `Credit of ${USER}` }).click();
+  const dlg = page.getByRole('dialog', { name: `Credit of ${USER}` });
+  await dlg.getByText('No credit entries yet.').waitFor();
+  await dlg.getByLabel('Amount (USD)').fill('25');
+  await dlg.getByLabel('Note (optional)').fill('welcome credit');
+  await dlg.getByRole('button', { name: 'Add entry' }).click();
+  await dlg.getByText('Added $25.00. Credit is now $25.00.').waitFor();
+  await dlg.getByRole('cell', { name: 'welcome credit' }).waitFor();
+  await dlg.getByLabel('Amount (USD)').fill('-2.5');
+  await dlg.getByLabel('Note (optional)').fill('correction');
+  await dlg.getByRole('button', { name: 'Add entry' }).click();
+  await dlg.getByText('Deducted $2.50. Credit is now $22.50.').waitFor();
+  await dlg.getByRole('cell', { name: 'correction' }).waitFor();
+  // More than the credit holds is refused, saying why; nothing is added.
+  await dlg.getByLabel('Amount (USD)').fill('-100');
+  await dlg.getByRole('button', { name: 'Add entry' }).click();
+  await dlg.getByText('would take it below zero').waitFor();
+  const rows = dlg.locator('tbody tr');
+  assert.equal(await rows.count(), 2, 'two entries in the history');
+  assert.match(await rows.first().innerText(), /-\$2\.50[\s\S]*correction[\s\S]*admin/, 'newest first, with the author');
+  assert.equal(await dlg.locator('.stat dd').innerText(), '$22.50');
+  await t.shot('03b-admin-credit');
+  const users = await t.api('GET', `/admin/users?q=${USER}`, undefined, t.token);
+  const ledger = await t.api('GET', `/admin/users/${users.body.data[0].id}/credits`, undefined, t.token);
+  assert.equal(ledger.body.credit_usd, 22.5, JSON.stringify(ledger.body));
+  assert.deepEqual(ledger.body.data.map((e) => [e.amount_usd, e.note, e.created_by]), [[-2.5, 'correction', 'admin'], [25, 'welcome credit', 'admin']]);
+  await dlg.getByRole('button', { name: 'Close' }).click();
+  await dlg.waitFor({ state: 'detached' });
+  await page.getByLabel('Search users').fill('');
+});
+
+step('the user sees their credit and its history on "My usage"', async (t) => {
+  const tab = await newTab(t.browser, DESKTOP);
+  await signIn(tab, USER, 'e2e-password-123');
+  await tab.getByRole('heading', { level: 1, name: 'My usage' }).waitFor();
+  await settled(tab);
+  const card = tab.locator('.card', { has: tab.getByRole('heading', { name: 'Prepaid credit' }) });
+  await card.getByRole('cell', { name: 'welcome credit' }).waitFor();
+  await card.getByRole('cell', { name: 'correction' }).waitFor();
+  assert.match(await card.locator('.stat').innerText(), /Credit left\s+\$22\.50/i);
+  assert.ok(!/\bnull\b|undefined|NaN/.test(await tab.locator('main').innerText()), 'no null, undefined or NaN shown');
+  await t.shot('02b-user-credit', tab);
+  assert.deepEqual(tab.errors, []);
+  await tab.context().close();
+});
+
 step('the users list pages: 100 at a time, newest first, "Show more users" for the rest', async (t) => {
   const { page } = t;
   const made = await Promise.all(Array.from({ length: 100 }, (_, i) => t.api('POST', '/admin/users',
@@ -235,6 +285,7 @@ step('user creates a key: the secret is shown once, with a copy button', async (
   await form.getByLabel('Name').fill(KEY);
   await form.getByLabel('Description (optional)').fill('made by the browser test');
   await form.getByLabel('Monthly token limit (optional)').fill('5000');
+  await form.getByLabel('Monthly USD limit (optional)').fill('2.5');
   await form.getByRole('button', { name: 'Create key' }).click();
   const secretBox = page.getByLabel('Your new API key');
   await secretBox.waitFor();
@@ -249,11 +300,16 @@ step('user creates a key: the secret is shown once, with a copy button', async (
   const me = await t.api('GET', '/auth/me', undefined, secret);
   assert.equal(me.status, 200, 'the new key works');
   t.secret = secret;
+  const keys = await t.api('GET', '/api/keys', undefined, t.token);
+  const made = keys.body.data.find((k) => k.name === KEY);
+  assert.equal(made.monthly_usd_limit, 2.5, 'the USD limit reached the server');
+  assert.equal(made.monthly_token_limit, 5000);
 
   await page.getByRole('button', { name: 'I have copied it' }).click();
   await page.getByLabel('Your new API key').waitFor({ state: 'detached' });
   await t.go('#/keys', 'API keys');
   await page.getByRole('cell', { name: KEY }).first().waitFor();
+  await page.getByRole('row').filter({ hasText: KEY }).getByRole('cell', { name: '$2.50' }).waitFor();
   assert.ok(!(await page.content()).includes(secret), 'the secret is not shown again');
   await t.shot('05-keys');
 });
@@ -300,15 +356,25 @@ step('admin creates and edits a plan', async (t) => {
   let dlg = page.getByRole('dialog');
   await dlg.getByLabel('Name').fill(`team-${run}`);
   await dlg.getByLabel('Tokens per month').fill('250000');
+  await dlg.getByLabel('USD per month (optional)').fill('12.5');
+  await dlg.getByLabel('Pay-as-you-go').check();
   await dlg.getByRole('button', { name: 'Create plan' }).click();
   await page.getByRole('cell', { name: `team-${run}`, exact: true }).waitFor();
+  const row = page.getByRole('row').filter({ hasText: `team-${run}` });
+  await row.getByRole('cell', { name: '$12.50' }).waitFor();
+  await row.getByText('pay-as-you-go').waitFor();
+  let made = (await t.api('GET', '/admin/plans', undefined, t.token)).body.data.find((p) => p.name === `team-${run}`);
+  assert.deepEqual([made.monthly_usd, made.pay_as_you_go], [12.5, true]);
   await page.getByRole('button', { name: `Edit plan team-${run}` }).click();
   dlg = page.getByRole('dialog');
+  assert.equal(await dlg.getByLabel('USD per month (optional)').inputValue(), '12.5');
   await dlg.getByLabel('Requests per minute').fill('30');
+  await dlg.getByLabel('USD per month (optional)').fill('');
+  await dlg.getByLabel('Pay-as-you-go').uncheck();
   await dlg.getByRole('button', { name: 'Save' }).click();
   await page.getByText(`Plan team-${run} saved.`).waitFor();
-  const r = await t.api('GET', '/admin/plans', undefined, t.token);
-  assert.equal(r.body.data.find((p) => p.name === `team-${run}`).requests_per_minute, 30);
+  made = (await t.api('GET', '/admin/plans', undefined, t.token)).body.data.find((p) => p.name === `team-${run}`);
+  assert.deepEqual([made.requests_per_minute, made.monthly_usd, made.pay_as_you_go], [30, null, false]);
 });
 
 step('providers page renders', async (t) => {
@@ -352,7 +418,9 @@ step('pages draw charts and tables from SPEC-shaped answers (mocked in the brows
     days.push({ date: day(d), provider: 'openrouter', model: 'openrouter/openai/gpt-4o-mini', tokens: 400 + d * 37, requests: 3 + (d % 4), cost_usd: 0.0004 * d });
     if (d % 3 === 0) days.push({ date: day(d), provider: 'aiml', model: 'aiml/gpt-4', tokens: 900, requests: 2, cost_usd: 0.05 });
   }
-  await tab.route('**/subscriptions/me', (r) => r.fulfill(json({ plan: 'pro', monthly_tokens: 100000, tokens_used: 23456, tokens_reserved: 120, remaining_tokens: 76424, period_start: '2026-11-01T00:00:00Z', period_end: '2026-12-01T00:00:00Z' })));
+  const me = { plan: 'pro', monthly_tokens: 100000, tokens_used: 23456, tokens_reserved: 120, remaining_tokens: 76424, period_start: '2026-11-01T00:00:00Z', period_end: '2026-12-01T00:00:00Z' };
+  const money = { monthly_usd: 10, usd_used: 3.25, usd_reserved: 0.5, remaining_usd: 6.25, credit_usd: 0.000001 };
+  await tab.route('**/subscriptions/me', (r) => r.fulfill(json({ ...me, ...money })));
   await tab.route('**/subscriptions/usage/daily*', (r) => r.fulfill(json({ days })));
   await tab.route('**/llm/providers', (r) => r.fulfill(json([
     { id: 'openrouter', name: 'OpenRouter', status: 'active', base_url: 'https://openrouter.ai/api/v1', default: true },
@@ -378,8 +446,22 @@ step('pages draw charts and tables from SPEC-shaped answers (mocked in the brows
   await settled(tab);
   await tab.locator('canvas').waitFor();
   await tab.getByRole('cell', { name: 'aiml/gpt-4' }).waitFor();
-  assert.ok((await tab.locator('.stats').innerText()).includes('76,424'), 'remaining tokens shown');
+  assert.ok((await tab.locator('.stats').first().innerText()).includes('76,424'), 'remaining tokens shown');
+  const moneyText = await tab.locator('.stats.money').innerText();
+  for (const want of ['$6.25', '$3.25 of $10.00', '$0.000001']) assert.ok(moneyText.includes(want), `${want} in ${moneyText}`);
+  await tab.getByText('$0.50 is reserved by calls in progress.').waitFor();
   await t.shot('11-usage-with-data', tab);
+  // Money that does not apply (every field null) is not shown at all.
+  await tab.unroute('**/subscriptions/me');
+  await tab.route('**/subscriptions/me', (r) => r.fulfill(json({ ...me, monthly_usd: null, usd_used: null, usd_reserved: null, remaining_usd: null, credit_usd: null })));
+  await tab.getByRole('link', { name: 'API keys' }).click();
+  await tab.getByRole('heading', { level: 1, name: 'API keys' }).waitFor();
+  await tab.getByRole('link', { name: 'My usage' }).click();
+  await tab.getByRole('heading', { level: 1, name: 'My usage' }).waitFor();
+  await settled(tab);
+  await tab.locator('.stats').first().getByText('76,424', { exact: false }).waitFor();
+  assert.equal(await tab.locator('.stats.money').count(), 0, 'no money rows');
+  assert.equal(await tab.getByRole('heading', { name: 'Prepaid credit' }).count(), 0, 'no credit card for an admin without credit');
   await tab.getByRole('link', { name: 'Providers' }).click();
   await tab.getByText('no API key (GLAMA_API_KEY)').waitFor();
   await t.shot('12-providers-with-data', tab);

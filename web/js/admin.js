@@ -1,10 +1,12 @@
-// Admin pages: users (search, create, plan, role, disable), plans (create,
-// edit, delete) and providers with their status.
+// Admin pages: users (search, create, plan, role, disable, prepaid credit),
+// plans (create, edit, delete; token and USD limits) and providers with
+// their status.
 
 import {
   api, get, h, field, input, select, loading, failed, empty, formMessage, busy, modal, confirmAction,
-  notify, table, badge, fmtDate, fmtInt, fmtUsd, parseList, ApiError,
+  notify, table, badge, fmtDate, fmtInt, fmtUsd, fmtMoney, moneyInput, parseList, ApiError,
 } from './lib.js';
+import { creditDialog } from './credits.js';
 
 function head(title, text, ...extra) {
   return h('header', { class: 'page-head' },
@@ -75,9 +77,11 @@ export async function usersPage(section, me, current) {
       ['Role', (u) => change(u, 'role', select(['user', 'admin'], u.role, { 'aria-label': `Role of ${u.username}`, disabled: u.id === me.id }))],
       ['Status', (u) => badge(u.disabled ? 'disabled' : 'active')],
       ['Created', (u) => fmtDate(u.created_at)],
-      ['', (u) => (u.id === me.id ? h('span', { class: 'muted small' }, 'you') : h('div', { class: 'row-actions' },
-        h('button', { type: 'button', class: u.disabled ? 'secondary small' : 'danger small', 'aria-label': `${u.disabled ? 'Enable' : 'Disable'} ${u.username}`, onclick: () => toggle(u) },
-          u.disabled ? 'Enable' : 'Disable'))), 'cell-actions'],
+      ['', (u) => h('div', { class: 'row-actions' },
+        h('button', { type: 'button', class: 'secondary small', 'aria-label': `Credit of ${u.username}`, onclick: () => creditDialog(u) }, 'Credit'),
+        u.id === me.id ? h('span', { class: 'muted small' }, 'you')
+          : h('button', { type: 'button', class: u.disabled ? 'secondary small' : 'danger small', 'aria-label': `${u.disabled ? 'Enable' : 'Disable'} ${u.username}`, onclick: () => toggle(u) },
+            u.disabled ? 'Enable' : 'Disable')), 'cell-actions'],
     ], users, 'Users'));
   }
 
@@ -158,7 +162,7 @@ function userForm(onCreate) {
 
 export async function plansPage(section, me, current) {
   const newBtn = h('button', { type: 'button' }, 'New plan');
-  section.append(head('Plans', 'Monthly token allowance, request rate and models of each plan.', newBtn));
+  section.append(head('Plans', 'Monthly token and USD allowances, request rate and models of each plan.', newBtn));
   const list = h('div', { class: 'card' }, loading('plans'));
   section.append(list);
   newBtn.addEventListener('click', () => editPlan(null));
@@ -180,6 +184,8 @@ export async function plansPage(section, me, current) {
     list.append(table([
       ['Name', (p) => h('strong', {}, p.name)],
       ['Tokens / month', (p) => fmtInt(p.monthly_tokens), 'num'],
+      ['USD / month', (p) => (p.monthly_usd == null ? h('span', { class: 'muted' }, 'no limit') : fmtMoney(p.monthly_usd)), 'num'],
+      ['Billing', (p) => (p.pay_as_you_go ? badge('pay-as-you-go', 'info') : h('span', { class: 'muted' }, 'allowance'))],
       ['Requests / min', (p) => fmtInt(p.requests_per_minute), 'num'],
       ['Price / month', (p) => fmtUsd(p.price_usd_month), 'num'],
       ['Models', (p) => h('code', {}, (p.allowed_models || []).join(', ') || '—')],
@@ -192,15 +198,20 @@ export async function plansPage(section, me, current) {
   async function editPlan(p) {
     const name = input({ required: true, value: p ? p.name : '', disabled: !!p, maxlength: 64 });
     const tokens = input({ type: 'number', required: true, min: 0, step: 1, value: p ? p.monthly_tokens : 10000 });
+    const usd = input({ inputmode: 'decimal', autocomplete: 'off', placeholder: 'no limit', value: p && p.monthly_usd != null ? String(p.monthly_usd) : '' });
+    const payg = h('input', { type: 'checkbox', class: 'check', checked: !!(p && p.pay_as_you_go) });
     const rpm = input({ type: 'number', required: true, min: 1, step: 1, value: p ? p.requests_per_minute : 60 });
     const price = input({ type: 'number', min: 0, step: 0.01, value: p ? p.price_usd_month : 0 });
     const models = input({ value: p ? (p.allowed_models || []).join(', ') : '*' });
     const msg = formMessage();
     const body = h('div', {}, h('div', { class: 'grid' },
       field('Name', name, p ? 'A plan’s name cannot change.' : null),
-      field('Tokens per month', tokens), field('Requests per minute', rpm),
+      field('Tokens per month', tokens),
+      field('USD per month (optional)', usd, 'Up to 6 decimals; empty means no USD limit.'),
+      field('Requests per minute', rpm),
       field('Price per month (USD)', price),
-      field('Allowed models', models, 'Comma-separated patterns, * for all.')), msg);
+      field('Allowed models', models, 'Comma-separated patterns, * for all.'),
+      field('Pay-as-you-go', payg, 'Calls are paid from the user’s prepaid credit.')), msg);
     const saved = await modal(p ? `Edit plan “${p.name}”` : 'New plan', body, [
       { label: 'Cancel', value: null, class: 'secondary' },
       {
@@ -209,6 +220,7 @@ export async function plansPage(section, me, current) {
           const b = {
             monthly_tokens: Number(tokens.value), requests_per_minute: Number(rpm.value),
             price_usd_month: Number(price.value || 0), allowed_models: parseList(models.value) || [],
+            monthly_usd: moneyInput(usd.value), pay_as_you_go: payg.checked,
           };
           try {
             if (p) await api('PATCH', `/admin/plans/${encodeURIComponent(p.name)}`, b);

@@ -3,7 +3,7 @@
 
 import {
   api, get, h, field, input, loading, failed, empty, formMessage, busy, modal, confirmAction,
-  notify, table, badge, fmtDate, fmtDateTime, fmtInt, parseList, copyText,
+  notify, table, badge, fmtDate, fmtDateTime, fmtInt, fmtMoney, moneyInput, parseList, copyText,
 } from './lib.js';
 
 const baseUrl = () => `${location.origin}/v1`;
@@ -61,6 +61,7 @@ export async function keysPage(section, user, current) {
       ['Prefix', (k) => h('code', {}, `${k.prefix}…`)],
       ['Models', (k) => (k.allowed_models && k.allowed_models.length ? k.allowed_models.join(', ') : h('span', { class: 'muted' }, 'plan default'))],
       ['Monthly limit', (k) => (k.monthly_token_limit == null ? h('span', { class: 'muted' }, 'plan') : fmtInt(k.monthly_token_limit)), 'num'],
+      ['USD limit', (k) => (k.monthly_usd_limit == null ? h('span', { class: 'muted' }, 'plan') : fmtMoney(k.monthly_usd_limit)), 'num'],
       ['Last used', (k) => (k.last_used_at ? fmtDateTime(k.last_used_at) : h('span', { class: 'muted' }, 'never'))],
       ['Expires', (k) => (k.expires_at ? fmtDate(k.expires_at) : h('span', { class: 'muted' }, 'never'))],
       ['Status', (k) => badge(status(k))],
@@ -127,6 +128,7 @@ function keyForm(existing, onCreate) {
   const desc = input({ value: k.description || '', placeholder: 'What uses this key' });
   const models = input({ value: (k.allowed_models || []).join(', '), placeholder: 'e.g. openrouter/*, aiml/gpt-4' });
   const limit = input({ type: 'number', min: 0, step: 1, inputmode: 'numeric', value: k.monthly_token_limit ?? '' });
+  const usd = input({ inputmode: 'decimal', autocomplete: 'off', placeholder: 'e.g. 5 or 0.50', value: k.monthly_usd_limit ?? '' });
   const expires = input({ type: 'date', value: k.expires_at ? k.expires_at.slice(0, 10) : '' });
   const msg = formMessage();
   const fields = h('div', { class: 'grid' },
@@ -134,6 +136,7 @@ function keyForm(existing, onCreate) {
     field('Description (optional)', desc),
     field('Allowed models (optional)', models, 'Comma-separated patterns; empty means whatever your plan allows.'),
     field('Monthly token limit (optional)', limit, 'Empty means your plan’s limit.'),
+    field('Monthly USD limit (optional)', usd, 'Dollars per month, up to 6 decimals; empty means your plan’s limit.'),
     field('Expires (optional)', expires, 'The key stops working at the end of this day (UTC).'));
 
   const collect = (forEdit) => {
@@ -141,14 +144,16 @@ function keyForm(existing, onCreate) {
     const d = desc.value.trim();
     const m = parseList(models.value);
     const l = limit.value === '' ? null : Number(limit.value);
+    const u = moneyInput(usd.value);
     const e = expires.value ? `${expires.value}T23:59:59Z` : null;
     if (forEdit) {
       // PATCH: send every field, null clears it.
-      return { ...body, description: d || null, allowed_models: m, monthly_token_limit: l, expires_at: e };
+      return { ...body, description: d || null, allowed_models: m, monthly_token_limit: l, monthly_usd_limit: u, expires_at: e };
     }
     if (d) body.description = d;
     if (m) body.allowed_models = m;
     if (l !== null) body.monthly_token_limit = l;
+    if (u !== null) body.monthly_usd_limit = u;
     if (e) body.expires_at = e;
     return body;
   };

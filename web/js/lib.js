@@ -109,6 +109,23 @@ export function fmtUsd(n) {
   const digits = Math.abs(n) > 0 && Math.abs(n) < 0.01 ? 4 : 2;
   return `$${Number(n).toFixed(digits)}`;
 }
+/**
+ * An exact amount of money (the API's dollars, up to 6 decimals): at least
+ * cents, more digits only when the amount has them ($0.000001, $12.50).
+ */
+export function fmtMoney(n) {
+  if (n === null || n === undefined) return '—';
+  const abs = Math.abs(Number(n));
+  let text = abs.toFixed(6).replace(/0+$/, '');
+  if (/\.\d?$/.test(text)) text = abs.toFixed(2);
+  const [whole, frac] = text.split('.');
+  return `${Number(n) < 0 ? '-' : ''}$${nf.format(Number(whole))}.${frac}`;
+}
+/** An amount typed by a person, as the API takes it: the text itself (never a float), or null when blank. */
+export function moneyInput(s) {
+  const t = String(s ?? '').trim().replace(/^\$/, '');
+  return t === '' ? null : t;
+}
 export function fmtDate(ts) {
   if (!ts) return '—';
   const d = new Date(ts);

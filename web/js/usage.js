@@ -1,21 +1,40 @@
-// "My usage": plan, balance and reset date, a per-day chart of tokens and
-// cost, and a table by provider and model built from the daily rows.
+// "My usage": plan, balance and reset date (tokens, and money when a USD
+// limit or credit applies), prepaid credit and its history, a per-day chart
+// of tokens and cost, and a table by provider and model built from the
+// daily rows.
 
-import { get, h, loading, failed, empty, fmtInt, fmtUsd, fmtDate, chartBox, tokensCostChart, table, ApiError } from './lib.js';
+import { get, h, loading, failed, empty, fmtInt, fmtUsd, fmtMoney, fmtDate, chartBox, tokensCostChart, table, ApiError } from './lib.js';
+import { creditCard } from './credits.js';
 
 export async function usagePage(section, user, current) {
   section.append(h('header', { class: 'page-head' }, h('h1', { id: 'page-title' }, 'My usage'),
     h('p', { class: 'muted' }, 'Your plan, what is left this month, and where your tokens went.')));
 
   const summary = h('div', { class: 'card' }, loading('your plan'));
+  const credit = h('div', { class: 'card', hidden: true });
   const chartCard = h('div', { class: 'card' }, h('h2', {}, 'Tokens and cost per day'), loading('daily usage'));
   const tableCard = h('div', { class: 'card' }, h('h2', {}, 'By provider and model'));
-  section.append(summary, chartCard, tableCard);
+  section.append(summary, credit, chartCard, tableCard);
 
   const [me, daily] = await Promise.allSettled([get('/subscriptions/me'), get('/subscriptions/usage/daily')]);
   if (!current()) return;
   drawSummary(summary, user, me);
   drawDaily(chartCard, tableCard, daily);
+  await creditCard(credit, me.status === 'fulfilled' ? me.value : null);
+}
+
+/** The money side of the balance; none when every money field is null or absent. */
+function moneyStats(s) {
+  const has = (k) => s[k] !== null && s[k] !== undefined;
+  const rows = [];
+  if (has('remaining_usd')) rows.push(stat('USD remaining', fmtMoney(s.remaining_usd)));
+  if (has('usd_used')) rows.push(stat('USD used', has('monthly_usd') ? `${fmtMoney(s.usd_used)} of ${fmtMoney(s.monthly_usd)}` : fmtMoney(s.usd_used)));
+  else if (has('monthly_usd')) rows.push(stat('USD per month', fmtMoney(s.monthly_usd)));
+  if (has('credit_usd')) rows.push(stat('Prepaid credit', fmtMoney(s.credit_usd)));
+  if (rows.length === 0) return [];
+  const out = [h('dl', { class: 'stats money', 'aria-label': 'Money' }, rows)];
+  if (s.usd_reserved) out.push(h('p', { class: 'muted small' }, `${fmtMoney(s.usd_reserved)} is reserved by calls in progress.`));
+  return out;
 }
 
 function drawSummary(card, user, res) {
@@ -38,7 +57,8 @@ function drawSummary(card, user, res) {
     h('div', { class: 'meter-row' },
       h('progress', { max: 100, value: pct, 'aria-label': `${pct}% of this month's tokens used` }),
       h('span', { class: 'muted' }, `${pct}% used`)),
-    ...(s.tokens_reserved ? [h('p', { class: 'muted small' }, `${fmtInt(s.tokens_reserved)} tokens are reserved by calls in progress.`)] : []));
+    ...(s.tokens_reserved ? [h('p', { class: 'muted small' }, `${fmtInt(s.tokens_reserved)} tokens are reserved by calls in progress.`)] : []),
+    ...moneyStats(s));
 }
 
 function stat(label, value) {

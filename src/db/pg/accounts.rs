@@ -12,14 +12,15 @@ use crate::db::{
     ChangedIds, ChangedRows, CredentialDelta, CredentialPart, CredentialRow, IdentitySignIn,
     KeyChange, Refused, Seed, Seeded, UserChanges,
 };
+use crate::money::Usd;
 use tokio_postgres::{GenericClient, Row};
 
 const USER_COLUMNS: &str =
     "id, username, email, password_hash, role, plan, disabled, token_version, created_at";
 const KEY_COLUMNS: &str = "id, user_id, name, description, key_hash, prefix, created_at, \
-    last_used_at, expires_at, revoked, allowed_models, monthly_token_limit";
-const PLAN_COLUMNS: &str =
-    "name, monthly_tokens, requests_per_minute, price_usd_month, allowed_models";
+    last_used_at, expires_at, revoked, allowed_models, monthly_token_limit, monthly_usd_limit_micros";
+const PLAN_COLUMNS: &str = "name, monthly_tokens, requests_per_minute, price_usd_month, \
+    allowed_models, monthly_usd_micros, pay_as_you_go";
 /// Usernames compare without regard to ASCII case (the unique index's expression).
 const SAME_USERNAME: &str = "lower(username COLLATE \"C\") = lower($1 COLLATE \"C\")";
 
@@ -69,6 +70,7 @@ fn key(r: &Row) -> KeyRow {
         revoked: r.get(9),
         allowed_models: r.get::<_, Option<String>>(10).map(|s| parse_json_list(&s)),
         monthly_token_limit: r.get(11),
+        monthly_usd_limit: r.get::<_, Option<i64>>(12).map(Usd),
     }
 }
 
@@ -79,6 +81,8 @@ fn plan(r: &Row) -> Plan {
         requests_per_minute: r.get(2),
         price_usd_month: r.get(3),
         allowed_models: parse_json_list(&r.get::<_, String>(4)),
+        monthly_usd: r.get::<_, Option<i64>>(5).map(Usd),
+        pay_as_you_go: r.get(6),
     }
 }
 
@@ -178,8 +182,9 @@ async fn default_plan<C: GenericClient>(c: &C) -> DbResult<Option<String>> {
 
 async fn insert_plan<C: GenericClient>(c: &C, p: &Plan, now: &str) -> DbResult<Plan> {
     c.execute(
-        "INSERT INTO plans (name, monthly_tokens, requests_per_minute, price_usd_month, allowed_models, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO plans (name, monthly_tokens, requests_per_minute, price_usd_month, allowed_models, created_at,
+                            monthly_usd_micros, pay_as_you_go)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             &p.name,
             &p.monthly_tokens,
@@ -187,6 +192,8 @@ async fn insert_plan<C: GenericClient>(c: &C, p: &Plan, now: &str) -> DbResult<P
             &p.price_usd_month,
             &json_list(&p.allowed_models),
             &now,
+            &p.monthly_usd.map(|u| u.0),
+            &p.pay_as_you_go,
         ],
     )
     .await
@@ -311,8 +318,8 @@ impl Pg {
         } else {
             // Only what the cache keeps (see CredentialRow); the order of KEY_COLUMNS.
             let sql = "SELECT id, user_id, ''::text, NULL::text, key_hash, ''::text, ''::text, \
-                       last_used_at, expires_at, revoked, allowed_models, monthly_token_limit \
-                       FROM api_keys WHERE NOT revoked";
+                       last_used_at, expires_at, revoked, allowed_models, monthly_token_limit, \
+                       monthly_usd_limit_micros FROM api_keys WHERE NOT revoked";
             let rows = tx.query_raw(sql, none).await?;
             futures_util::pin_mut!(rows);
             while let Some(r) = rows.try_next().await? {
@@ -685,8 +692,8 @@ impl Pg {
             .query_one(
                 &format!(
                     "INSERT INTO api_keys (user_id, name, description, key_hash, prefix, created_at, expires_at,
-                                           allowed_models, monthly_token_limit)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {KEY_COLUMNS}"
+                                           allowed_models, monthly_token_limit, monthly_usd_limit_micros)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {KEY_COLUMNS}"
                 ),
                 &[
                     &k.user_id,
@@ -698,6 +705,7 @@ impl Pg {
                     &k.expires_at,
                     &k.allowed_models.as_deref().map(json_list),
                     &k.monthly_token_limit,
+                    &k.monthly_usd_limit.map(|u| u.0),
                 ],
             )
             .await
@@ -802,7 +810,7 @@ impl Pg {
             .query_opt(
                 &format!(
                     "UPDATE api_keys SET name = $2, description = $3, expires_at = $4, allowed_models = $5,
-                                         monthly_token_limit = $6
+                                         monthly_token_limit = $6, monthly_usd_limit_micros = $7
                      WHERE id = $1 RETURNING {KEY_COLUMNS}"
                 ),
                 &[
@@ -812,6 +820,7 @@ impl Pg {
                     &k.expires_at,
                     &k.allowed_models.as_deref().map(json_list),
                     &k.monthly_token_limit,
+                    &k.monthly_usd_limit.map(|u| u.0),
                 ],
             )
             .await?
@@ -865,7 +874,7 @@ impl Pg {
             .await?
             .execute(
                 "UPDATE plans SET monthly_tokens = $2, requests_per_minute = $3, price_usd_month = $4,
-                                  allowed_models = $5
+                                  allowed_models = $5, monthly_usd_micros = $6, pay_as_you_go = $7
                  WHERE name = $1",
                 &[
                     &p.name,
@@ -873,6 +882,8 @@ impl Pg {
                     &p.requests_per_minute,
                     &p.price_usd_month,
                     &json_list(&p.allowed_models),
+                    &p.monthly_usd.map(|u| u.0),
+                    &p.pay_as_you_go,
                 ],
             )
             .await?

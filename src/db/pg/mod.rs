@@ -10,6 +10,7 @@
 
 mod accounts;
 pub mod copy;
+mod credits;
 mod quota;
 mod usage;
 
