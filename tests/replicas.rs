@@ -606,3 +606,138 @@ async fn the_database_grants_slices_by_its_rule() {
     let held = store.held(4, None, "2026-12".into()).await.unwrap();
     assert_eq!((held.credit_left, held.usd_held_all), (2_500, 2_500));
 }
+
+/// Every statement on the slices takes its row locks in one order (V9): a
+/// replica's give-backs, its usage writer, its lease renewals and grants of
+/// the same users, all at once and each listing the users in its own order,
+/// never deadlock (PostgreSQL would cancel one after deadlock_timeout, 1 s,
+/// with every call of those users waiting meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slice_statements_at_once_never_deadlock() {
+    use tollgate::db::quota::{Growth, SliceReturn};
+    use tollgate::db::usage::{SliceCharge, UsageRecord};
+    let Some(url) = pg::fresh_database("lockorder").await else {
+        return;
+    };
+    let mut cfg = tollgate::config::Config::default();
+    cfg.database.url = Some(url.clone());
+    let store = tollgate::db::Store::connect(&cfg.database).unwrap();
+    store.migrate().await.unwrap();
+    const USERS: i64 = 24;
+    let grant = |user_id: i64, want: i64| Growth {
+        user_id,
+        period: "2026-12".into(),
+        user_limit: 1_000_000_000,
+        rpm: 1_000_000,
+        arrivals: 1,
+        need: 1,
+        want,
+        instance: "a".into(),
+        lease_secs: 60.0,
+        ..Default::default()
+    };
+    for u in 1..=USERS {
+        assert_eq!(store.grow(grant(u, 1000)).await.unwrap().tokens, 1000);
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    let (instance, period): (std::sync::Arc<str>, std::sync::Arc<str>) =
+        ("a".into(), "2026-12".into());
+
+    // Give-backs, the users in descending order, with unused arrivals.
+    let s = store.clone();
+    let give_back = tokio::spawn(async move {
+        let mut n = 0;
+        while Instant::now() < until {
+            let back = (1..=USERS)
+                .rev()
+                .map(|user_id| SliceReturn {
+                    user_id,
+                    key_id: None,
+                    period: "2026-12".into(),
+                    tokens: 1,
+                    micros: 0,
+                    rate_secs: 0.001,
+                })
+                .collect();
+            s.return_slices("a".into(), back).await?;
+            n += 1;
+        }
+        Ok::<_, tollgate::db::DbError>(n)
+    });
+    // The usage writer: one record of each user per batch, in ascending order.
+    let s = store.clone();
+    let write = tokio::task::spawn_blocking(move || {
+        let mut n = 0;
+        while Instant::now() < until {
+            let batch: Vec<UsageRecord> = (1..=USERS)
+                .map(|user_id| UsageRecord {
+                    id: 0,
+                    request_id: format!("req-{n}-{user_id}"),
+                    user_id,
+                    username: format!("u{user_id}"),
+                    key_id: None,
+                    provider: "mock".into(),
+                    model: "m".into(),
+                    upstream_model: "m".into(),
+                    endpoint: "chat/completions".into(),
+                    prompt_tokens: 1,
+                    completion_tokens: 0,
+                    total_tokens: 1,
+                    cost_micros: 0,
+                    credit_micros: 0,
+                    estimated: false,
+                    priced: false,
+                    http_status: 200,
+                    outcome: "ok".into(),
+                    latency_ms: 1,
+                    ttft_ms: None,
+                    created_at: "2026-12-06T00:00:00Z".into(),
+                    slice: Some(SliceCharge {
+                        instance: instance.clone(),
+                        period: period.clone(),
+                        tokens: 1,
+                        micros: 0,
+                    }),
+                    seq: 0,
+                })
+                .collect();
+            s.write_usage_batch_blocking(&batch)?;
+            n += 1;
+        }
+        Ok::<_, tollgate::db::DbError>(n)
+    });
+    // Grants: each user in turn (a rate row, then a slice).
+    let s = store.clone();
+    let grow = tokio::spawn(async move {
+        let mut n = 0;
+        while Instant::now() < until {
+            for u in (1..=USERS).step_by(5).chain((2..=USERS).step_by(5)) {
+                s.grow(grant(u, 2)).await?;
+                n += 1;
+            }
+        }
+        Ok::<_, tollgate::db::DbError>(n)
+    });
+    // Lease renewals.
+    let s = store.clone();
+    let renew = tokio::spawn(async move {
+        let mut n = 0;
+        while Instant::now() < until {
+            s.renew_reservations("a".into(), 60.0).await?;
+            n += 1;
+        }
+        Ok::<_, tollgate::db::DbError>(n)
+    });
+    let counts = [
+        ("give-backs", give_back.await.unwrap()),
+        ("usage batches", write.await.unwrap()),
+        ("grants", grow.await.unwrap()),
+        ("renewals", renew.await.unwrap()),
+    ];
+    for (what, r) in counts {
+        match r {
+            Ok(n) => assert!(n > 10, "only {n} {what} in 3 s"),
+            Err(e) => panic!("{what} failed: {e}"),
+        }
+    }
+}

@@ -116,17 +116,9 @@ impl Pg {
 
     pub async fn renew_reservations(&self, instance: &str, lease_secs: f64) -> DbResult<()> {
         let c = self.client().await?;
-        c.execute(
-            "UPDATE reservations SET expires_at = clock_timestamp() + $2 * INTERVAL '1 second'
-             WHERE instance = $1 AND expires_at > clock_timestamp()",
-            &[&instance, &lease_secs],
-        )
-        .await?;
-        c.execute(
-            "DELETE FROM reservations WHERE expires_at <= clock_timestamp()",
-            &[],
-        )
-        .await?;
+        // V9: leases extended and lapsed reservations dropped, each in key order.
+        c.execute("SELECT tollgate_renew($1, $2)", &[&instance, &lease_secs])
+            .await?;
         Ok(())
     }
 }

@@ -62,14 +62,10 @@ const UPSERT_PERIOD: &str = "INSERT INTO usage_period AS p (period, user_id, key
         credit_micros = p.credit_micros + EXCLUDED.credit_micros";
 
 /// The charge of each record comes out of its replica's slice in the same
-/// commit, so a grant never sees both or neither.
-const FROM_SLICES: &str = "UPDATE reservations r SET
-        tokens = GREATEST(r.tokens - c.tokens, 0),
-        usd_micros = GREATEST(r.usd_micros - c.micros, 0)
-    FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[])
-        AS c(instance, user_id, key_id, period, tokens, micros)
-    WHERE r.instance = c.instance AND r.user_id = c.user_id AND COALESCE(r.key_id, 0) = c.key_id
-      AND r.period = c.period";
+/// commit, so a grant never sees both or neither (V9: the slices locked in
+/// key order).
+const FROM_SLICES: &str = "SELECT tollgate_take($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[],
+    $5::BIGINT[], $6::BIGINT[])";
 
 fn record(r: &Row) -> UsageRecord {
     UsageRecord {
