@@ -481,6 +481,8 @@ run_wrk pg_replica1_c1 "$R1/v1/chat/completions" plain-pg 1 1
 rec pg.reservations_left "$(pgq 'SELECT count(*) FROM reservations')"
 rec pg.records_total "$(pgq 'SELECT count(*) FROM requests')"
 rec pg.records_not_ok "$(pgq "SELECT count(*) FROM requests WHERE outcome <> 'ok'")"
+# which outcomes (wrk ends each run with calls in flight; their clients are gone)
+rec pg.records_not_ok_by_outcome "$(pgq "SELECT coalesce(string_agg(outcome || ' ' || n, ', '), '') FROM (SELECT outcome, count(*) AS n FROM requests WHERE outcome <> 'ok' GROUP BY outcome ORDER BY outcome) o")"
 rec pg.backends_bench "$(pgq "SELECT count(*) FROM pg_stat_activity WHERE datname = 'bench'")"
 rec pg.version "$PG_VERSION"
 # the replicas' usage writers retry a batch that PostgreSQL refused (e.g. a deadlock between them)
@@ -576,7 +578,7 @@ for n in (L, U):
     print(f"{n}: PostgreSQL backends active, mean per sample: " + ", ".join(f"{k} {v}" for k, v in sorted(waits.items(), key=lambda kv: -kv[1]))
           + f"; live reservations {g(n + '.reservations_live_mean')}")
 print(f"usage writes retried: {g('tollgate.usage_write_retries')} (PostgreSQL deadlocks: {g('pg.deadlocks')}); "
-      f"usage records not 'ok': {g('pg.records_not_ok')}")
+      f"usage records not 'ok': {g('pg.records_not_ok')} ({g('pg.records_not_ok_by_outcome') or 'none'})")
 print("\nbudget:")
 for name, val, op, lim, ok in budget:
     print(f"  {'met   ' if ok else 'MISSED'}  {name}: {val} (budget {op} {lim})")
