@@ -14,18 +14,67 @@ pub const MICROS: i64 = 1_000_000;
 /// micro-dollars, so that sums of many amounts cannot overflow.
 pub const MAX_MICROS: i64 = 1_000_000_000_000 * MICROS;
 
-/// Reads a decimal amount of dollars (`"12"`, `"0.000001"`, `"-3.5"`) into
-/// micro-dollars. Refuses more than six decimals, exponents, and amounts
-/// beyond [`MAX_MICROS`].
+/// Reads a decimal amount of dollars (`"12"`, `"0.000001"`, `"-3.5"`, or
+/// with an exponent, `"1e-06"` as Python's `json.dumps` writes small
+/// amounts) into micro-dollars, exactly. Refuses more than six decimals and
+/// amounts beyond [`MAX_MICROS`].
 pub fn parse_usd(text: &str) -> Result<i64, String> {
     let bad = || {
         format!(
             "{text:?} is not an amount of US dollars with at most 6 decimals (for example 12.5)"
         )
     };
-    let (neg, digits) = match text.strip_prefix('-') {
+    let shifted;
+    let text_plain = match text.find(['e', 'E']) {
+        Some(at) => {
+            shifted = without_exponent(&text[..at], &text[at + 1..]).ok_or_else(bad)?;
+            shifted.as_str()
+        }
+        None => text,
+    };
+    parse_plain(text_plain, text)
+}
+
+/// `mantissa` × 10^`exponent` written without the exponent, by moving the
+/// decimal point in the text (no float on the way); `None` if either part is
+/// not a number or the exponent is beyond any amount that could be accepted.
+fn without_exponent(mantissa: &str, exponent: &str) -> Option<String> {
+    let exp: i32 = exponent.parse().ok().filter(|e: &i32| e.abs() <= 40)?;
+    let (sign, digits) = match mantissa.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", mantissa.strip_prefix('+').unwrap_or(mantissa)),
+    };
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if whole.is_empty() && frac.is_empty()
+        || !whole
+            .bytes()
+            .chain(frac.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let all = format!("{whole}{frac}");
+    let point = whole.len() as i32 + exp;
+    Some(if point <= 0 {
+        format!("{sign}0.{}{all}", "0".repeat((-point) as usize))
+    } else if point as usize >= all.len() {
+        format!("{sign}{all}{}", "0".repeat(point as usize - all.len()))
+    } else {
+        let (w, f) = all.split_at(point as usize);
+        format!("{sign}{w}.{f}")
+    })
+}
+
+/// Reads `plain` (no exponent); errors quote `text`, the amount as given.
+fn parse_plain(plain: &str, text: &str) -> Result<i64, String> {
+    let bad = || {
+        format!(
+            "{text:?} is not an amount of US dollars with at most 6 decimals (for example 12.5)"
+        )
+    };
+    let (neg, digits) = match plain.strip_prefix('-') {
         Some(rest) => (true, rest),
-        None => (false, text.strip_prefix('+').unwrap_or(text)),
+        None => (false, plain.strip_prefix('+').unwrap_or(plain)),
     };
     let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
     if whole.is_empty() && frac.is_empty()
@@ -151,13 +200,26 @@ mod tests {
             ("0.1", 100_000),
             ("007.010000", 7_010_000),
             (".5", 500_000),
+            ("1e-06", 1),
+            ("1E-6", 1),
+            ("2.5e1", 25_000_000),
+            ("-1.5e-3", -1_500),
+            ("1e3", 1_000_000_000),
+            ("0.0000001e1", 1),
+            ("5e+0", 5_000_000),
         ] {
             assert_eq!(parse_usd(text), Ok(micros), "{text}");
         }
         for bad in [
             "",
             ".",
-            "1e3",
+            "1e-7",
+            "1e",
+            "e3",
+            "1e3.5",
+            "1e99999999999",
+            "1e40",
+            "1e-40",
             "0.0000001",
             "abc",
             "1.2.3",
@@ -177,7 +239,8 @@ mod tests {
             serde_json::from_str::<Usd>("\"2.5\"").unwrap(),
             Usd(2_500_000)
         );
-        assert!(serde_json::from_str::<Usd>("1e-6").is_err());
+        assert_eq!(serde_json::from_str::<Usd>("1e-06").unwrap(), Usd(1));
+        assert!(serde_json::from_str::<Usd>("1e-7").is_err());
         assert!(serde_json::from_str::<Usd>("null").is_err());
     }
 

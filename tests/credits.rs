@@ -187,17 +187,18 @@ async fn plans_carry_a_usd_limit_and_pay_as_you_go() {
         .await;
         refused(r, "monthly_usd", says).await;
     }
-    // A number in exponent form is not read as an amount (never a float).
+    // An exponent moves the decimal point in the text, never through a
+    // float: below a micro-dollar is still below a micro-dollar.
     let r = s
         .client
         .patch(s.url("/admin/plans/metered"))
         .bearer_auth(&admin)
         .header("content-type", "application/json")
-        .body(r#"{"monthly_usd": 1e-3}"#)
+        .body(r#"{"monthly_usd": 1e-7}"#)
         .send()
         .await
         .unwrap();
-    refused(r, "monthly_usd", "not an amount").await;
+    refused(r, "monthly_usd", "6 decimals").await;
     let r = send(
         &s,
         patch.clone(),
@@ -379,15 +380,14 @@ async fn admins_top_up_and_deduct_credit() {
         (&e["amount_usd"], &e["credit_usd"]),
         (&json!(-2.5), &json!(22.5))
     );
-    // A micro-dollar, exactly; no note is an empty one.
-    // Sent as the number's own text: serde_json would write 1e-6, which is
-    // refused (an exponent is not an amount).
+    // A micro-dollar, exactly; no note is an empty one. Sent as Python's
+    // json.dumps writes 0.000001; answered as written out.
     let r = s
         .client
         .post(s.url(&format!("/admin/users/{alice}/credits")))
         .bearer_auth(&admin)
         .header("content-type", "application/json")
-        .body(r#"{"amount_usd": 0.000001}"#)
+        .body(r#"{"amount_usd": 1e-06}"#)
         .send()
         .await
         .unwrap();
@@ -455,7 +455,12 @@ async fn admins_top_up_and_deduct_credit() {
             "amount_usd",
             "too large",
         ),
-        (json!({"amount_usd": "1e3"}), "amount_usd", "not an amount"),
+        (json!({"amount_usd": "1e"}), "amount_usd", "not an amount"),
+        (
+            json!({"amount_usd": "1e3.5"}),
+            "amount_usd",
+            "not an amount",
+        ),
         (json!({"amount_usd": null}), "amount_usd", "null"),
         (json!({"note": "nothing"}), "amount_usd", "amount_usd"),
         (
