@@ -538,6 +538,17 @@ async fn the_database_grants_slices_by_its_rule() {
         .unwrap();
     let g = store.grow(other).await.unwrap();
     assert_eq!((g.tokens, g.avail), (5, 100));
+    // Two returns of one slice in a batch both count.
+    let held = |user| {
+        let store = store.clone();
+        async move { store.held(user, None, "2026-12".into()).await.unwrap() }
+    };
+    let before = held(1).await.user.reserved;
+    store
+        .return_slices("a".into(), vec![back(1, 30, 0.0), back(1, 20, 0.0)])
+        .await
+        .unwrap();
+    assert_eq!(held(1).await.user.reserved, before - 50);
 
     // Requests per minute: arrivals are granted while they fit.
     let rate = Growth {

@@ -28,10 +28,17 @@ BEGIN
          WHERE r.instance = p_instance AND r.user_id = b.user_id
            AND COALESCE(r.key_id, 0) = b.key_id AND r.period = b.period
          ORDER BY r.user_id, COALESCE(r.key_id, 0), r.period FOR UPDATE OF r) s;
+    -- Summed per slice: an UPDATE … FROM applies one joined row per target
+    -- row, so two returns of one slice in a batch (a settle's return cut
+    -- short at shutdown, then the slice's own) must arrive as one.
     UPDATE reservations r SET
         tokens = GREATEST(r.tokens - b.tokens, 0),
         usd_micros = GREATEST(r.usd_micros - b.micros, 0)
-    FROM UNNEST(p_users, p_keys, p_periods, p_tokens, p_micros) AS b(user_id, key_id, period, tokens, micros)
+    FROM (SELECT x.user_id, x.key_id, x.period, SUM(x.tokens)::BIGINT AS tokens,
+                 SUM(x.micros)::BIGINT AS micros
+            FROM UNNEST(p_users, p_keys, p_periods, p_tokens, p_micros)
+                 AS x(user_id, key_id, period, tokens, micros)
+           GROUP BY x.user_id, x.key_id, x.period) b
     WHERE r.id = ANY(ids) AND r.user_id = b.user_id AND COALESCE(r.key_id, 0) = b.key_id
       AND r.period = b.period;
     DELETE FROM reservations r WHERE r.id = ANY(ids) AND r.tokens <= 0 AND r.usd_micros <= 0;
