@@ -19,20 +19,25 @@ pub const MAX_MICROS: i64 = 1_000_000_000_000 * MICROS;
 /// amounts) into micro-dollars, exactly. Refuses more than six decimals and
 /// amounts beyond [`MAX_MICROS`].
 pub fn parse_usd(text: &str) -> Result<i64, String> {
-    let bad = || {
-        format!(
-            "{text:?} is not an amount of US dollars with at most 6 decimals (for example 12.5)"
-        )
+    let bad = || not_an_amount(text);
+    let (neg, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
     };
     let shifted;
-    let text_plain = match text.find(['e', 'E']) {
+    let digits = match unsigned.find(['e', 'E']) {
         Some(at) => {
-            shifted = without_exponent(&text[..at], &text[at + 1..]).ok_or_else(bad)?;
+            shifted = without_exponent(&unsigned[..at], &unsigned[at + 1..]).ok_or_else(bad)?;
             shifted.as_str()
         }
-        None => text,
+        None => unsigned,
     };
-    parse_plain(text_plain, text)
+    let v = parse_unsigned(digits, text)?;
+    Ok(if neg { -v } else { v })
+}
+
+fn not_an_amount(text: &str) -> String {
+    format!("{text:?} is not an amount of US dollars with at most 6 decimals (for example 12.5)")
 }
 
 /// `mantissa` × 10^`exponent` written without the exponent, by moving the
@@ -40,11 +45,7 @@ pub fn parse_usd(text: &str) -> Result<i64, String> {
 /// not a number or the exponent is beyond any amount that could be accepted.
 fn without_exponent(mantissa: &str, exponent: &str) -> Option<String> {
     let exp: i32 = exponent.parse().ok().filter(|e: &i32| e.abs() <= 40)?;
-    let (sign, digits) = match mantissa.strip_prefix('-') {
-        Some(rest) => ("-", rest),
-        None => ("", mantissa.strip_prefix('+').unwrap_or(mantissa)),
-    };
-    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let (whole, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     if whole.is_empty() && frac.is_empty()
         || !whole
             .bytes()
@@ -56,26 +57,19 @@ fn without_exponent(mantissa: &str, exponent: &str) -> Option<String> {
     let all = format!("{whole}{frac}");
     let point = whole.len() as i32 + exp;
     Some(if point <= 0 {
-        format!("{sign}0.{}{all}", "0".repeat((-point) as usize))
+        format!("0.{}{all}", "0".repeat((-point) as usize))
     } else if point as usize >= all.len() {
-        format!("{sign}{all}{}", "0".repeat(point as usize - all.len()))
+        format!("{all}{}", "0".repeat(point as usize - all.len()))
     } else {
         let (w, f) = all.split_at(point as usize);
-        format!("{sign}{w}.{f}")
+        format!("{w}.{f}")
     })
 }
 
-/// Reads `plain` (no exponent); errors quote `text`, the amount as given.
-fn parse_plain(plain: &str, text: &str) -> Result<i64, String> {
-    let bad = || {
-        format!(
-            "{text:?} is not an amount of US dollars with at most 6 decimals (for example 12.5)"
-        )
-    };
-    let (neg, digits) = match plain.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, plain.strip_prefix('+').unwrap_or(plain)),
-    };
+/// Reads `digits` (no sign, no exponent) into micro-dollars; errors quote
+/// `text`, the amount as given.
+fn parse_unsigned(digits: &str, text: &str) -> Result<i64, String> {
+    let bad = || not_an_amount(text);
     let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
     if whole.is_empty() && frac.is_empty()
         || !whole.bytes().all(|b| b.is_ascii_digit())
@@ -108,7 +102,7 @@ fn parse_plain(plain: &str, text: &str) -> Result<i64, String> {
     if v > MAX_MICROS {
         return Err(format!("{text:?} is too large"));
     }
-    Ok(if neg { -v } else { v })
+    Ok(v)
 }
 
 /// Writes micro-dollars as a decimal amount of dollars with no trailing

@@ -481,13 +481,9 @@ async fn a_key_revoked_on_one_replica_is_refused_by_the_other_within_5_s() {
 #[tokio::test]
 async fn the_database_grants_slices_by_its_rule() {
     use tollgate::db::quota::{Growth, SliceReturn};
-    let Some(url) = pg::fresh_database("grow").await else {
+    let Some((url, store)) = pg::fresh_store("grow").await else {
         return;
     };
-    let mut cfg = tollgate::config::Config::default();
-    cfg.database.url = Some(url.clone());
-    let store = tollgate::db::Store::connect(&cfg.database).unwrap();
-    store.migrate().await.unwrap();
     let base = Growth {
         user_id: 1,
         period: "2026-12".into(),
@@ -627,13 +623,9 @@ async fn the_database_grants_slices_by_its_rule() {
 async fn slice_statements_at_once_never_deadlock() {
     use tollgate::db::quota::{Growth, SliceReturn};
     use tollgate::db::usage::{SliceCharge, UsageRecord};
-    let Some(url) = pg::fresh_database("lockorder").await else {
+    let Some((_, store)) = pg::fresh_store("lockorder").await else {
         return;
     };
-    let mut cfg = tollgate::config::Config::default();
-    cfg.database.url = Some(url.clone());
-    let store = tollgate::db::Store::connect(&cfg.database).unwrap();
-    store.migrate().await.unwrap();
     const USERS: i64 = 24;
     let grant = |user_id: i64, want: i64| Growth {
         user_id,

@@ -46,6 +46,7 @@ END $$;
 
 -- The usage writer's move of charges out of slices, in the transaction that
 -- writes the records and the roll-ups (those it upserts in key order too).
+-- One entry per slice: the writer sums a batch's charges per slice first.
 CREATE FUNCTION tollgate_take(p_instances TEXT[], p_users BIGINT[], p_keys BIGINT[],
     p_periods TEXT[], p_tokens BIGINT[], p_micros BIGINT[])
 RETURNS VOID LANGUAGE plpgsql AS $$

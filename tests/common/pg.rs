@@ -44,6 +44,17 @@ fn with_database(admin: &str, db: &str) -> String {
     format!("{base}/{db}{query}")
 }
 
+/// A fresh database, migrated, with the store on it and its URL (`None`: no
+/// cluster): for tests that call the store's operations directly.
+pub async fn fresh_store(test: &str) -> Option<(String, tollgate::db::Store)> {
+    let url = fresh_database(test).await?;
+    let mut cfg = tollgate::config::Config::default();
+    cfg.database.url = Some(url.clone());
+    let store = tollgate::db::Store::connect(&cfg.database).unwrap();
+    store.migrate().await.unwrap();
+    Some((url, store))
+}
+
 /// Creates a new empty database and returns its URL (`None`: no cluster).
 pub async fn fresh_database(test: &str) -> Option<String> {
     let admin = admin_url(test)?;
