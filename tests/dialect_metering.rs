@@ -212,8 +212,8 @@ async fn a_client_leaving_a_stream_is_charged_an_estimate_in_every_dialect() {
             s.balance(uid).await.reserved == 0
         })
         .await;
-        // The held provider finds its reader gone once it may go on.
-        mock.state.gate.notify_one();
+        // The held provider sees its reader go without being let go on: the
+        // gateway closed the upstream connection.
         wait_for("the upstream to be cancelled", || {
             mock.state.dropped_streams.load(Ordering::SeqCst) == i + 1
         })

@@ -497,8 +497,8 @@ fn stream(
                 return;
             }
         }
-        if f.has("gated") {
-            st2.gate.notified().await;
+        if f.has("gated") && !hold(&st2, &tx).await {
+            return; // DropFlag counts the disconnect
         }
         if f.has("endless") {
             loop {
@@ -569,6 +569,20 @@ fn stream(
     r
 }
 
+/// Holds a `gated` stream until the test opens the gate (true) or its reader
+/// goes away (false). Watching the channel, rather than finding out on the
+/// next send, makes a disconnect count even when what is left fits the
+/// channel and the socket buffers before the closed connection is noticed.
+async fn hold(
+    st: &MockState,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> bool {
+    tokio::select! {
+        _ = st.gate.notified() => true,
+        _ = tx.closed() => false,
+    }
+}
+
 /// Sends `events` one by one as an event stream, counting in `st` whether
 /// the reader stayed to the end.
 fn send_events(st: Arc<MockState>, events: Vec<String>) -> Response {
@@ -582,8 +596,8 @@ fn send_gated(st: Arc<MockState>, first: Vec<String>, gate: bool, then: Vec<Stri
     tokio::spawn(async move {
         let mut flag = DropFlag(st.clone(), false);
         for (i, e) in first.into_iter().chain(then).enumerate() {
-            if gate && i == first_len {
-                st.gate.notified().await;
+            if gate && i == first_len && !hold(&st, &tx).await {
+                return;
             }
             if tx.send(Ok(Bytes::from(e))).await.is_err() {
                 return;
