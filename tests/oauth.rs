@@ -136,7 +136,7 @@ async fn idp_token(
     let expected_basic = format!("Basic {}", {
         let raw = b"mock-client:mock-secret";
         let mut s = b64url(raw).replace('-', "+").replace('_', "/");
-        while s.len() % 4 != 0 {
+        while !s.len().is_multiple_of(4) {
             s.push('=');
         }
         s

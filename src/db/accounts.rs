@@ -192,7 +192,8 @@ pub fn load_credentials(
     part: CredentialPart,
     each: &mut dyn FnMut(CredentialRow),
 ) -> DbResult<i64> {
-    let tx = conn.transaction()?;
+    // A read-only snapshot: it need not wait for the write lock.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
     let counter = settings::change_counter(&tx)?;
     match part {
         CredentialPart::UsersAndPlans => {
@@ -224,7 +225,8 @@ pub fn credential_changes(
     since: i64,
     max: i64,
 ) -> DbResult<CredentialDelta> {
-    let tx = conn.transaction()?;
+    // A read-only snapshot: it need not wait for the write lock.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
     let counter = settings::change_counter(&tx)?;
     if counter == since {
         return Ok(CredentialDelta::Unchanged);

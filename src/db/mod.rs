@@ -66,6 +66,11 @@ pub fn on_constraint(e: rusqlite::Error, what: &str) -> DbError {
 
 fn init_connection(c: &mut Connection) -> rusqlite::Result<()> {
     c.busy_timeout(Duration::from_secs(10))?;
+    // A transaction takes the write lock when it begins, so it waits its turn
+    // (busy timeout). A deferred one that read first and then wrote after
+    // another connection's write fails at once with "database is locked":
+    // waiting could not help it, its snapshot is stale.
+    c.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
     c.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
@@ -95,6 +100,28 @@ pub fn open(path: &Path) -> DbResult<Pool> {
     Ok(pool)
 }
 
+/// Takes (waiting for it) the lock that one process at a time holds while it
+/// migrates the database at `db`; released when the file is dropped.
+fn migration_lock(db: &Path) -> DbResult<std::fs::File> {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-migrate-lock");
+    let path = std::path::PathBuf::from(name);
+    // Read-only when it exists: a command run as root may have created it,
+    // and a lock needs no write access.
+    let file = std::fs::File::open(&path)
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path),
+            _ => Err(e),
+        })
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| DbError::Task(format!("cannot lock {}: {e}", path.display())))?;
+    Ok(file)
+}
+
 /// Runs the embedded migrations that have not run yet; returns how many ran.
 pub fn migrate(pool: &Pool) -> DbResult<usize> {
     migrate_connection(&mut *pool.get()?)
@@ -102,6 +129,15 @@ pub fn migrate(pool: &Pool) -> DbResult<usize> {
 
 /// Runs the embedded migrations that have not run yet on `conn`.
 fn migrate_connection(conn: &mut Connection) -> DbResult<usize> {
+    // refinery reads what has run, then runs the rest: two processes
+    // starting on one file (a server and a CLI command) would both run a
+    // migration. An exclusive lock on a file beside the database makes the
+    // second wait and find it done. (Not the database file itself: closing
+    // any descriptor of it would drop SQLite's own locks.)
+    let _lock = match conn.path().filter(|p| !p.is_empty()) {
+        Some(db) => Some(migration_lock(Path::new(db))?),
+        None => None,
+    };
     let report = embedded::migrations::runner()
         .run(conn)
         .map_err(|e| DbError::Migration(e.to_string()))?;
@@ -297,5 +333,60 @@ mod ts_tests {
         }
         assert_eq!(super::ts(b), "2027-01-15T08:00:00Z");
         assert_ne!(super::ts(b), super::ts(c));
+    }
+}
+
+#[cfg(test)]
+mod open_tests {
+    use super::store::Seed;
+
+    /// Processes starting on one new file at once (a server and a CLI
+    /// command, or two CLI commands) each migrate and seed it. Without a
+    /// lock around the migrations, two runners both saw a migration as not
+    /// applied and the second failed ("duplicate column name"); a deferred
+    /// transaction that read before another connection wrote failed with
+    /// "database is locked" instead of waiting.
+    #[test]
+    fn a_new_file_opened_at_once_by_several_processes_is_set_up_once() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..20 {
+            let path = dir.path().join(format!("t{i}.db"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let opened: Vec<_> = (0..4)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let pool = super::open(&path)?;
+                        super::migrate(&pool)?;
+                        let mut c = pool.get()?;
+                        let seed = Seed {
+                            plans: vec![super::plans::Plan {
+                                name: "free".into(),
+                                monthly_tokens: 1,
+                                requests_per_minute: 1,
+                                price_usd_month: 0.0,
+                                allowed_models: vec![],
+                                monthly_usd: None,
+                                pay_as_you_go: false,
+                            }],
+                            admin_hash: "x".into(),
+                            jwt_secret: "s".into(),
+                            now: "2026-12-06T00:00:00Z".into(),
+                        };
+                        let seeded = super::accounts::bootstrap(&mut c, &seed)?;
+                        let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+                        Ok::<_, super::DbError>((mode, seeded.created_admin))
+                    })
+                })
+                .collect();
+            let mut admins = 0;
+            for t in opened {
+                let (mode, admin) = t.join().unwrap().unwrap();
+                assert_eq!(mode, "wal", "file {i}");
+                admins += admin as usize;
+            }
+            assert_eq!(admins, 1, "file {i}");
+        }
     }
 }

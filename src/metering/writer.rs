@@ -303,7 +303,7 @@ fn write(store: &Store, s: &Shared, batch: &[UsageRecord]) {
             Err(e) => {
                 let first = !s.failing.swap(true, Ordering::Relaxed);
                 *lock(&s.error) = Some(e.to_string());
-                if first || attempt % 50 == 0 {
+                if first || attempt.is_multiple_of(50) {
                     tracing::warn!(error = %e, attempt, records = batch.len(), waiting = s.pending(), "cannot write usage records; retrying");
                 }
                 if attempt >= 60 && s.lock().closed {
