@@ -689,9 +689,14 @@ async fn metrics_are_labelled_and_guarded() {
                 max_output_tokens: None,
             },
         );
+        // A provider without a key: its calls are refused with 503.
+        cfg.providers.get_mut("glama").unwrap().api_key =
+            tollgate::config::Secret::new(String::new());
     })
     .await;
     chat(&s, &key, json!({"model": "aiml/m1", "messages": []})).await;
+    let r = chat(&s, &key, json!({"model": "glama/m1", "messages": []})).await;
+    assert_error(r, 503).await;
     chat(
         &s,
         &key,
@@ -730,6 +735,18 @@ async fn metrics_are_labelled_and_guarded() {
         "unknown names are folded into other"
     );
     assert!(text.contains("tollgate_request_duration_seconds_bucket"));
+    // A refusal takes time too (reading and checking the request): it is
+    // not recorded as 0 s.
+    let refused = text
+        .lines()
+        .find(|l| {
+            l.starts_with("tollgate_request_duration_seconds_sum")
+                && l.contains("provider=\"glama\"")
+                && l.contains("status=\"503\"")
+        })
+        .unwrap_or_else(|| panic!("no duration of the refusal: {text}"));
+    let secs: f64 = refused.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(secs > 0.0, "{refused}");
     assert!(!text.contains("alice"), "no user label");
 
     let off =

@@ -330,7 +330,7 @@ async fn run(
             &info.metric_model,
             ep.name(),
             e.status.as_u16(),
-            0.0,
+            started.elapsed().as_secs_f64(),
         );
         e
     };
@@ -436,7 +436,7 @@ async fn run(
             &info.metric_model,
             ep.name(),
             e.status.as_u16(),
-            0.0,
+            started.elapsed().as_secs_f64(),
         );
         return Err(e);
     }
