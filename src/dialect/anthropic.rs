@@ -282,6 +282,9 @@ enum Open {
 pub struct Encoder {
     model: String,
     id: String,
+    /// The gateway's estimate of the prompt, for `message_start`: the
+    /// provider's count comes only at the end (in `message_delta`).
+    input_estimate: i64,
     started: bool,
     index: i64,
     open: Open,
@@ -289,10 +292,11 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn new(model: &str, id: &str) -> Encoder {
+    pub fn new(model: &str, id: &str, input_estimate: i64) -> Encoder {
         Encoder {
             model: model.to_owned(),
             id: msg_id(id),
+            input_estimate,
             started: false,
             index: -1,
             open: Open::None,
@@ -308,7 +312,7 @@ impl Encoder {
         let v = json!({"type": "message_start", "message": {
             "id": self.id, "type": "message", "role": "assistant", "model": self.model,
             "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": 0, "output_tokens": 0}}});
+            "usage": {"input_tokens": self.input_estimate, "output_tokens": 0}}});
         sse(out, Some("message_start"), &v);
     }
 

@@ -251,10 +251,17 @@ pub fn write_reply(ep: Endpoint, r: &Reply, model: &str, info: &UsageInfo) -> Ve
 }
 
 /// Ingress: a writer of the client's stream. `wants_usage`: a chat client
-/// asked for the usage chunk.
-pub fn encoder(ep: Endpoint, model: &str, wants_usage: bool, id: &str) -> Box<dyn Encode> {
+/// asked for the usage chunk; `input_estimate`: the gateway's count of the
+/// prompt, for a dialect that reports input tokens before the provider has.
+pub fn encoder(
+    ep: Endpoint,
+    model: &str,
+    wants_usage: bool,
+    id: &str,
+    input_estimate: i64,
+) -> Box<dyn Encode> {
     match ep {
-        Endpoint::Messages => Box::new(anthropic::Encoder::new(model, id)),
+        Endpoint::Messages => Box::new(anthropic::Encoder::new(model, id, input_estimate)),
         Endpoint::Responses => Box::new(responses::Encoder::new(model, id)),
         _ => Box::new(openai_chat::Encoder::new(model, wants_usage, id)),
     }

@@ -162,7 +162,7 @@ fn responses_items_are_read_and_stored_responses_refused() {
 #[test]
 fn a_chat_stream_becomes_anthropic_events() {
     let mut dec = openai_chat::Decoder::default();
-    let mut enc = anthropic::Encoder::new("client/model", "req_1");
+    let mut enc = anthropic::Encoder::new("client/model", "req_1", 12);
     let chunks = [
         json!({"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]}),
         json!({"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"content": "lo"}}]}),
@@ -214,6 +214,12 @@ fn a_chat_stream_becomes_anthropic_events() {
         );
     }
     assert_eq!(ev[0].1["message"]["model"], "client/model");
+    // The estimate until the provider's count arrives with message_delta.
+    assert_eq!(
+        ev[0].1["message"]["usage"],
+        json!({"input_tokens": 12, "output_tokens": 0})
+    );
+    assert_eq!(ev[9].1["usage"]["input_tokens"], 10);
     assert_eq!(
         ev[5].1["content_block"],
         json!({"type": "tool_use", "id": "c1", "name": "f", "input": {}})

@@ -449,7 +449,13 @@ async fn pump(call: StreamCall, tx: tokio::sync::mpsc::Sender<Bytes>) {
     let relay = match way {
         dialect::Way::Translate => Relay::Translate {
             dec: dialect::decoder(prov.api),
-            enc: dialect::encoder(ep, &client_model, wants_usage, &meter.info.request_id),
+            enc: dialect::encoder(
+                ep,
+                &client_model,
+                wants_usage,
+                &meter.info.request_id,
+                meter.prompt_estimate,
+            ),
             deltas: Vec::new(),
         },
         _ if ep == Endpoint::Messages => Relay::Anthropic { input: None },

@@ -42,6 +42,19 @@ async fn messages_over_plain_http(p: &str) {
         .filter_map(|(_, d)| d["delta"]["text"].as_str())
         .collect();
     assert_eq!(text, "Hello world");
+    // Claude Code shows the context from these, as Anthropic's SDKs add
+    // them up: message_start has the provider's count (passed through) or
+    // the gateway's estimate (translated), and a count in message_delta
+    // replaces it.
+    let start = &events[0].1["message"]["usage"];
+    assert!(start["input_tokens"].as_i64().unwrap() > 0, "{start}");
+    let (_, delta) = events.iter().find(|(n, _)| n == "message_delta").unwrap();
+    let input = match &delta["usage"]["input_tokens"] {
+        Value::Null => &start["input_tokens"],
+        n => n,
+    };
+    assert_eq!(input, 5, "{start} {delta}");
+    assert_eq!(delta["usage"]["output_tokens"], 6, "{delta}");
     e.upstream(p, 2);
     for rec in e.records(2).await {
         assert_record(&rec, "messages", &model, 5, 6);
