@@ -761,10 +761,12 @@ impl Config {
             }
         }
         for (i, p) in self.server.trusted_proxies.iter().enumerate() {
-            if p.parse::<std::net::IpAddr>().is_err() {
+            if crate::http::extract::TrustedProxies::entry(p).is_none() {
                 return err(
                     &format!("server.trusted_proxies[{i}]"),
-                    format!("expected an IP address, got {p:?}"),
+                    format!(
+                        "expected an IP address or a CIDR range such as \"10.0.0.0/8\", got {p:?}"
+                    ),
                 );
             }
         }
@@ -1064,6 +1066,11 @@ mod tests {
             c.validate(None).unwrap_err().key,
             "routing.default_provider"
         );
+        let mut c = Config::default();
+        c.server.trusted_proxies = vec!["10.0.0.0/8".into(), "::1".into(), "10.0.0.0/33".into()];
+        let e = c.validate(None).unwrap_err();
+        assert_eq!(e.key, "server.trusted_proxies[2]");
+        assert!(e.to_string().contains("CIDR range"), "{e}");
     }
 
     #[test]

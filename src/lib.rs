@@ -93,12 +93,7 @@ pub async fn build_state(
     let (store, report) = open_database(&cfg, admin_password).await?;
     let secret = accounts::jwt_secret(&store, &cfg).await?;
     let creds = Arc::new(CredentialCache::load(store.clone()).await?);
-    let trusted_proxies = cfg
-        .server
-        .trusted_proxies
-        .iter()
-        .filter_map(|p| p.parse().ok())
-        .collect();
+    let trusted_proxies = http::extract::TrustedProxies::parse(&cfg.server.trusted_proxies);
     // One instance keeps its quotas in memory, starting from what the
     // database says was charged this period (nothing is reserved after a
     // restart); replicas keep them in the database they share.

@@ -8,7 +8,6 @@ use crate::config::Config;
 use crate::db::Store;
 use crate::metering::{calls::CallTracker, ledger::Balance, quota::Quotas, writer::UsageWriter};
 use crate::upstream::{catalog::Catalog, health::Health, providers::Providers};
-use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -25,7 +24,7 @@ pub struct Inner {
     pub throttle: LoginThrottle,
     /// Shared with the metering, which stamps periods and records with it.
     pub clock: Arc<Clock>,
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: crate::http::extract::TrustedProxies,
     /// The client for OAuth token and userinfo calls (follows no redirects).
     pub oauth_http: reqwest::Client,
     pub providers: Arc<Providers>,

@@ -420,6 +420,19 @@ async fn x_forwarded_for_is_honoured_from_trusted_proxies() {
     assert_eq!(r.status(), 200);
 }
 
+/// A range names the proxies (a container network); the client is the
+/// right-most address that is not one of them.
+#[tokio::test]
+async fn trusted_proxies_may_be_ranges() {
+    let s = TestServer::start_with(|c| c.server.trusted_proxies = vec!["127.0.0.0/8".into()]).await;
+    let chain = "198.51.100.7, 203.0.113.1, 127.0.0.9";
+    for _ in 0..10 {
+        assert_eq!(failed_login_from(&s, "admin", chain).await, 401);
+    }
+    assert_eq!(failed_login_from(&s, "admin", "203.0.113.1").await, 429);
+    assert_eq!(failed_login_from(&s, "admin", "198.51.100.7").await, 401);
+}
+
 #[tokio::test]
 async fn disabled_user_is_refused_and_old_tokens_stay_dead() {
     let s = TestServer::start().await;
