@@ -438,6 +438,84 @@ async fn a_killed_replica_releases_its_reservations_within_the_lease() {
     drop(cl.mock);
 }
 
+/// A replica stopped past its lease (SIGSTOP here; a frozen VM, a debugger)
+/// wakes to find its slice released and the allowance spent by the other
+/// replica: it gives its slices up rather than spend their room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_stopped_past_its_lease_does_not_spend_its_lost_slice() {
+    let Some(cl) = cluster("stall", 2).await else {
+        return;
+    };
+    let plan = json!({"name": "small", "monthly_tokens": 300, "requests_per_minute": 10000});
+    let (uid, token, _, key) = cl.user_with_key(plan).await;
+    let db = pg::connect(&cl.db_url).await;
+
+    // A call held open on replica 0 keeps its slice in use (never idle).
+    let body = json!({"model": "aiml/gated+usage:5:5", "stream": true, "max_tokens": 10,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let mut held =
+        cl.c.post(cl.replicas[0].url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(held.status(), 200);
+    held.chunk().await.unwrap().unwrap();
+    assert_eq!(slices(&db, uid).await, 1);
+
+    cl.replicas[0].signal("STOP");
+    let stopped = Instant::now();
+    while slices(&db, uid).await > 0 {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(LEASE_SECS + 3),
+            "the stopped replica's slice outlived its lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Replica 1 spends the whole allowance meanwhile.
+    let mut served = 0;
+    loop {
+        let r = cl.call(1, &key, "aiml/usage:5:5").await;
+        match r.status().as_u16() {
+            200 => served += 1,
+            429 => break,
+            s => panic!("unexpected {s}: {}", r.text().await.unwrap()),
+        }
+        assert!(served < 100, "no end to the allowance");
+    }
+    assert!(served >= 25, "{served} calls of 10 tokens in 300");
+
+    cl.replicas[0].signal("CONT");
+    let r = cl.call(0, &key, "aiml/usage:5:5").await;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, 429, "the woken replica spent a slice it lost: {v}");
+    assert_eq!(v["error"]["code"], "insufficient_quota", "{v}");
+
+    // The held call ends and is charged: what was in flight at the stop is
+    // all that can go over.
+    cl.mock.state.gate.notify_one();
+    while held.chunk().await.unwrap().is_some() {}
+    let t0 = Instant::now();
+    loop {
+        let (used, reserved) = committed(&db, uid).await;
+        if reserved == 0 && used == 10 * (served + 1) {
+            assert!(used <= 300 + 10, "{used}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(LEASE_SECS + 5),
+            "charged {used}, held {reserved}, served {served} + 1"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for r in 0..2 {
+        let me = cl.me(r, &token).await;
+        assert_eq!(me["tokens_used"], 10 * (served + 1), "replica {r}: {me}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_revoked_on_one_replica_is_refused_by_the_other_within_5_s() {
     let Some(cl) = cluster("revoke", 2).await else {

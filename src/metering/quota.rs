@@ -19,9 +19,9 @@ use crate::db::quota::{Grown, Growth, SliceReturn};
 use crate::db::usage::SliceCharge;
 use crate::db::{DbResult, Store};
 use hashbrown::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What a call asks to reserve (SPEC §6, §12): its prompt estimate plus a cap
 /// on completion tokens for each of its `n` choices, in tokens and in money
@@ -100,6 +100,8 @@ pub struct Grant {
     pub avail: Avail,
     /// Shared quotas: the slice the call was admitted against.
     slice: Option<Arc<SliceCell>>,
+    /// Shared quotas: the replica's slices then (see [`Shared::epoch`]).
+    epoch: u64,
 }
 
 impl std::fmt::Debug for Grant {
@@ -155,8 +157,15 @@ fn plus(a: Avail, b: Avail) -> Avail {
 /// Quotas kept in a database that replicas share.
 pub struct Shared {
     store: Store,
-    /// This replica, as named on its slices.
-    instance: Arc<str>,
+    /// This replica, as named on its slices; a new name once it gave its
+    /// slices up (see [`Shared::abandon_if_lapsed`]).
+    instance: Mutex<Arc<str>>,
+    /// Counts the times this replica gave its slices up: a slice holds room
+    /// only of the current epoch.
+    epoch: Arc<AtomicU64>,
+    /// When the last lease renewal that succeeded began, by the monotonic
+    /// and by the wall clock.
+    renewed: Mutex<(Instant, SystemTime)>,
     lease: Duration,
     slices: Mutex<HashMap<SliceKey, Arc<SliceCell>>>,
     /// Returns that failed or were cut short, retried at the next sweep
@@ -201,6 +210,8 @@ struct Slice {
     /// The limits the slice was granted under: calls under other limits (a
     /// plan or key edited meanwhile) give it back and take a new one.
     terms: Option<Terms>,
+    /// The replica's epoch its room and arrivals were granted in.
+    epoch: u64,
 }
 
 /// An account's limits, as a slice was granted under them.
@@ -238,6 +249,21 @@ fn drawn(a: &Account, x: Amount) -> Amount {
 }
 
 impl Slice {
+    /// Forgets the room and arrivals of an epoch given up: they may have
+    /// been released in the database, and other replicas may have spent
+    /// them. The calls in flight stay counted.
+    fn refresh(&mut self, epoch: u64) {
+        if self.epoch != epoch {
+            *self = Slice {
+                inflight: self.inflight,
+                pending: self.pending,
+                last_used: self.last_used,
+                epoch,
+                ..Slice::default()
+            };
+        }
+    }
+
     fn avail(&self, a: &Account) -> Avail {
         Avail {
             tokens: self.room.tokens.max(0),
@@ -279,8 +305,16 @@ impl SliceCell {
     /// Admits the call against the slice. `fast`: without the slice's turn
     /// to grow, which a call waiting for its own grant holds (the room it
     /// asked for is its own, not for calls that came after).
-    fn grant(&self, ask: &Ask, a: &Account, lowered: bool, fast: bool) -> Option<Grant> {
+    fn grant(
+        &self,
+        ask: &Ask,
+        a: &Account,
+        lowered: bool,
+        fast: bool,
+        epoch: u64,
+    ) -> Option<Grant> {
         let mut s = self.state();
+        s.refresh(epoch);
         if fast && s.pending {
             return None;
         }
@@ -290,6 +324,7 @@ impl SliceCell {
             cap,
             avail,
             slice: None,
+            epoch,
         })
     }
 
@@ -335,7 +370,9 @@ impl Quotas {
         let instance = format!("{:016x}", rand::rngs::OsRng.gen::<u64>());
         Quotas::Shared(Shared {
             store,
-            instance: instance.into(),
+            instance: Mutex::new(instance.into()),
+            epoch: Default::default(),
+            renewed: Mutex::new((Instant::now(), SystemTime::now())),
             lease,
             slices: Default::default(),
             unreturned: Default::default(),
@@ -396,6 +433,7 @@ impl Quotas {
                 let (mut renew_failing, mut return_failing) = (false, false);
                 loop {
                     tick.tick().await;
+                    sh.abandon_if_lapsed();
                     let period = super::period_of(m.clock.now());
                     let r = sh.give_back(|k, s| {
                         s.inflight == 0
@@ -409,10 +447,14 @@ impl Quotas {
                     );
                     if renewed.elapsed() >= renew_every {
                         renewed = Instant::now();
+                        let wall = SystemTime::now();
                         let r = sh
                             .store
-                            .renew_reservations(sh.instance.to_string(), sh.lease.as_secs_f64())
+                            .renew_reservations(sh.instance().to_string(), sh.lease.as_secs_f64())
                             .await;
+                        if r.is_ok() {
+                            sh.renewed_at(renewed, wall);
+                        }
                         renew_failing = report(r, renew_failing, "cannot renew reservation leases");
                     }
                 }
@@ -453,6 +495,7 @@ impl Quotas {
                         cap,
                         avail: seen,
                         slice: None,
+                        epoch: 0,
                     }),
                     Err(avail) => Err(Refusal::Quota(avail)),
                 })
@@ -601,6 +644,56 @@ fn report(r: DbResult<()>, failing: bool, what: &str) -> bool {
 }
 
 impl Shared {
+    fn instance(&self) -> Arc<str> {
+        lock(&self.instance).clone()
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Notes a lease renewal that succeeded, begun at `at` (`wall`).
+    fn renewed_at(&self, at: Instant, wall: SystemTime) {
+        let mut r = lock(&self.renewed);
+        if at > r.0 {
+            *r = (at, wall);
+        }
+    }
+
+    /// Gives every slice up when its lease may have lapsed: no renewal
+    /// began within seven eighths of the lease, by either clock (a stopped
+    /// process or a suspended machine: the monotonic clock may stand still
+    /// while the wall clock and the database's go on; a database out of
+    /// reach). Other replicas release lapsed slices and may spend their room,
+    /// so using it would overspend. The replica forgets what its slices hold
+    /// and takes a new name: rows under the old one are no longer renewed
+    /// and lapse, so whatever is left in them goes back within the lease.
+    /// Calls still in flight settle without putting room back or moving
+    /// their charge out of a reservation; their usage is recorded as always.
+    fn abandon_if_lapsed(&self) {
+        let mut renewed = lock(&self.renewed);
+        let limit = self.lease - self.lease / 8;
+        let (at, wall) = *renewed;
+        let stopped = at.elapsed();
+        let gap = wall.elapsed().unwrap_or_default().max(stopped);
+        if gap < limit {
+            return;
+        }
+        use rand::Rng;
+        let name: Arc<str> = format!("{:016x}", rand::rngs::OsRng.gen::<u64>()).into();
+        let old = std::mem::replace(&mut *lock(&self.instance), name.clone());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        *renewed = (Instant::now(), SystemTime::now());
+        tracing::warn!(
+            gap_secs = gap.as_secs_f64(),
+            lease_secs = self.lease.as_secs_f64(),
+            old_instance = %old,
+            instance = %name,
+            "no quota lease renewal for most of the lease (the process stopped, or the database was out of reach): \
+             this replica's quota slices are given up and new ones taken as calls come"
+        );
+    }
+
     /// The slice for the call, counted as in use until the call settles or
     /// is refused (an idle sweep does not take it meanwhile).
     fn enter(&self, a: &Account, period: &str) -> Arc<SliceCell> {
@@ -631,17 +724,22 @@ impl Shared {
         rpm: i64,
         ask: &Ask,
     ) -> DbResult<Result<Grant, Refusal>> {
-        if let Some(g) = cell.grant(ask, a, false, true) {
+        self.abandon_if_lapsed();
+        let epoch = self.epoch();
+        if let Some(g) = cell.grant(ask, a, false, true, epoch) {
             return Ok(Ok(g));
         }
         let _turn = cell.growing.lock().await;
         // Another call may have grown the slice meanwhile.
-        if let Some(g) = cell.grant(ask, a, false, false) {
+        let epoch = self.epoch();
+        if let Some(g) = cell.grant(ask, a, false, false, epoch) {
             return Ok(Ok(g));
         }
         let terms = Terms::of(a);
+        let instance = self.instance();
         let stale = {
             let mut s = cell.state();
+            s.refresh(epoch);
             match s.terms {
                 Some(t) if t != terms => cell.empty(&mut s),
                 _ => None,
@@ -650,7 +748,7 @@ impl Shared {
         if let Some(back) = stale {
             // Granted under other limits: given back before a new grant.
             self.store
-                .return_slices(self.instance.to_string(), vec![back])
+                .return_slices(instance.to_string(), vec![back])
                 .await?;
         }
         let full = drawn(a, ask.full());
@@ -676,7 +774,7 @@ impl Shared {
                 want: (full.tokens.saturating_mul(HEADROOM_CALLS) - room.tokens).max(0),
                 need_usd: (full.micros - room.micros).max(0),
                 want_usd: (full.micros.saturating_mul(HEADROOM_CALLS) - room.micros).max(0),
-                instance: self.instance.to_string(),
+                instance: instance.to_string(),
                 lease_secs: self.lease.as_secs_f64(),
             }
         };
@@ -689,6 +787,11 @@ impl Shared {
         let grown = tokio::spawn(async move {
             let g: Grown = store.grow(growth).await?;
             let mut s = c.state();
+            if s.epoch != epoch {
+                // Given up while the grant was on its way: its row is under
+                // the old name and lapses.
+                return Ok(g);
+            }
             s.room.tokens += g.tokens;
             s.room.micros += g.micros;
             s.arrivals += g.arrivals;
@@ -710,7 +813,7 @@ impl Shared {
                 return Ok(Err(Refusal::Rate(wait.max(1) as u64)));
             }
         }
-        if let Some(g) = cell.grant(ask, a, true, false) {
+        if let Some(g) = cell.grant(ask, a, true, false, epoch) {
             return Ok(Ok(g));
         }
         let (left, back) = {
@@ -729,7 +832,7 @@ impl Shared {
             // Too little for this call: what the slice holds goes back for
             // the user's other calls, here or on other replicas.
             self.store
-                .return_slices(self.instance.to_string(), vec![back])
+                .return_slices(instance.to_string(), vec![back])
                 .await?;
         }
         Ok(Err(Refusal::Quota(left)))
@@ -739,11 +842,18 @@ impl Shared {
     /// in `period`: counted as reserved in the database, not by any call.
     fn idle_room(&self, user_id: i64, key_id: Option<i64>, period: &str) -> (Amount, Amount) {
         let (mut user, mut key) = (Amount::default(), Amount::default());
+        let epoch = self.epoch();
         for (k, cell) in lock(&self.slices).iter() {
             if k.user_id != user_id || &*k.period != period {
                 continue;
             }
-            let room = cell.state().room;
+            let room = {
+                let s = cell.state();
+                if s.epoch != epoch {
+                    continue;
+                }
+                s.room
+            };
             let room = Amount {
                 tokens: room.tokens.max(0),
                 micros: room.micros.max(0),
@@ -769,13 +879,22 @@ impl Shared {
         Option<tokio::task::JoinHandle<()>>,
     ) {
         let (r, c) = (drawn(a, grant.reserved), drawn(a, charged));
+        let instance = self.instance();
+        let mut s = cell.state();
+        s.refresh(self.epoch());
+        if s.epoch != grant.epoch {
+            // Admitted against a slice given up since (see
+            // `abandon_if_lapsed`): its reservation is in no row this
+            // replica renews, and nothing goes back into the new slice.
+            s.inflight -= 1;
+            return (plus(s.avail(a), s.outside), None, None);
+        }
         let charge = (c.tokens > 0 || c.micros > 0).then(|| SliceCharge {
-            instance: self.instance.clone(),
+            instance: instance.clone(),
             period: cell.key.period.clone(),
             tokens: c.tokens,
             micros: c.micros,
         });
-        let mut s = cell.state();
         s.room.tokens += r.tokens - c.tokens;
         s.room.micros += r.micros - c.micros;
         s.inflight -= 1;
@@ -790,7 +909,7 @@ impl Shared {
             return (left, charge, None);
         }
         drop(s);
-        let (store, instance, cell) = (self.store.clone(), self.instance.to_string(), cell.clone());
+        let (store, instance, cell) = (self.store.clone(), instance.to_string(), cell.clone());
         let unreturned = self.unreturned.clone();
         let task = tokio::spawn(async move {
             let _turn = cell.growing.lock().await;
@@ -822,8 +941,10 @@ impl Shared {
     /// failed); a slice given back whole is forgotten.
     async fn give_back(&self, pick: impl Fn(&SliceKey, &Slice) -> bool) -> DbResult<()> {
         let mut back = std::mem::take(&mut *lock(&self.unreturned));
+        let (epoch, instance) = (self.epoch(), self.instance());
         lock(&self.slices).retain(|k, cell| {
             let mut s = cell.state();
+            s.refresh(epoch);
             if !pick(k, &s) {
                 return true;
             }
@@ -835,7 +956,7 @@ impl Shared {
         }
         let r = self
             .store
-            .return_slices(self.instance.to_string(), back.clone())
+            .return_slices(instance.to_string(), back.clone())
             .await;
         if r.is_err() {
             lock(&self.unreturned).extend(back);
