@@ -163,9 +163,13 @@ pub struct Shared {
     /// Counts the times this replica gave its slices up: a slice holds room
     /// only of the current epoch.
     epoch: Arc<AtomicU64>,
-    /// When the last lease renewal that succeeded began, by the monotonic
-    /// and by the wall clock.
-    renewed: Mutex<(Instant, SystemTime)>,
+    /// When the last lease renewal that succeeded began: nanoseconds after
+    /// `base` and milliseconds of the wall clock (atomics: every admission
+    /// reads them).
+    renewed: (AtomicU64, AtomicU64),
+    base: Instant,
+    /// One replica-wide give-up at a time.
+    abandoning: Mutex<()>,
     lease: Duration,
     slices: Mutex<HashMap<SliceKey, Arc<SliceCell>>>,
     /// Returns that failed or were cut short, retried at the next sweep
@@ -234,6 +238,12 @@ impl Terms {
             payg: a.payg,
         }
     }
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+fn wall_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -372,7 +382,12 @@ impl Quotas {
             store,
             instance: Mutex::new(instance.into()),
             epoch: Default::default(),
-            renewed: Mutex::new((Instant::now(), SystemTime::now())),
+            renewed: (
+                AtomicU64::new(0),
+                AtomicU64::new(wall_ms(SystemTime::now())),
+            ),
+            base: Instant::now(),
+            abandoning: Mutex::new(()),
             lease,
             slices: Default::default(),
             unreturned: Default::default(),
@@ -654,10 +669,19 @@ impl Shared {
 
     /// Notes a lease renewal that succeeded, begun at `at` (`wall`).
     fn renewed_at(&self, at: Instant, wall: SystemTime) {
-        let mut r = lock(&self.renewed);
-        if at > r.0 {
-            *r = (at, wall);
-        }
+        let nanos = at.saturating_duration_since(self.base).as_nanos() as u64;
+        self.renewed.0.fetch_max(nanos, Ordering::AcqRel);
+        self.renewed.1.fetch_max(wall_ms(wall), Ordering::AcqRel);
+    }
+
+    /// The time since the last renewal that succeeded, by the clock that
+    /// says longer.
+    fn since_renewed(&self) -> Duration {
+        let mono = (self.base.elapsed().as_nanos() as u64)
+            .saturating_sub(self.renewed.0.load(Ordering::Acquire));
+        let wall =
+            wall_ms(SystemTime::now()).saturating_sub(self.renewed.1.load(Ordering::Acquire));
+        Duration::from_nanos(mono).max(Duration::from_millis(wall))
     }
 
     /// Gives every slice up when its lease may have lapsed: no renewal
@@ -671,19 +695,20 @@ impl Shared {
     /// Calls still in flight settle without putting room back or moving
     /// their charge out of a reservation; their usage is recorded as always.
     fn abandon_if_lapsed(&self) {
-        let mut renewed = lock(&self.renewed);
         let limit = self.lease - self.lease / 8;
-        let (at, wall) = *renewed;
-        let stopped = at.elapsed();
-        let gap = wall.elapsed().unwrap_or_default().max(stopped);
-        if gap < limit {
+        if self.since_renewed() < limit {
             return;
+        }
+        let _one = lock(&self.abandoning);
+        let gap = self.since_renewed();
+        if gap < limit {
+            return; // another call gave them up meanwhile
         }
         use rand::Rng;
         let name: Arc<str> = format!("{:016x}", rand::rngs::OsRng.gen::<u64>()).into();
         let old = std::mem::replace(&mut *lock(&self.instance), name.clone());
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        *renewed = (Instant::now(), SystemTime::now());
+        self.renewed_at(Instant::now(), SystemTime::now());
         tracing::warn!(
             gap_secs = gap.as_secs_f64(),
             lease_secs = self.lease.as_secs_f64(),
