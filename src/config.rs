@@ -258,6 +258,10 @@ pub struct RoutingConfig {
     pub default_provider: String,
     pub retries: u32,
     pub fallbacks: BTreeMap<String, Vec<String>>,
+    /// Model names that stand for others: `"gpt-simple" = "aiml/gpt-4o"`, or
+    /// with one `*` (`"claude-*" = "anthropic/claude-*"`, the target's `*`
+    /// being what the name's matched).
+    pub aliases: BTreeMap<String, String>,
     /// A whole (non-streaming) upstream answer larger than this is a 502.
     pub max_response_bytes: usize,
     /// A single SSE event larger than this ends the stream with a 502 error event.
@@ -277,6 +281,7 @@ impl Default for RoutingConfig {
             default_provider: "openrouter".into(),
             retries: 1,
             fallbacks: BTreeMap::new(),
+            aliases: BTreeMap::new(),
             max_response_bytes: 64 * 1024 * 1024,
             max_event_bytes: 8 * 1024 * 1024,
             ca_file: None,
@@ -897,6 +902,27 @@ impl Config {
                     &format!("routing.fallbacks.{model}"),
                     "expected a non-empty list of model names".into(),
                 );
+            }
+        }
+        for (name, target) in &self.routing.aliases {
+            let stars = |s: &str| s.matches('*').count();
+            let problem = if name.is_empty() || target.is_empty() {
+                Some("expected a model name for a model name".to_owned())
+            } else if stars(name) > 1 {
+                Some("a name may hold one `*`, not more".to_owned())
+            } else if stars(target) > stars(name) {
+                Some(format!(
+                    "the target {target:?} has a `*` that the name has not"
+                ))
+            } else if self.routing.aliases.contains_key(target) {
+                Some(format!(
+                    "the target {target:?} is itself an alias; name the model directly"
+                ))
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                return err(&format!("routing.aliases.{name:?}"), p);
             }
         }
         let mut seen = std::collections::HashSet::new();

@@ -33,6 +33,10 @@ async fn setup_on(plan: &str) -> Env {
         p.base_url = Some(mock.base("anth"));
         p.api_key = Secret::new(ANTH_KEY);
         p.api = Some(ProviderApi::Anthropic);
+        // The names Claude Code uses by itself, sent to the Anthropic provider.
+        cfg.routing
+            .aliases
+            .insert("claude-*".into(), "anth/claude-*".into());
     })
     .await;
     let (_, _, key) = s.user_with_key(USER, Some(plan)).await;

@@ -834,3 +834,98 @@ async fn prices_and_limits_come_from_the_provider_list_when_the_config_names_non
     assert_eq!(rows[0]["priced"], false);
     assert_eq!(rows[1]["priced"], true);
 }
+
+/// `[routing] aliases`: a name that stands for another model is routed,
+/// checked, priced and recorded as that model; the answer, streamed or
+/// whole, names it as the client did.
+#[tokio::test]
+async fn aliases_stand_for_other_models() {
+    let (mock, s, key) = setup(|cfg, _| {
+        let a = &mut cfg.routing.aliases;
+        a.insert("simple".into(), "aiml/usage:5:6".into());
+        a.insert("claude-*".into(), "aiml/claude-*".into());
+        a.insert("elsewhere".into(), "glama/m1".into());
+    })
+    .await;
+    let r = chat(&s, &key, json!({"model": "simple", "messages": []})).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["model"], "simple", "{v}");
+    assert_eq!(v["_usage_info"]["provider"], "aiml", "{v}");
+    assert_eq!(v["_usage_info"]["tokens_used"], 11, "{v}");
+
+    let r = chat(
+        &s,
+        &key,
+        json!({"model": "claude-haiku-4-5-20251001", "stream": true, "messages": []}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let chunks: Vec<Value> = sse_data(&r.text().await.unwrap())
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(!chunks.is_empty());
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["model"] == "claude-haiku-4-5-20251001"),
+        "{chunks:?}"
+    );
+    let calls = mock.generation_calls();
+    assert_eq!(
+        calls
+            .iter()
+            .map(|c| (c.provider.as_str(), c.body["model"].as_str().unwrap()))
+            .collect::<Vec<_>>(),
+        [("aiml", "usage:5:6"), ("aiml", "claude-haiku-4-5-20251001")]
+    );
+
+    // A key's allowlist is checked against the model the alias names.
+    let t = s.login("alice", "user-password-1").await;
+    let (_, narrow) = s
+        .create_key(
+            &t,
+            json!({"name": "aiml only", "allowed_models": ["aiml/*"]}),
+        )
+        .await;
+    let narrow = narrow.as_str();
+    let r = chat(&s, narrow, json!({"model": "simple", "messages": []})).await;
+    assert_eq!(r.status(), 200);
+    let r = chat(&s, narrow, json!({"model": "elsewhere", "messages": []})).await;
+    assert_eq!(
+        assert_error(r, 403).await["error"]["code"],
+        "model_not_allowed"
+    );
+    assert_eq!(
+        mock.generation_calls().len(),
+        3,
+        "refused before the upstream"
+    );
+
+    // The record names the model that ran.
+    s.state.metering.writer.flush().await;
+    let admin = s.admin_token().await;
+    let log: Value = s
+        .client
+        .get(s.url("/admin/requests?provider=aiml"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let models: Vec<&str> = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["model"].as_str().unwrap())
+        .collect();
+    assert!(models.contains(&"aiml/usage:5:6"), "{models:?}");
+    assert!(
+        models.contains(&"aiml/claude-haiku-4-5-20251001"),
+        "{models:?}"
+    );
+}

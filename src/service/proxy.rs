@@ -300,7 +300,14 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let Incoming { body: raw, forward } = incoming;
-    let req = Request::parse(ep, raw)?;
+    let mut req = Request::parse(ep, raw)?;
+    // `[routing] aliases`: the model a name stands for is what is routed,
+    // checked, priced and recorded; the answer names it as the client did.
+    let named = st
+        .providers
+        .aliases
+        .resolve(&req.model)
+        .map(|m| std::mem::replace(&mut req.model, m));
     let route = st.providers.route(&req.model);
     if dialect::way(ep, route.provider.api) == Way::No {
         return Err(ApiError::invalid_field(
@@ -513,14 +520,15 @@ async fn run(
             meter,
             resp,
             target,
-            client_model: req.model,
+            client_model: named.unwrap_or(req.model),
             wants_usage,
             ep,
             way,
             started,
         }));
     }
-    let result = whole_response(&st, &mut meter, resp, &target, &req.model, ep, way).await;
+    let client_model = named.as_deref().unwrap_or(&req.model);
+    let result = whole_response(&st, &mut meter, resp, &target, client_model, ep, way).await;
     let status = match &result {
         Ok(_) => 200,
         Err(e) => e.status.as_u16(),

@@ -99,6 +99,52 @@ pub struct Providers {
     pub list: Vec<Arc<Provider>>,
     by_id: HashMap<String, Arc<Provider>>,
     pub default_id: String,
+    pub aliases: Aliases,
+}
+
+/// `[routing] aliases`: model names that stand for others.
+#[derive(Debug, Default, Clone)]
+pub struct Aliases {
+    exact: HashMap<String, String>,
+    /// Names with a `*`: (before it, after it, target), the longest first,
+    /// so that the most specific name wins.
+    patterns: Vec<(String, String, String)>,
+}
+
+impl Aliases {
+    pub fn from_config(aliases: &std::collections::BTreeMap<String, String>) -> Aliases {
+        let mut a = Aliases::default();
+        for (name, target) in aliases {
+            match name.split_once('*') {
+                Some((before, after)) => {
+                    a.patterns
+                        .push((before.to_owned(), after.to_owned(), target.clone()))
+                }
+                None => {
+                    a.exact.insert(name.clone(), target.clone());
+                }
+            }
+        }
+        a.patterns
+            .sort_by_key(|(b, e, _)| std::cmp::Reverse(b.len() + e.len()));
+        a
+    }
+
+    /// The model `model` stands for, when an alias names it.
+    pub fn resolve(&self, model: &str) -> Option<String> {
+        if self.exact.is_empty() && self.patterns.is_empty() {
+            return None;
+        }
+        if let Some(t) = self.exact.get(model) {
+            return Some(t.clone());
+        }
+        self.patterns.iter().find_map(|(before, after, target)| {
+            let middle = model
+                .strip_prefix(before.as_str())?
+                .strip_suffix(after.as_str())?;
+            Some(target.replacen('*', middle, 1))
+        })
+    }
 }
 
 impl Providers {
@@ -200,6 +246,7 @@ impl Providers {
             list,
             by_id,
             default_id: cfg.routing.default_provider.clone(),
+            aliases: Aliases::from_config(&cfg.routing.aliases),
         }
     }
 

@@ -76,4 +76,50 @@ mod tests {
             ("openrouter", "aiml/")
         );
     }
+
+    #[test]
+    fn aliases_name_other_models() {
+        let cfg = Config::parse(
+            "[routing]\naliases = { \"fast\" = \"aiml/gpt-4o-mini\", \"claude-*\" = \"anth/claude-*\", \
+             \"claude-opus-*\" = \"openrouter/anthropic/claude-opus-4\", \"*-latest\" = \"aiml/*\" }\n",
+            None,
+        )
+        .unwrap();
+        cfg.validate(None).unwrap();
+        let a = Providers::from_config(&cfg).aliases;
+        let r = |m: &str| a.resolve(m);
+        assert_eq!(r("fast").as_deref(), Some("aiml/gpt-4o-mini"));
+        assert_eq!(
+            r("claude-haiku-4-5-20251001").as_deref(),
+            Some("anth/claude-haiku-4-5-20251001")
+        );
+        // The most specific name wins; a target without `*` takes none of it.
+        assert_eq!(
+            r("claude-opus-4-1-20250805").as_deref(),
+            Some("openrouter/anthropic/claude-opus-4")
+        );
+        assert_eq!(r("gpt-4o-latest").as_deref(), Some("aiml/gpt-4o"));
+        assert_eq!(r("fast2"), None);
+        assert_eq!(r("aiml/gpt-4"), None);
+        assert_eq!(
+            Providers::from_config(&Config::default())
+                .aliases
+                .resolve("fast"),
+            None
+        );
+
+        for (bad, key) in [
+            ("\"a*b*\" = \"aiml/x\"", "routing.aliases.\"a*b*\""),
+            ("\"a\" = \"aiml/*\"", "routing.aliases.\"a\""),
+            ("\"a\" = \"b\"\n\"b\" = \"aiml/x\"", "routing.aliases.\"a\""),
+            ("\"a\" = \"\"", "routing.aliases.\"a\""),
+        ] {
+            let text = format!("[routing.aliases]\n{bad}\n");
+            let e = Config::parse(&text, None)
+                .unwrap()
+                .validate(None)
+                .unwrap_err();
+            assert_eq!(e.key, key, "{bad}");
+        }
+    }
 }

@@ -652,3 +652,29 @@ async fn an_error_inside_a_stream_reaches_the_client_as_an_error_event() {
         assert_eq!(rec["outcome"], "upstream_error", "{rec}");
     }
 }
+
+/// Claude Code names models by itself (`claude-haiku-4-5-20251001` for
+/// background work): an alias sends them to the Anthropic provider, and the
+/// answer names the model as Claude Code did.
+#[tokio::test]
+async fn claude_code_model_names_follow_an_alias() {
+    let e = setup().await;
+    let model = "claude-haiku-4-5-20251001";
+    let mut body = anthropic_body(model);
+    body["stream"] = json!(true);
+    let r = e.post("/v1/messages", body).await;
+    assert_eq!(r.status(), 200);
+    let events = named_events(&r.text().await.unwrap());
+    assert_eq!(events[0].0, "message_start");
+    assert_eq!(events[0].1["message"]["model"], model, "{:?}", events[0]);
+    let r = e.post("/v1/messages", anthropic_body(model)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["model"], model);
+    for c in e.upstream("anth", 2) {
+        assert_eq!(c.body["model"], model, "{}", c.body);
+    }
+    for rec in e.records(2).await {
+        assert_eq!(rec["provider"], "anth", "{rec}");
+        assert_eq!(rec["model"], format!("anth/{model}"), "{rec}");
+    }
+}
