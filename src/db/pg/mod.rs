@@ -12,12 +12,13 @@ mod accounts;
 pub mod copy;
 mod credits;
 mod quota;
+mod tls;
 mod usage;
 
 use super::{DbError, DbResult};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::sync::Arc;
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod embedded {
     refinery::embed_migrations!("migrations/postgres");
@@ -37,6 +38,7 @@ const POOL_SIZE: usize = 16;
 pub struct Pg {
     pool: Pool,
     config: Arc<tokio_postgres::Config>,
+    tls: MakeRustlsConnect,
     home: Arc<Home>,
     /// The URL without its password, for messages.
     shown: Arc<str>,
@@ -62,7 +64,7 @@ impl Drop for Home {
 }
 
 /// Spawns each new connection's I/O task on the home runtime.
-struct HomeConnect(tokio::runtime::Handle);
+struct HomeConnect(tokio::runtime::Handle, MakeRustlsConnect);
 
 impl deadpool_postgres::Connect for HomeConnect {
     fn connect(
@@ -73,9 +75,9 @@ impl deadpool_postgres::Connect for HomeConnect {
         Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
     > {
         let cfg = pg_config.clone();
-        let home = self.0.clone();
+        let (home, tls) = (self.0.clone(), self.1.clone());
         Box::pin(async move {
-            let (client, conn) = connect_on(&cfg, &home).await?;
+            let (client, conn) = connect_on(&cfg, &home, tls).await?;
             Ok((client, conn))
         })
     }
@@ -85,8 +87,9 @@ impl deadpool_postgres::Connect for HomeConnect {
 async fn connect_on(
     cfg: &tokio_postgres::Config,
     home: &tokio::runtime::Handle,
+    tls: MakeRustlsConnect,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
-    let (client, connection) = cfg.connect(NoTls).await?;
+    let (client, connection) = cfg.connect(tls).await?;
     let task = home.spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "PostgreSQL connection closed");
@@ -136,14 +139,20 @@ pub(super) fn on_constraint(e: tokio_postgres::Error, what: &str) -> DbError {
 impl Pg {
     /// A pool for `url`; nothing connects until the first operation.
     pub fn connect(url: &str) -> DbResult<Pg> {
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e: tokio_postgres::Error| {
-                DbError::Postgres(format!(
-                    "the database URL {} is not valid: {}",
-                    crate::config::mask_password(url),
-                    describe(&e)
-                ))
-            })?;
+        let invalid = |why: String| {
+            DbError::Postgres(format!(
+                "the database URL {} is not valid: {why}",
+                crate::config::mask_password(url),
+            ))
+        };
+        let (rest, tls_settings) = tls::split(url).map_err(invalid)?;
+        let mut config: tokio_postgres::Config = rest
+            .parse()
+            .map_err(|e: tokio_postgres::Error| invalid(describe(&e)))?;
+        if tls_settings.require {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        let tls = tls::connector(&tls_settings).map_err(invalid)?;
         // An unreachable host fails in seconds rather than at the OS's TCP timeout.
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));
@@ -160,7 +169,7 @@ impl Pg {
         let home = Arc::new(Home(Some(rt)));
         let manager = Manager::from_connect(
             config.clone(),
-            HomeConnect(home.handle().clone()),
+            HomeConnect(home.handle().clone(), tls.clone()),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -175,6 +184,7 @@ impl Pg {
         Ok(Pg {
             pool,
             config: Arc::new(config),
+            tls,
             home,
             shown: crate::config::mask_password(url).into(),
         })
@@ -204,7 +214,7 @@ impl Pg {
 
     /// Runs the migrations that have not run yet, one replica at a time.
     pub async fn migrate(&self) -> DbResult<usize> {
-        let (mut client, task) = connect_on(&self.config, self.home.handle())
+        let (mut client, task) = connect_on(&self.config, self.home.handle(), self.tls.clone())
             .await
             .map_err(|e| self.unreachable(e.into()))?;
         client
