@@ -16,7 +16,9 @@
 # Environment: BENCH_DURATION (seconds per wrk run, default 10), BENCH_CONNECTIONS (default 32),
 # BENCH_USERS (users of the extra many-users run, default 16), TOLLGATE_BIN (default
 # $CARGO_TARGET_DIR/release/tollgate, built if missing), BENCH_OUT (default
-# bench/results/replicas-latest.json), BENCH_KEEP_TMP=1 (keep the scratch directory).
+# bench/results/replicas-latest.json), BENCH_KEEP_TMP=1 (keep the scratch directory),
+# BENCH_PG_SSLMODE (the replicas' sslmode to PostgreSQL, default disable as in the recorded
+# runs; the test cluster also serves TLS: prefer, require, verify-full with its ca.pem).
 # Prints a summary and writes the figures as flat JSON; exits 1 if a check fails (errors or
 # non-2xx answers, reservations left, calls without a usage record). Not part of `cargo test`.
 set -euo pipefail
@@ -115,7 +117,7 @@ PG_STARTED=1
 PG_ADMIN=$(bash "$ROOT/tests/pg/start.sh" "$PGDIR" 2>"$TMP/pg-start.log") \
     || { cat "$TMP/pg-start.log" >&2; die "tests/pg/start.sh failed"; }
 [[ $PG_ADMIN = postgres://* ]] || { cat "$TMP/pg-start.log" >&2; die "tests/pg/start.sh printed no URL: $PG_ADMIN"; }
-PGURL=${PG_ADMIN%/postgres}/bench
+PGURL=${PG_ADMIN%/postgres}/bench?sslmode=${BENCH_PG_SSLMODE:-disable}
 psql -qAt "$PG_ADMIN" -c 'CREATE DATABASE bench' >/dev/null || die "CREATE DATABASE bench failed"
 # time spent inside tollgate_grow() and tollgate_held(), read from pg_stat_user_functions
 psql -qAt "$PG_ADMIN" -c "ALTER DATABASE bench SET track_functions = 'all'" >/dev/null
