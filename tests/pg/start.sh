@@ -35,6 +35,7 @@ as_pg "'$bin/initdb' -D '$dir/data' -A trust -U postgres -E UTF8 --no-sync >'$di
 # and 127.0.0.1.
 if ! command -v openssl >/dev/null 2>&1; then
     echo "installing openssl from Debian's packages" >&2
+    apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >&2
 fi
 tls=$dir/tls
