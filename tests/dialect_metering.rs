@@ -167,18 +167,7 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 async fn records(s: &TestServer) -> Vec<Value> {
-    let admin = s.admin_token().await;
-    let v: Value = s
-        .client
-        .get(s.url("/admin/requests?limit=500"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["data"].as_array().unwrap().clone()
+    s.records("limit=500").await
 }
 
 #[tokio::test]

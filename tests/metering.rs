@@ -277,20 +277,9 @@ async fn failed_calls_under_load_charge_nothing() {
     assert_eq!(b.used, tokens, "failures charged nothing");
     assert!(b.used <= 1100);
 
-    let admin = s.admin_token().await;
-    let v: Value = s
-        .client
-        .get(s.url("/admin/requests?status=upstream_error&limit=500"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let rows = v["data"].as_array().unwrap();
+    let rows = s.records("status=upstream_error&limit=500").await;
     assert_eq!(rows.len(), failed, "one record per failed call");
-    for r in rows {
+    for r in &rows {
         assert_eq!(r["total_tokens"], 0, "{r}");
         assert_eq!(r["cost_usd"], 0.0, "{r}");
     }
@@ -415,18 +404,7 @@ async fn a_cap_below_the_minimum_is_refused_without_calling_upstream() {
     let b = s.balance(uid).await;
     assert_eq!((b.used, b.reserved), (13, 0));
 
-    let admin = s.admin_token().await;
-    let v: Value = s
-        .client
-        .get(s.url("/admin/requests?status=refused"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let rows = v["data"].as_array().unwrap();
+    let rows = s.records("status=refused").await;
     assert_eq!(rows.len(), 3, "refusals are in the request log");
     assert!(rows
         .iter()
@@ -542,24 +520,12 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 async fn record_of(s: &TestServer, request_id: &str) -> Value {
-    let admin = s.admin_token().await;
-    let v: Value = s
-        .client
-        .get(s.url("/admin/requests?limit=500"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let rows: Vec<&Value> = v["data"]
-        .as_array()
-        .unwrap()
+    let all = s.records("limit=500").await;
+    let rows: Vec<&Value> = all
         .iter()
         .filter(|r| r["request_id"] == request_id)
         .collect();
-    assert_eq!(rows.len(), 1, "one record for {request_id}: {v}");
+    assert_eq!(rows.len(), 1, "one record for {request_id}: {all:?}");
     rows[0].clone()
 }
 

@@ -817,19 +817,8 @@ async fn prices_and_limits_come_from_the_provider_list_when_the_config_names_non
     .await
     .unwrap();
     assert_eq!(v["_usage_info"]["cost_usd"], 0.0);
-    let admin = s.admin_token().await;
     s.state.metering.writer.flush().await;
-    let log: Value = s
-        .client
-        .get(s.url("/admin/requests?provider=openrouter"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let rows = log["data"].as_array().unwrap();
+    let rows = s.records("provider=openrouter").await;
     assert_eq!(rows[0]["model"], "openrouter/unlisted");
     assert_eq!(rows[0]["priced"], false);
     assert_eq!(rows[1]["priced"], true);
@@ -906,23 +895,8 @@ async fn aliases_stand_for_other_models() {
 
     // The record names the model that ran.
     s.state.metering.writer.flush().await;
-    let admin = s.admin_token().await;
-    let log: Value = s
-        .client
-        .get(s.url("/admin/requests?provider=aiml"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let models: Vec<&str> = log["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["model"].as_str().unwrap())
-        .collect();
+    let log = s.records("provider=aiml").await;
+    let models: Vec<&str> = log.iter().map(|r| r["model"].as_str().unwrap()).collect();
     assert!(models.contains(&"aiml/usage:5:6"), "{models:?}");
     assert!(
         models.contains(&"aiml/claude-haiku-4-5-20251001"),

@@ -214,6 +214,22 @@ impl TestServer {
             .unwrap()
     }
 
+    /// The request log as an admin reads it (`GET /admin/requests?{query}`),
+    /// newest first.
+    pub async fn records(&self, query: &str) -> Vec<Value> {
+        let admin = self.admin_token().await;
+        let v: Value = self
+            .get_as(&format!("/admin/requests?{query}"), &admin)
+            .await
+            .json()
+            .await
+            .unwrap();
+        v["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no records: {v}"))
+            .clone()
+    }
+
     /// Status of `GET /auth/me` with `Authorization: Bearer <cred>`.
     pub async fn me_status(&self, cred: &str) -> u16 {
         self.get_as("/auth/me", cred).await.status().as_u16()
