@@ -47,6 +47,8 @@ pub struct Conversation {
     pub top_p: Option<f64>,
     /// An end-user id for the provider's abuse tracking.
     pub user: Option<String>,
+    /// Responses: the request's settings that its answer repeats.
+    pub echo: Option<std::sync::Arc<serde_json::Map<String, Value>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,12 +243,20 @@ pub fn decoder(api: ProviderApi) -> Box<dyn Decode> {
     }
 }
 
+/// What an answer in the client's dialect repeats of the request: the model
+/// as the client named it and (Responses) the request's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    pub model: &'a str,
+    pub echo: Option<&'a serde_json::Map<String, Value>>,
+}
+
 /// Ingress: a whole answer in the client's dialect.
-pub fn write_reply(ep: Endpoint, r: &Reply, model: &str, info: &UsageInfo) -> Vec<u8> {
+pub fn write_reply(ep: Endpoint, r: &Reply, asked: Asked<'_>, info: &UsageInfo) -> Vec<u8> {
     match ep {
-        Endpoint::Messages => anthropic::write_reply(r, model, info),
-        Endpoint::Responses => responses::write_reply(r, model, info),
-        _ => openai_chat::write_reply(r, model, info),
+        Endpoint::Messages => anthropic::write_reply(r, asked.model, info),
+        Endpoint::Responses => responses::write_reply(r, asked, info),
+        _ => openai_chat::write_reply(r, asked.model, info),
     }
 }
 
@@ -259,10 +269,11 @@ pub fn encoder(
     wants_usage: bool,
     id: &str,
     input_estimate: i64,
+    echo: Option<std::sync::Arc<serde_json::Map<String, Value>>>,
 ) -> Box<dyn Encode> {
     match ep {
         Endpoint::Messages => Box::new(anthropic::Encoder::new(model, id, input_estimate)),
-        Endpoint::Responses => Box::new(responses::Encoder::new(model, id)),
+        Endpoint::Responses => Box::new(responses::Encoder::new(model, id, echo)),
         _ => Box::new(openai_chat::Encoder::new(model, wants_usage, id)),
     }
 }

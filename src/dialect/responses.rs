@@ -62,8 +62,28 @@ pub fn parse(body: &str) -> Result<Conversation, ApiError> {
     c.temperature = v.get("temperature").and_then(Value::as_f64);
     c.top_p = v.get("top_p").and_then(Value::as_f64);
     c.user = v.get("user").and_then(Value::as_str).map(str::to_owned);
+    let echo: Map<String, Value> = ECHOED
+        .iter()
+        .filter_map(|k| Some((k.to_string(), v.get(*k).filter(|x| !x.is_null())?.clone())))
+        .collect();
+    c.echo = (!echo.is_empty()).then(|| std::sync::Arc::new(echo));
     Ok(c)
 }
+
+/// The request's settings a `response` object repeats, as OpenAI's does.
+const ECHOED: [&str; 11] = [
+    "instructions",
+    "max_output_tokens",
+    "metadata",
+    "parallel_tool_calls",
+    "reasoning",
+    "temperature",
+    "text",
+    "tool_choice",
+    "tools",
+    "top_p",
+    "user",
+];
 
 fn item_into(c: &mut Conversation, item: &Value, i: usize) -> Result<(), ApiError> {
     let kind = match item.get("type").and_then(Value::as_str) {
@@ -176,9 +196,10 @@ fn call_item(id: &str, call_id: &str, name: &str, args: &str, status: &str) -> V
            "arguments": args, "status": status})
 }
 
-/// The `response` object around `output`.
-fn response(id: &str, model: &str, created: i64, status: &str, output: Vec<Value>) -> Value {
-    json!({
+/// The `response` object around `output`, repeating the request's settings.
+fn response(id: &str, asked: Asked<'_>, created: i64, status: &str, output: Vec<Value>) -> Value {
+    let model = asked.model;
+    let mut v = json!({
         "id": id, "object": "response", "created_at": created, "status": status,
         "error": null, "incomplete_details": null, "instructions": null,
         "max_output_tokens": null, "model": model, "output": output,
@@ -187,7 +208,13 @@ fn response(id: &str, model: &str, created: i64, status: &str, output: Vec<Value
         "temperature": null, "text": {"format": {"type": "text"}},
         "tool_choice": "auto", "tools": [], "top_p": null, "truncation": "disabled",
         "usage": null, "metadata": {},
-    })
+    });
+    if let (Some(o), Some(echo)) = (v.as_object_mut(), asked.echo) {
+        for (k, x) in echo {
+            o.insert(k.clone(), x.clone());
+        }
+    }
+    v
 }
 
 fn finish_response(v: &mut Value, stop: Stop, info: &UsageInfo) {
@@ -204,7 +231,7 @@ fn finish_response(v: &mut Value, stop: Stop, info: &UsageInfo) {
 }
 
 /// A whole `response` object; `_usage_info` at its top level.
-pub fn write_reply(r: &Reply, model: &str, info: &UsageInfo) -> Vec<u8> {
+pub fn write_reply(r: &Reply, asked: Asked<'_>, info: &UsageInfo) -> Vec<u8> {
     let id = resp_id(&r.id);
     let mut output = Vec::new();
     let text = text_in(&r.parts);
@@ -231,7 +258,7 @@ pub fn write_reply(r: &Reply, model: &str, info: &UsageInfo) -> Vec<u8> {
             ));
         }
     }
-    let mut v = response(&id, model, now_secs(), "completed", output);
+    let mut v = response(&id, asked, now_secs(), "completed", output);
     finish_response(&mut v, r.stop, info);
     // The SDKs read usage as their model; the gateway's own figures go beside it too.
     if let Some(u) = v["usage"].as_object_mut() {
@@ -258,6 +285,7 @@ enum Item {
 /// Writes the Responses event sequence.
 pub struct Encoder {
     model: String,
+    echo: Option<std::sync::Arc<Map<String, Value>>>,
     id: String,
     created: i64,
     seq: u64,
@@ -269,9 +297,10 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn new(model: &str, id: &str) -> Encoder {
+    pub fn new(model: &str, id: &str, echo: Option<std::sync::Arc<Map<String, Value>>>) -> Encoder {
         Encoder {
             model: model.to_owned(),
+            echo,
             id: resp_id(id),
             created: now_secs(),
             seq: 0,
@@ -279,6 +308,13 @@ impl Encoder {
             items: Vec::new(),
             open: false,
             stop: None,
+        }
+    }
+
+    fn asked(&self) -> Asked<'_> {
+        Asked {
+            model: &self.model,
+            echo: self.echo.as_deref(),
         }
     }
 
@@ -294,9 +330,9 @@ impl Encoder {
             return;
         }
         self.started = true;
-        let r = response(&self.id, &self.model, self.created, "in_progress", vec![]);
+        let r = response(&self.id, self.asked(), self.created, "in_progress", vec![]);
         self.event("response.created", json!({"response": r}), out);
-        let r = response(&self.id, &self.model, self.created, "in_progress", vec![]);
+        let r = response(&self.id, self.asked(), self.created, "in_progress", vec![]);
         self.event("response.in_progress", json!({"response": r}), out);
     }
 
@@ -460,7 +496,7 @@ impl Encode for Encoder {
             .iter()
             .map(|i| Self::item_json(i, "completed"))
             .collect();
-        let mut r = response(&self.id, &self.model, self.created, "completed", output);
+        let mut r = response(&self.id, self.asked(), self.created, "completed", output);
         let stop = self.stop.unwrap_or(Stop::End);
         finish_response(&mut r, stop, info);
         let name = if r["status"] == "completed" {

@@ -233,7 +233,7 @@ fn a_chat_stream_becomes_anthropic_events() {
 #[test]
 fn an_anthropic_stream_becomes_responses_events() {
     let mut dec = anthropic::Decoder::default();
-    let mut enc = responses::Encoder::new("m", "req_1");
+    let mut enc = responses::Encoder::new("m", "req_1", None);
     let events_in = [
         json!({"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 7, "cache_read_input_tokens": 3, "output_tokens": 1}}}),
         json!({"type": "ping"}),
@@ -328,7 +328,15 @@ fn whole_answers_cross_both_ways() {
         r#"{"x":1}"#
     );
     assert_eq!(chat["_usage_info"]["prompt_tokens"], 10);
-    let resp: Value = serde_json::from_slice(&responses::write_reply(&r, "cm", &info())).unwrap();
+    let resp: Value = serde_json::from_slice(&responses::write_reply(
+        &r,
+        Asked {
+            model: "cm",
+            echo: None,
+        },
+        &info(),
+    ))
+    .unwrap();
     assert_eq!(resp["object"], "response");
     assert_eq!(resp["output"][1]["type"], "function_call");
     assert_eq!(resp["usage"]["output_tokens"], 20);
@@ -342,7 +350,15 @@ fn whole_answers_cross_both_ways() {
     assert_eq!(m["stop_reason"], "max_tokens");
     assert_eq!(m["content"], json!([{"type": "text", "text": "Hello"}]));
     assert_eq!(m["model"], "cm");
-    let resp: Value = serde_json::from_slice(&responses::write_reply(&r, "cm", &info())).unwrap();
+    let resp: Value = serde_json::from_slice(&responses::write_reply(
+        &r,
+        Asked {
+            model: "cm",
+            echo: None,
+        },
+        &info(),
+    ))
+    .unwrap();
     assert_eq!(resp["status"], "incomplete");
 
     assert!(matches!(

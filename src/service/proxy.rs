@@ -521,14 +521,18 @@ async fn run(
             resp,
             target,
             client_model: named.unwrap_or(req.model),
+            echo: conversation.and_then(|c| c.echo),
             wants_usage,
             ep,
             way,
             started,
         }));
     }
-    let client_model = named.as_deref().unwrap_or(&req.model);
-    let result = whole_response(&st, &mut meter, resp, &target, client_model, ep, way).await;
+    let asked = dialect::Asked {
+        model: named.as_deref().unwrap_or(&req.model),
+        echo: conversation.as_ref().and_then(|c| c.echo.as_deref()),
+    };
+    let result = whole_response(&st, &mut meter, resp, &target, asked, ep, way).await;
     let status = match &result {
         Ok(_) => 200,
         Err(e) => e.status.as_u16(),
@@ -726,10 +730,11 @@ async fn whole_response(
     meter: &mut CallMeter,
     resp: client::UpResponse,
     target: &Route,
-    client_model: &str,
+    asked: dialect::Asked<'_>,
     ep: Endpoint,
     way: Way,
 ) -> Result<Response, ApiError> {
+    let client_model = asked.model;
     let prov = &target.provider;
     let limit = st.config.routing.max_response_bytes;
     let streamed = resp.is_event_stream();
@@ -766,7 +771,7 @@ async fn whole_response(
         return Err(err);
     }
     if way == Way::Translate {
-        let r = translated_whole(st, meter, &bytes, target, client_model, ep);
+        let r = translated_whole(st, meter, &bytes, target, asked, ep);
         meter.settled().await;
         return r;
     }
@@ -823,7 +828,7 @@ fn translated_whole(
     meter: &mut CallMeter,
     bytes: &[u8],
     target: &Route,
-    client_model: &str,
+    asked: dialect::Asked<'_>,
     ep: Endpoint,
 ) -> Result<Response, ApiError> {
     let prov = &target.provider;
@@ -865,7 +870,7 @@ fn translated_whole(
     }
     meter.first_token();
     let info = meter.finish(Outcome::Ok, 200, reply.usage);
-    let out = dialect::write_reply(ep, &reply, client_model, &info);
+    let out = dialect::write_reply(ep, &reply, asked, &info);
     Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
 }
 

@@ -678,3 +678,44 @@ async fn claude_code_model_names_follow_an_alias() {
         assert_eq!(rec["model"], format!("anth/{model}"), "{rec}");
     }
 }
+
+/// A `response` object repeats the request's settings, as OpenAI's does
+/// (the SDKs expose them: `response.instructions`, `response.tools` …),
+/// whole and in the stream's `response.created` and `response.completed`.
+#[tokio::test]
+async fn responses_repeat_the_request_settings() {
+    let e = setup().await;
+    let tools = json!([{"type": "function", "name": "get_weather", "description": "Weather",
+                        "parameters": {"type": "object", "properties": {}}}]);
+    let mut body = json!({"model": "aiml/usage:5:6", "input": "Say hello",
+        "instructions": "Be brief", "max_output_tokens": 50, "temperature": 0.25,
+        "tools": tools, "tool_choice": "auto", "metadata": {"ticket": "T-1"}, "user": "u-7"});
+    let check = |r: &Value| {
+        assert_eq!(r["instructions"], "Be brief", "{r}");
+        assert_eq!(r["max_output_tokens"], 50, "{r}");
+        assert_eq!(r["temperature"], 0.25, "{r}");
+        assert_eq!(r["tools"], tools, "{r}");
+        assert_eq!(r["tool_choice"], "auto", "{r}");
+        assert_eq!(r["metadata"], json!({"ticket": "T-1"}), "{r}");
+        assert_eq!(r["user"], "u-7", "{r}");
+        // What the request left out keeps OpenAI's defaults.
+        assert_eq!(r["top_p"], Value::Null, "{r}");
+        assert_eq!(r["parallel_tool_calls"], true, "{r}");
+        assert_eq!(r["store"], false, "{r}");
+    };
+    let r = e.post("/v1/responses", body.clone()).await;
+    assert_eq!(r.status(), 200);
+    check(&r.json::<Value>().await.unwrap());
+
+    body["stream"] = json!(true);
+    let r = e.post("/v1/responses", body).await;
+    assert_eq!(r.status(), 200);
+    let events = named_events(&r.text().await.unwrap());
+    for name in ["response.created", "response.completed"] {
+        let (_, d) = events
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no {name}"));
+        check(&d["response"]);
+    }
+}
