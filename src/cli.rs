@@ -82,7 +82,7 @@ pub enum Command {
         #[arg(long)]
         probe: bool,
     },
-    /// Show which provider and upstream model a model name goes to
+    /// Show which provider and upstream model a model name goes to (after its alias, if any)
     Route {
         /// A model name as a client sends it, e.g. aiml/gpt-4
         model: String,

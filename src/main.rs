@@ -133,9 +133,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Route { model } => {
             let cfg = load_config(&cli, None)?;
             let p = Providers::from_config(&cfg);
-            let r = p.route(model);
+            let named = p.aliases.resolve(model);
+            if let Some(n) = &named {
+                println!("{model} is an alias of {n} ([routing] aliases)");
+            }
+            let name = named.as_deref().unwrap_or(model);
+            let r = p.route(name);
             println!(
-                "{model} -> provider {} ({}), upstream model {}",
+                "{name} -> provider {} ({}), upstream model {}",
                 r.provider.id, r.provider.base_url, r.upstream_model
             );
             if let Some(reason) = r.provider.inactive_reason() {

@@ -1202,3 +1202,29 @@ async fn commands_print_no_log_lines_unless_asked() {
         String::from_utf8_lossy(&loud.stderr)
     );
 }
+
+/// `tollgate route` follows `[routing] aliases` as calls do.
+#[tokio::test]
+async fn route_shows_where_a_name_goes_through_its_alias() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[routing]\naliases = { \"claude-*\" = \"aiml/claude-*\" }\n",
+    )
+    .unwrap();
+    let o = tollgate(dir.path(), &["route", "claude-haiku-4-5"], None).await;
+    let text = ok(&o);
+    assert!(
+        text.contains("claude-haiku-4-5 is an alias of aiml/claude-haiku-4-5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("aiml/claude-haiku-4-5 -> provider aiml")
+            && text.contains("upstream model claude-haiku-4-5"),
+        "{text}"
+    );
+    let o = tollgate(dir.path(), &["route", "gpt-4"], None).await;
+    let text = ok(&o);
+    assert!(!text.contains("alias"), "{text}");
+    assert!(text.contains("gpt-4 -> provider openrouter"), "{text}");
+}
