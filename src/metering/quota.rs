@@ -162,7 +162,7 @@ pub struct Shared {
     instance: Mutex<Arc<str>>,
     /// Counts the times this replica gave its slices up: a slice holds room
     /// only of the current epoch.
-    epoch: Arc<AtomicU64>,
+    epoch: AtomicU64,
     /// When the last lease renewal that succeeded began: nanoseconds after
     /// `base` and milliseconds of the wall clock (atomics: every admission
     /// reads them).
