@@ -487,15 +487,7 @@ mod tests {
     async fn cache(dir: &std::path::Path, name: &str) -> CredentialCache {
         let store = Store::open(&dir.join(name)).unwrap();
         store.migrate().await.unwrap();
-        let free = Plan {
-            name: "free".into(),
-            monthly_tokens: 1,
-            requests_per_minute: 1,
-            price_usd_month: 0.0,
-            allowed_models: vec![],
-            monthly_usd: None,
-            pay_as_you_go: false,
-        };
+        let free = Plan::tiny("free");
         store
             .create_plan(free, "2026-01-01T00:00:00Z".into())
             .await

@@ -361,15 +361,7 @@ mod open_tests {
                         super::migrate(&pool)?;
                         let mut c = pool.get()?;
                         let seed = Seed {
-                            plans: vec![super::plans::Plan {
-                                name: "free".into(),
-                                monthly_tokens: 1,
-                                requests_per_minute: 1,
-                                price_usd_month: 0.0,
-                                allowed_models: vec![],
-                                monthly_usd: None,
-                                pay_as_you_go: false,
-                            }],
+                            plans: vec![super::plans::Plan::tiny("free")],
                             admin_hash: "x".into(),
                             jwt_secret: "s".into(),
                             now: "2026-12-06T00:00:00Z".into(),

@@ -22,6 +22,23 @@ pub struct Plan {
     pub pay_as_you_go: bool,
 }
 
+#[cfg(test)]
+impl Plan {
+    /// A plan of one token and one call a minute, for unit tests that need
+    /// one to exist.
+    pub fn tiny(name: &str) -> Plan {
+        Plan {
+            name: name.into(),
+            monthly_tokens: 1,
+            requests_per_minute: 1,
+            price_usd_month: 0.0,
+            allowed_models: vec![],
+            monthly_usd: None,
+            pay_as_you_go: false,
+        }
+    }
+}
+
 /// The columns [`from_row`] reads, in its order.
 const COLUMNS: &str =
     "name, monthly_tokens, requests_per_minute, price_usd_month, allowed_models, \

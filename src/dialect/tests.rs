@@ -4,6 +4,12 @@
 use super::*;
 use serde_json::json;
 
+/// The client's model name of the written answers, no request settings.
+const CM: Asked<'static> = Asked {
+    model: "cm",
+    echo: None,
+};
+
 fn info() -> UsageInfo {
     UsageInfo {
         tokens_used: 30,
@@ -328,15 +334,7 @@ fn whole_answers_cross_both_ways() {
         r#"{"x":1}"#
     );
     assert_eq!(chat["_usage_info"]["prompt_tokens"], 10);
-    let resp: Value = serde_json::from_slice(&responses::write_reply(
-        &r,
-        Asked {
-            model: "cm",
-            echo: None,
-        },
-        &info(),
-    ))
-    .unwrap();
+    let resp: Value = serde_json::from_slice(&responses::write_reply(&r, CM, &info())).unwrap();
     assert_eq!(resp["object"], "response");
     assert_eq!(resp["output"][1]["type"], "function_call");
     assert_eq!(resp["usage"]["output_tokens"], 20);
@@ -350,15 +348,7 @@ fn whole_answers_cross_both_ways() {
     assert_eq!(m["stop_reason"], "max_tokens");
     assert_eq!(m["content"], json!([{"type": "text", "text": "Hello"}]));
     assert_eq!(m["model"], "cm");
-    let resp: Value = serde_json::from_slice(&responses::write_reply(
-        &r,
-        Asked {
-            model: "cm",
-            echo: None,
-        },
-        &info(),
-    ))
-    .unwrap();
+    let resp: Value = serde_json::from_slice(&responses::write_reply(&r, CM, &info())).unwrap();
     assert_eq!(resp["status"], "incomplete");
 
     assert!(matches!(

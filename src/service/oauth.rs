@@ -107,18 +107,7 @@ mod tests {
         let store = Store::open(&dir.path().join("t.db")).unwrap();
         store.migrate().await.unwrap();
         store
-            .create_plan(
-                plans::Plan {
-                    name: "free".into(),
-                    monthly_tokens: 1,
-                    requests_per_minute: 1,
-                    price_usd_month: 0.0,
-                    allowed_models: vec![],
-                    monthly_usd: None,
-                    pay_as_you_go: false,
-                },
-                "2026-01-01T00:00:00Z".into(),
-            )
+            .create_plan(plans::Plan::tiny("free"), "2026-01-01T00:00:00Z".into())
             .await
             .unwrap();
         (dir, store)
